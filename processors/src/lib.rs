@@ -1,0 +1,1 @@
+//! Weir processors: the nodes between a source and a sink (validate, clean).

@@ -1,0 +1,1 @@
+//! Weir sinks: where records leave a topology (Kafka topic, dead letter, windowed PostgreSQL, websocket).
