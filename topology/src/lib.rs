@@ -1,8 +1,38 @@
 //! Weir's core: what every component builds on.
 //!
-//! The topology file model (sources, processors, sinks and their `inputs`), its validation,
-//! the records that flow between nodes, the processor traits and the metrics registry live
-//! here. Components in `processors/`, `sinks/` and `web/` depend on this crate; only the
-//! `weir` binary knows every component.
+//! - [`config`]: the topology file model and its loader, which collects every problem with
+//!   its `file:line:column` before anything connects ([`diagnostic`], [`duration`],
+//!   [`interpolate`]).
+//! - [`component`]: what a component declares (kind, accepted and emitted record types,
+//!   topic) and the [`component::Registry`] the binary fills.
+//! - [`graph`]: input checks, cycles, and the split into sub-topologies at topics;
+//!   [`describe`] prints it.
+//! - [`record`]: records in flight, the clean record and failures.
+//! - [`pipeline`]: a sub-topology compiled into processors and sink encoders; the same code
+//!   runs in `weir process`, `weir test` and the engine.
+//! - [`source`]: the Kafka source component (decodes raw bytes as JSON).
+//! - [`engine`]: the exactly-once Kafka → Kafka loop of a sub-topology.
+//! - [`metrics`]: Prometheus metrics shared by every component.
 //!
-//! The topology files that ship (`users.toml`) sit beside this crate's `Cargo.toml`.
+//! Components in `processors/`, `sinks/` and `web/` depend on this crate; only the `weir`
+//! binary knows every component. The topology files that ship (`users.toml`) sit beside
+//! this crate's `Cargo.toml`.
+
+pub mod component;
+pub mod config;
+pub mod describe;
+pub mod diagnostic;
+pub mod duration;
+pub mod engine;
+pub mod graph;
+pub mod interpolate;
+pub mod metrics;
+pub mod pipeline;
+pub mod record;
+pub mod source;
+
+pub use component::{ComponentType, DataType, NodeConfig, NodeKind, OutputSpec, Registry};
+pub use config::{load_file, load_str, LoadError, Node, Topology};
+pub use duration::Duration;
+pub use pipeline::{Built, OutRecord, Pipeline, Processor, SinkEncoder};
+pub use record::{Body, CleanRecord, Envelope, Failure, Origin};

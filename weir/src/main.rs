@@ -1,8 +1,12 @@
-//! The `weir` command line: one subcommand per job, each in its own module.
+//! The `weir` command line: one subcommand per job, each in its own module under `cmd/`.
 //!
-//! Exit codes: 0 success, 1 runtime failure, 2 usage error (clap), 69 a subcommand that is
-//! not built yet, 78 a configuration error (as `vector validate`).
+//! Exit codes: 0 success, 1 runtime failure, 2 usage error, 3 fenced by another instance,
+//! 69 a subcommand that is not built yet, 78 a configuration error (as `vector validate`).
 
+mod cmd;
+mod registry;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -15,7 +19,7 @@ const EXIT_NOT_BUILT: u8 = 69;
 #[derive(Parser, Debug)]
 #[command(name = "weir", version, about, long_about = None)]
 #[command(
-    after_help = "Example:\n  weir check topology/users.toml\n  weir run topology/users.toml"
+    after_help = "Examples:\n  weir check topology/users.toml\n  weir process topology/users.toml < raw.jsonl\n  weir run topology/users.toml"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,16 +28,30 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run a topology against Kafka and PostgreSQL (exactly once).
-    Run,
+    /// Run a topology against Kafka (exactly once).
+    #[command(after_help = "Example:\n  WEIR_INSTANCE=a weir run topology/users.toml")]
+    Run(cmd::run::RunArgs),
     /// Check a topology file and report every problem at once (exit 78 on error).
-    Check,
-    /// Print a topology's sub-topologies (text, DOT or Mermaid).
-    Describe,
+    #[command(after_help = "Example:\n  weir check topology/users.toml")]
+    Check { file: PathBuf },
+    /// Print a topology's sub-topologies (text, DOT, Mermaid or JSON).
+    #[command(
+        after_help = "Example:\n  weir describe topology/users.toml --format dot | dot -Tsvg > users.svg"
+    )]
+    Describe {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: cmd::describe::Format,
+    },
     /// Run the test cases written in a topology file, offline.
-    Test,
-    /// Run the processor chain offline on JSON lines from stdin and print each record's fate.
-    Process,
+    #[command(after_help = "Example:\n  weir test topology/users.toml")]
+    Test { file: PathBuf },
+    /// Run the processor chain offline on raw values (one per line on stdin) and print each
+    /// record's fate as JSON lines.
+    #[command(
+        after_help = "Example:\n  echo '{\"name\":{\"first\":\"a\"}}' | weir process topology/users.toml"
+    )]
+    Process { file: PathBuf },
     /// Produce raw records into Kafka from randomuser.me or a synthetic generator.
     Ingest,
     /// Inspect and replay the dead-letter topic.
@@ -58,19 +76,30 @@ enum DlqCommand {
 }
 
 /// A planned subcommand that does not exist yet: say so plainly, produce no output.
-fn not_built(name: &str, issue: u32) -> ExitCode {
+fn not_built(name: &str, issue: u32) -> anyhow::Result<()> {
     eprintln!("weir {name}: not built yet (planned in issue #{issue})");
-    ExitCode::from(EXIT_NOT_BUILT)
+    Err(cmd::Exit(EXIT_NOT_BUILT).into())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Run => not_built("run", 3),
-        Command::Check => not_built("check", 3),
-        Command::Describe => not_built("describe", 3),
-        Command::Test => not_built("test", 3),
-        Command::Process => not_built("process", 3),
+    init_logging();
+    let result = match &cli.command {
+        Command::Run(args) => cmd::run::run(args),
+        Command::Check { file } => cmd::check::run(file),
+        Command::Describe { file, format } => cmd::describe::run(file, *format),
+        Command::Test { file } => cmd::test::run(file),
+        Command::Process { file } => cmd::process::run(file),
         Command::Ingest => not_built("ingest", 4),
         Command::Dlq { command } => match command {
             DlqCommand::Tail => not_built("dlq tail", 8),
@@ -79,5 +108,15 @@ fn main() -> ExitCode {
         },
         Command::Audit => not_built("audit", 5),
         Command::Bench => not_built("bench", 3),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<cmd::Exit>() {
+            Some(cmd::Exit(code)) => ExitCode::from(*code),
+            None => {
+                eprintln!("weir: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -1,0 +1,168 @@
+//! The `dead_letter` sink: writes each failed record's original key and bytes, unchanged,
+//! to a topic, with headers that say why and whence — modelled on Kafka Connect's
+//! `__connect.errors.*` and Kafka Streams' `__streams.errors.*` headers:
+//!
+//! | header | value |
+//! | --- | --- |
+//! | `weir.errors.reasons` | every reason code, comma-separated (`email.invalid,field.missing:name.first`) |
+//! | `weir.errors.message` | one human sentence per reason, `; `-separated |
+//! | `weir.errors.node` | the node that failed the record |
+//! | `weir.errors.topic` / `.partition` / `.offset` / `.timestamp` | the source record |
+//! | `weir.errors.application.id` | the application |
+//! | `weir.errors.failed.at` | when it failed, milliseconds since the epoch |
+//! | `weir.replay.count` | how often the record was replayed from this topic |
+
+use std::any::Any;
+
+use serde::Deserialize;
+use weir_topology::engine::REPLAY_COUNT_HEADER;
+use weir_topology::pipeline::{BuildContext, Built, OutRecord, SinkEncoder};
+use weir_topology::{Body, DataType, Envelope, NodeConfig, OutputSpec};
+
+pub const REASONS: &str = "weir.errors.reasons";
+pub const MESSAGE: &str = "weir.errors.message";
+pub const NODE: &str = "weir.errors.node";
+pub const TOPIC: &str = "weir.errors.topic";
+pub const PARTITION: &str = "weir.errors.partition";
+pub const OFFSET: &str = "weir.errors.offset";
+pub const TIMESTAMP: &str = "weir.errors.timestamp";
+pub const APPLICATION: &str = "weir.errors.application.id";
+pub const FAILED_AT: &str = "weir.errors.failed.at";
+
+/// Writes failed records, unchanged, to a dead-letter topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// The dead-letter topic.
+    pub topic: String,
+}
+
+impl NodeConfig for DeadLetterConfig {
+    fn accepts(&self) -> &'static [DataType] {
+        &[DataType::Failed]
+    }
+
+    fn outputs(&self) -> Vec<OutputSpec> {
+        Vec::new()
+    }
+
+    fn topic(&self) -> Option<&str> {
+        Some(&self.topic)
+    }
+
+    fn detail(&self) -> String {
+        format!("topic: {}", self.topic)
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Built, String> {
+        Ok(Built::Topic(Box::new(DeadLetterEncoder {
+            topic: self.topic.clone(),
+            application_id: ctx.application_id.to_owned(),
+        })))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// Encodes a failed record as a dead letter.
+pub struct DeadLetterEncoder {
+    topic: String,
+    application_id: String,
+}
+
+impl DeadLetterEncoder {
+    pub fn new(topic: &str, application_id: &str) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            application_id: application_id.to_owned(),
+        }
+    }
+}
+
+impl SinkEncoder for DeadLetterEncoder {
+    fn encode(&self, record: &Envelope) -> OutRecord {
+        let (reasons, message, node) = match &record.body {
+            Body::Failed(f) => (f.reasons.join(","), f.message.clone(), f.node.clone()),
+            _ => (
+                "internal.not_failed".to_owned(),
+                "a record that did not fail reached the dead-letter sink".to_owned(),
+                String::new(),
+            ),
+        };
+        let o = &record.origin;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let mut headers: Vec<(String, Vec<u8>)> = vec![
+            (REASONS.into(), reasons.into_bytes()),
+            (MESSAGE.into(), message.into_bytes()),
+            (NODE.into(), node.into_bytes()),
+            (TOPIC.into(), o.topic.clone().into_bytes()),
+            (PARTITION.into(), o.partition.to_string().into_bytes()),
+            (OFFSET.into(), o.offset.to_string().into_bytes()),
+            (APPLICATION.into(), self.application_id.clone().into_bytes()),
+            (FAILED_AT.into(), now.to_string().into_bytes()),
+            (
+                REPLAY_COUNT_HEADER.into(),
+                o.replay_count.to_string().into_bytes(),
+            ),
+        ];
+        if let Some(ts) = o.timestamp {
+            headers.push((TIMESTAMP.into(), ts.to_string().into_bytes()));
+        }
+        OutRecord {
+            topic: self.topic.clone(),
+            key: o.key.clone(),
+            value: o.value.clone().unwrap_or_default(),
+            headers,
+            timestamp: o.timestamp,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_topology::{Failure, Origin};
+
+    #[test]
+    fn keeps_key_and_bytes_and_says_why_and_whence() {
+        let e = DeadLetterEncoder::new("dlq", "users");
+        let env = Envelope {
+            origin: Origin {
+                topic: "raw".into(),
+                partition: 3,
+                offset: 17,
+                timestamp: Some(1_700_000_000_123),
+                key: Some(b"k".to_vec()),
+                value: Some(b"\xff{not json".to_vec()),
+                replay_count: 2,
+            },
+            body: Body::Failed(Failure {
+                reasons: vec!["utf8.invalid".into(), "x.y".into()],
+                message: "bad".into(),
+                node: "raw".into(),
+            }),
+        };
+        let r = e.encode(&env);
+        assert_eq!(r.topic, "dlq");
+        assert_eq!(r.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(r.value, b"\xff{not json");
+        assert_eq!(r.timestamp, Some(1_700_000_000_123));
+        let h = |k: &str| {
+            r.headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        };
+        assert_eq!(h(REASONS).as_deref(), Some("utf8.invalid,x.y"));
+        assert_eq!(h(PARTITION).as_deref(), Some("3"));
+        assert_eq!(h(OFFSET).as_deref(), Some("17"));
+        assert_eq!(h(APPLICATION).as_deref(), Some("users"));
+        assert_eq!(h(REPLAY_COUNT_HEADER).as_deref(), Some("2"));
+        assert_eq!(h(TIMESTAMP).as_deref(), Some("1700000000123"));
+    }
+}

@@ -1,0 +1,63 @@
+//! One module per `weir` subcommand.
+
+pub mod check;
+pub mod describe;
+pub mod process;
+pub mod run;
+pub mod test;
+
+use std::path::Path;
+
+use weir_topology::{LoadError, Topology};
+
+/// Exit code of a configuration error (EX_CONFIG, as `vector validate`).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// An error that carries the process's exit code.
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Loads a topology file; on config errors prints every one and returns exit code 78.
+pub fn load(path: &Path) -> anyhow::Result<Topology> {
+    match weir_topology::load_file(path, &crate::registry::registry()) {
+        Ok(t) => Ok(t),
+        Err(LoadError::Invalid(diags)) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            eprintln!(
+                "{} error{} in {}",
+                diags.len(),
+                if diags.len() == 1 { "" } else { "s" },
+                path.display()
+            );
+            Err(Exit(EXIT_CONFIG).into())
+        }
+        Err(e @ LoadError::Read { .. }) => {
+            eprintln!("{e}");
+            Err(Exit(EXIT_CONFIG).into())
+        }
+    }
+}
+
+/// The sub-topology that reads the first source (the one `process`, `test` and the Kafka
+/// loop run).
+pub fn processing_subtopology(t: &Topology) -> anyhow::Result<weir_topology::graph::SubTopology> {
+    let subs = weir_topology::graph::sub_topologies(t);
+    subs.into_iter()
+        .find(|s| {
+            s.nodes.iter().any(|n| {
+                t.node(n)
+                    .is_some_and(|n| n.kind == weir_topology::NodeKind::Source)
+            })
+        })
+        .ok_or_else(|| anyhow::anyhow!("the topology has no source"))
+}
