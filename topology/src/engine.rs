@@ -52,6 +52,9 @@ pub struct EngineConfig {
     /// Upper bound of a transaction's life; a crashed instance's open transaction is
     /// aborted by the broker after this (or at once when the instance comes back).
     pub transaction_timeout: Duration,
+    /// Stop (after a last commit) once no record has arrived for this long; `None` runs
+    /// until shut down. For batch runs and benchmarks.
+    pub stop_when_idle: Option<Duration>,
 }
 
 impl EngineConfig {
@@ -93,6 +96,20 @@ pub struct RunSummary {
     pub records: u64,
     pub committed_transactions: u64,
     pub aborted_transactions: u64,
+    /// When the first and the last record of the run were read.
+    pub first_record: Option<Instant>,
+    pub last_record: Option<Instant>,
+}
+
+impl RunSummary {
+    /// Records per second between the first and the last record read.
+    pub fn records_per_second(&self) -> Option<f64> {
+        let secs = self
+            .last_record?
+            .duration_since(self.first_record?)
+            .as_secs_f64();
+        (secs > 0.0).then(|| self.records as f64 / secs)
+    }
 }
 
 #[derive(Default)]
@@ -478,8 +495,18 @@ pub fn run(
     tracing::info!(transactional_id = %id, ?topics, "exactly-once loop started");
 
     let mut fates: Vec<Fate> = Vec::with_capacity(4);
+    let mut last_activity = Instant::now();
     let result = loop {
-        if shutdown.load(Ordering::Relaxed) {
+        let idle = config
+            .stop_when_idle
+            .is_some_and(|d| last_activity.elapsed() >= d);
+        if idle {
+            tracing::info!(
+                "no records for {:?}: stopping",
+                config.stop_when_idle.unwrap_or_default()
+            );
+        }
+        if idle || shutdown.load(Ordering::Relaxed) {
             let mut state = shared.state.lock().unwrap();
             break commit(&shared, &mut state, &consumer).map(|_| state.summary);
         }
@@ -503,6 +530,9 @@ pub fn run(
             None => {}
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
             Some(Ok(msg)) => {
+                last_activity = Instant::now();
+                state.summary.first_record.get_or_insert(last_activity);
+                state.summary.last_record = Some(last_activity);
                 if !state.open {
                     if let Err(e) = shared.producer.begin_transaction() {
                         break Err(fatal(&config, "begin", e));
@@ -578,6 +608,7 @@ mod tests {
             commit_interval: Duration::from_millis(100),
             commit_max_records: 10,
             transaction_timeout: Duration::from_secs(10),
+            stop_when_idle: None,
         };
         assert_eq!(cfg.transactional_id(), "users-0-a");
     }

@@ -26,6 +26,10 @@ pub struct RunArgs {
     /// How long the broker keeps a crashed instance's transaction open before aborting it.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub transaction_timeout: weir_topology::Duration,
+    /// Stop after a last commit once no record has arrived for this long (batch runs and
+    /// benchmarks); by default run until SIGINT/SIGTERM.
+    #[arg(long, value_parser = parse_duration)]
+    pub stop_when_idle: Option<weir_topology::Duration>,
 }
 
 fn parse_duration(s: &str) -> Result<weir_topology::Duration, String> {
@@ -55,6 +59,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         commit_interval: s.commit_interval.as_std(),
         commit_max_records: s.commit_max_records,
         transaction_timeout: args.transaction_timeout.as_std(),
+        stop_when_idle: args.stop_when_idle.map(|d| d.as_std()),
     };
     let shutdown = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -94,6 +99,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 records = summary.records,
                 committed = summary.committed_transactions,
                 aborted = summary.aborted_transactions,
+                records_per_second = summary.records_per_second().map(|r| r.round()),
                 "stopped"
             );
             Ok(())

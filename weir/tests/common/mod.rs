@@ -33,3 +33,135 @@ pub fn unique(prefix: &str) -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+pub mod kafka {
+    //! Kafka helpers for the integration tests: topics, whole-topic reads, group offsets.
+
+    use std::time::{Duration, Instant};
+
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::OwnedMessage;
+    use rdkafka::{Message, Offset, TopicPartitionList};
+
+    pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+    pub fn create_topics(names: &[&str], partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", super::bootstrap())
+            .create()
+            .expect("admin client");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let topics: Vec<NewTopic> = names
+            .iter()
+            .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let results = rt
+            .block_on(admin.create_topics(
+                &topics,
+                &AdminOptions::new().operation_timeout(Some(TIMEOUT)),
+            ))
+            .expect("create_topics request");
+        for r in results {
+            r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+        }
+    }
+
+    /// Every record of every partition, up to the end, with the given isolation level.
+    pub fn read_all(topic: &str, partitions: i32, isolation: &str) -> Vec<OwnedMessage> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", super::bootstrap())
+            .set("group.id", super::unique("weir-test-reader"))
+            .set("isolation.level", isolation)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        let mut ends = Vec::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+            ends.push(
+                consumer
+                    .fetch_watermarks(topic, p, TIMEOUT)
+                    .expect("watermarks")
+                    .1,
+            );
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let positions = consumer.position().unwrap();
+            let done = (0..partitions).all(|p| {
+                let pos = positions
+                    .find_partition(topic, p)
+                    .and_then(|e| e.offset().to_raw())
+                    .unwrap_or(-1);
+                pos >= ends[p as usize] || ends[p as usize] == 0
+            });
+            if done {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reading {topic} to its end took too long"
+            );
+            if let Some(msg) = consumer.poll(Duration::from_millis(200)) {
+                seen.push(msg.expect("consume").detach());
+            }
+        }
+        seen
+    }
+
+    /// The group's committed offset per partition (-1 where none).
+    pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", super::bootstrap())
+            .set("group.id", group)
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let c = consumer
+            .committed_offsets(tpl, TIMEOUT)
+            .expect("committed offsets");
+        (0..partitions)
+            .map(|p| {
+                c.find_partition(topic, p)
+                    .and_then(|e| e.offset().to_raw())
+                    .unwrap_or(-1)
+            })
+            .collect()
+    }
+
+    /// The end offset of every partition.
+    pub fn ends(topic: &str, partitions: i32) -> Vec<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", super::bootstrap())
+            .create()
+            .expect("consumer");
+        (0..partitions)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(topic, p, TIMEOUT)
+                    .expect("watermarks")
+                    .1
+            })
+            .collect()
+    }
+
+    pub fn header<'a>(msg: &'a OwnedMessage, key: &str) -> Option<&'a [u8]> {
+        use rdkafka::message::Headers;
+        msg.headers()?.iter().find(|h| h.key == key)?.value
+    }
+}
