@@ -4,7 +4,6 @@
 //! 69 a subcommand that is not built yet, 78 a configuration error (as `vector validate`).
 
 mod cmd;
-mod registry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,7 +52,7 @@ enum Command {
     )]
     Process { file: PathBuf },
     /// Produce raw records into Kafka from randomuser.me or a synthetic generator.
-    Ingest,
+    Ingest(cmd::ingest::IngestArgs),
     /// Inspect and replay the dead-letter topic.
     Dlq {
         #[command(subcommand)]
@@ -101,7 +100,7 @@ fn main() -> ExitCode {
         Command::Describe { file, format } => cmd::describe::run(file, *format),
         Command::Test { file } => cmd::test::run(file),
         Command::Process { file } => cmd::process::run(file),
-        Command::Ingest => not_built("ingest", 4),
+        Command::Ingest(args) => cmd::ingest::run(args),
         Command::Dlq { command } => match command {
             DlqCommand::Tail => not_built("dlq tail", 8),
             DlqCommand::Stats => not_built("dlq stats", 8),

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod describe;
+pub mod ingest;
 pub mod process;
 pub mod run;
 pub mod test;
@@ -27,7 +28,7 @@ impl std::error::Error for Exit {}
 
 /// Loads a topology file; on config errors prints every one and returns exit code 78.
 pub fn load(path: &Path) -> anyhow::Result<Topology> {
-    match weir_topology::load_file(path, &crate::registry::registry()) {
+    match weir_topology::load_file(path, &weir::registry::registry()) {
         Ok(t) => Ok(t),
         Err(LoadError::Invalid(diags)) => {
             for d in &diags {

@@ -165,3 +165,92 @@ pub mod kafka {
         msg.headers()?.iter().find(|h| h.key == key)?.value
     }
 }
+
+pub mod http {
+    //! A tiny HTTP/1.1 server on loopback that answers with scripted responses, in order
+    //! (the last one repeats), for testing HTTP clients against real sockets.
+
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    #[derive(Clone)]
+    pub struct Reply {
+        pub status: u16,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+        /// Wait this long before answering.
+        pub delay: Duration,
+    }
+
+    impl Reply {
+        pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Self {
+            Self {
+                status,
+                headers: vec![("Content-Type".into(), "application/json".into())],
+                body: body.into(),
+                delay: Duration::ZERO,
+            }
+        }
+
+        pub fn header(mut self, k: &str, v: &str) -> Self {
+            self.headers.push((k.into(), v.into()));
+            self
+        }
+
+        pub fn delay(mut self, d: Duration) -> Self {
+            self.delay = d;
+            self
+        }
+    }
+
+    pub struct Server {
+        pub url: String,
+        /// The request lines received, in order.
+        pub requests: Arc<Mutex<Vec<String>>>,
+    }
+
+    pub fn serve(replies: Vec<Reply>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/api/", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let reply = replies[n.min(replies.len() - 1)].clone();
+                n += 1;
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf);
+                    seen.lock()
+                        .unwrap()
+                        .push(head.lines().next().unwrap_or("").to_owned());
+                    std::thread::sleep(reply.delay);
+                    let mut out = format!(
+                        "HTTP/1.1 {} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                        reply.status,
+                        reply.body.len()
+                    );
+                    for (k, v) in &reply.headers {
+                        out.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    out.push_str("\r\n");
+                    let _ = stream.write_all(out.as_bytes());
+                    let _ = stream.write_all(&reply.body);
+                });
+            }
+        });
+        Server { url, requests }
+    }
+}
