@@ -42,11 +42,15 @@ CREATE INDEX IF NOT EXISTS users_ingestion_timestamp_idx ON users (ingestion_tim
 CREATE INDEX IF NOT EXISTS users_window_start_idx ON users (window_start);
 
 CREATE TABLE IF NOT EXISTS sink_offsets (
-    sink         TEXT        NOT NULL,
-    topic        TEXT        NOT NULL,
-    partition    INTEGER     NOT NULL,
-    next_offset  BIGINT      NOT NULL CHECK (next_offset >= 0),
-    updated_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    sink          TEXT        NOT NULL,
+    topic         TEXT        NOT NULL,
+    partition     INTEGER     NOT NULL,
+    -- the next Kafka offset to apply; moved only by a compare-and-set in the rows' transaction
+    next_offset   BIGINT      NOT NULL CHECK (next_offset >= 0),
+    -- this partition's watermark as its sink last computed it, and when
+    watermark     TIMESTAMPTZ,
+    heartbeat_at  TIMESTAMPTZ,
+    updated_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (sink, topic, partition)
 );
 
@@ -57,8 +61,13 @@ CREATE TABLE IF NOT EXISTS windows (
     status           TEXT        NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'sealed')),
     records          BIGINT      NOT NULL DEFAULT 0,
     rows_written     BIGINT      NOT NULL DEFAULT 0,
+    -- rows of the table attributed to this window when it was sealed
+    table_rows       BIGINT,
     rejected         BIGINT      NOT NULL DEFAULT 0,
-    late_records     BIGINT      NOT NULL DEFAULT 0,
+    -- records that arrived after the seal, by late policy (not in the sealed counts)
+    late_dead_letter BIGINT      NOT NULL DEFAULT 0,
+    late_dropped     BIGINT      NOT NULL DEFAULT 0,
+    late_accepted    BIGINT      NOT NULL DEFAULT 0,
     first_record_at  TIMESTAMPTZ,
     last_record_at   TIMESTAMPTZ,
     sealed_at        TIMESTAMPTZ,

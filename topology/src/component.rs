@@ -85,6 +85,11 @@ pub trait NodeConfig: fmt::Debug + Send + Sync + Any {
     fn detail(&self) -> String {
         String::new()
     }
+    /// Problems of the config beyond its shape (each a sentence), reported by `weir check`
+    /// at the node.
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Turns the config into the running part: a processor, a topic encoder, or a sink
     /// with its own loop. The error names what is wrong.
     fn build(

@@ -652,6 +652,11 @@ impl Loader<'_> {
 
         let config = component
             .and_then(|c| self.deserialize(c.parse, Value::Object(obj), &label, offset, &spans));
+        if let Some(c) = &config {
+            for problem in c.problems() {
+                self.error(Some(offset), format!("{label}: {problem}"));
+            }
+        }
         let broken = config.is_none();
         Some(Node {
             name: name.to_owned(),

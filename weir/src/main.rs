@@ -59,7 +59,7 @@ enum Command {
         command: DlqCommand,
     },
     /// Audit a sealed window: compare the clean topic with the ledger and the rows.
-    Audit,
+    Audit(cmd::audit::AuditArgs),
     /// Benchmark a topology on this machine.
     Bench,
 }
@@ -106,7 +106,7 @@ fn main() -> ExitCode {
             DlqCommand::Stats => not_built("dlq stats", 8),
             DlqCommand::Replay => not_built("dlq replay", 8),
         },
-        Command::Audit => not_built("audit", 5),
+        Command::Audit(args) => cmd::audit::run(args),
         Command::Bench => not_built("bench", 3),
     };
     match result {

@@ -1,5 +1,6 @@
 //! One module per `weir` subcommand.
 
+pub mod audit;
 pub mod check;
 pub mod describe;
 pub mod ingest;

@@ -3,7 +3,7 @@
 //! SIGTERM commits the open transaction and stops.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -11,6 +11,11 @@ use weir_topology::engine::{self, EngineConfig, EngineError};
 use weir_topology::graph::sub_topologies;
 use weir_topology::metrics::Metrics;
 use weir_topology::pipeline::Pipeline;
+use weir_topology::{Node, Topology};
+
+use weir_sinks::postgres::metrics::SinkMetrics;
+use weir_sinks::postgres::sink::{self as postgres_sink, Health, SinkSettings};
+use weir_sinks::postgres::PostgresSinkConfig;
 
 use super::Exit;
 
@@ -41,12 +46,25 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let t = super::load(path)?;
     let metrics = Metrics::new();
     let sub = super::processing_subtopology(&t)?;
+    let shutdown = weir::signals::shutdown_flag()?;
+    let mut sinks = Vec::new();
     for other in sub_topologies(&t).iter().filter(|s| s.id != sub.id) {
-        tracing::warn!(
-            subtopology = other.id,
-            nodes = ?other.nodes,
-            "this sub-topology is not built yet (PostgreSQL and websocket sinks come in later issues); it does not run"
-        );
+        for name in &other.nodes {
+            let node = t.node(name).expect("node of the topology");
+            if let Some(cfg) = node.config::<PostgresSinkConfig>() {
+                let settings = postgres_settings(&t, node, cfg, &args.instance)?;
+                let metrics = SinkMetrics::register(&metrics_registry(&metrics), name)
+                    .context("registering the sink's metrics")?;
+                let health = Arc::new(Health::default());
+                let shutdown = shutdown.clone();
+                let thread = std::thread::Builder::new()
+                    .name(format!("weir-pg-{name}"))
+                    .spawn(move || postgres_sink::run(settings, metrics, health, shutdown))?;
+                sinks.push((name.clone(), thread));
+            } else if node.kind == weir_topology::NodeKind::Sink {
+                tracing::warn!(sink = %name, "this sink is not built yet (the websocket sink comes with the web server); it does not run");
+            }
+        }
     }
     let pipeline = Pipeline::build(&t, &sub, Some(&metrics)).context("building the pipeline")?;
     let s = &t.settings;
@@ -61,38 +79,38 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         transaction_timeout: args.transaction_timeout.as_std(),
         stop_when_idle: args.stop_when_idle.map(|d| d.as_std()),
     };
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
     let engine_thread = {
         let shutdown = shutdown.clone();
         let metrics = metrics.clone();
         std::thread::Builder::new()
             .name(format!("weir-eos-{}", sub.id))
-            .spawn(move || {
-                let r = engine::run(pipeline, config, metrics, shutdown);
-                let _ = done_tx.send(());
-                r
-            })?
+            .spawn(move || engine::run(pipeline, config, metrics, shutdown))?
     };
-    // signals on a small runtime; the engine's blocking calls stay on their own thread
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let engine_done = tokio::task::spawn_blocking(move || done_rx.recv());
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: committing and stopping"),
-            _ = term.recv() => tracing::info!("SIGTERM: committing and stopping"),
-            _ = engine_done => {}
+    // wait for a signal, or for a loop to stop on its own (a fatal error)
+    while !shutdown.load(Ordering::Relaxed)
+        && !engine_thread.is_finished()
+        && !sinks.iter().any(|(_, t)| t.is_finished())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    shutdown.store(true, Ordering::SeqCst);
+    let mut failed = false;
+    for (name, thread) in sinks {
+        match thread.join() {
+            Ok(Ok(summary)) => tracing::info!(sink = %name, ?summary, "sink stopped"),
+            Ok(Err(e)) => {
+                failed = true;
+                eprintln!("weir run: sink \"{name}\": {e}");
+            }
+            Err(_) => {
+                failed = true;
+                eprintln!("weir run: sink \"{name}\" panicked");
+            }
         }
-        anyhow::Ok(())
-    })?;
-    shutdown.store(true, Ordering::Relaxed);
+    }
     let result = engine_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
-    rt.shutdown_background();
     match result {
         Ok(summary) => {
             tracing::info!(
@@ -102,6 +120,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 records_per_second = summary.records_per_second().map(|r| r.round()),
                 "stopped"
             );
+            if failed {
+                return Err(Exit(1).into());
+            }
             Ok(())
         }
         Err(e @ EngineError::Fenced { .. }) => {
@@ -110,4 +131,50 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
         Err(e) => Err(anyhow::Error::new(e).context("the exactly-once loop stopped")),
     }
+}
+
+fn metrics_registry(m: &Metrics) -> prometheus::Registry {
+    m.registry.clone()
+}
+
+/// The topic a sink reads: the topic its input (a topic sink) writes.
+pub fn input_topic(t: &Topology, node: &Node) -> anyhow::Result<String> {
+    node.inputs
+        .iter()
+        .filter_map(|i| t.node(&i.node))
+        .find_map(|up| up.config.topic().map(str::to_owned))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "sink \"{}\" reads no topic: its input must be a kafka sink",
+                node.name
+            )
+        })
+}
+
+/// Everything a PostgreSQL sink of the topology needs to run.
+pub fn postgres_settings(
+    t: &Topology,
+    node: &Node,
+    cfg: &PostgresSinkConfig,
+    instance: &str,
+) -> anyhow::Result<SinkSettings> {
+    let database_url = match &cfg.url {
+        Some(u) => u.clone(),
+        None => std::env::var("WEIR_DATABASE_URL").map_err(|_| {
+            anyhow::anyhow!(
+                "sink \"{}\" needs a PostgreSQL URL: set WEIR_DATABASE_URL (deploy/dev exports it) or the sink's url",
+                node.name
+            )
+        })?,
+    };
+    Ok(SinkSettings {
+        application_id: t.settings.application_id.clone(),
+        node: node.name.clone(),
+        instance: instance.to_owned(),
+        config: cfg.clone(),
+        topic: input_topic(t, node)?,
+        bootstrap_servers: t.settings.kafka.bootstrap_servers.clone(),
+        kafka_options: t.settings.kafka.options.clone(),
+        database_url,
+    })
 }

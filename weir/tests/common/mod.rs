@@ -254,3 +254,43 @@ pub mod http {
         Server { url, requests }
     }
 }
+
+pub mod pg {
+    //! PostgreSQL helpers: a fresh database per test with `schema.sql` applied.
+
+    use tokio_postgres::{Client, NoTls};
+
+    pub const SCHEMA: &str = include_str!("../../../schema.sql");
+
+    pub async fn connect(url: &str) -> Client {
+        let (client, connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to PostgreSQL: {e}"));
+        tokio::spawn(connection);
+        client
+    }
+
+    /// The URL of another database on the same server.
+    pub fn with_database(url: &str, db: &str) -> String {
+        let (base, _) = url.rsplit_once('/').expect("database URL ends in /dbname");
+        format!("{base}/{db}")
+    }
+
+    /// Creates a database with the schema applied; returns its URL.
+    pub async fn fresh_database(prefix: &str) -> String {
+        let admin_url = super::env("WEIR_PG_ADMIN_URL");
+        let admin = connect(&admin_url).await;
+        let db = super::unique(prefix);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .unwrap();
+        let url = with_database(&admin_url, &db);
+        connect(&url)
+            .await
+            .batch_execute(SCHEMA)
+            .await
+            .expect("schema.sql");
+        url
+    }
+}

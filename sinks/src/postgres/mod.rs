@@ -1,0 +1,17 @@
+//! The `postgres` sink: the clean topic into a table in tumbling windows, exactly once.
+//!
+//! - [`config`]: the node's configuration (table, column mapping, windows, batches, late policy).
+//! - [`window`]: window arithmetic and the watermark, as pure logic.
+//! - [`writer`]: one batch in one transaction — rows, ledger, window counts, rejects, offsets.
+//! - [`sink`]: the consumer loop that feeds the writer and seeks to the stored offsets.
+//! - [`admin`]: seal and audit a window (the calls behind the HTTP API and `weir audit`).
+//! - [`metrics`]: the sink's Prometheus metrics.
+
+pub mod admin;
+pub mod config;
+pub mod metrics;
+pub mod sink;
+pub mod window;
+pub mod writer;
+
+pub use config::{LatePolicy, PostgresSinkConfig};
