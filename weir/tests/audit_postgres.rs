@@ -79,14 +79,16 @@ async fn a_tampered_row_fails_the_audit_with_a_clear_report() {
         ("WEIR_APPLICATION_ID", app.as_str()),
         ("WEIR_DATABASE_URL", url.as_str()),
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["run", users_toml().to_str().unwrap(), "--instance", "audit"])
-        .envs(env)
-        .env("WEIR_KAFKA_BOOTSTRAP", common::bootstrap())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = common::Guard(
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", users_toml().to_str().unwrap(), "--instance", "audit"])
+            .envs(env)
+            .env("WEIR_KAFKA_BOOTSTRAP", common::bootstrap())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut client = common::pg::connect(&url).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kafka::{committed, create_topics, ends, header, read_all};
@@ -164,11 +164,11 @@ struct Weir {
 }
 
 impl Weir {
-    fn start(&mut self) -> Child {
+    fn start(&mut self) -> common::Guard {
         self.starts += 1;
         let log =
             std::fs::File::create(self.dir.join(format!("weir-{}.log", self.starts))).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_weir"))
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .args([
                 "run",
                 users_toml().to_str().unwrap(),
@@ -180,7 +180,8 @@ impl Weir {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start weir run")
+            .expect("start weir run");
+        common::Guard(child)
     }
 }
 
@@ -322,7 +323,13 @@ fn verify_exactly_once(raw: &str, clean: &str, dlq: &str, app: &str, end: &[i64]
 }
 
 /// Waits until the application's committed offsets reach `end`, while `children` run.
-fn wait_until_committed(app: &str, raw: &str, end: &[i64], children: &mut [Child], dir: &Path) {
+fn wait_until_committed(
+    app: &str,
+    raw: &str,
+    end: &[i64],
+    children: &mut [common::Guard],
+    dir: &Path,
+) {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let c = committed(app, raw, PARTITIONS);
@@ -346,7 +353,7 @@ fn wait_until_committed(app: &str, raw: &str, end: &[i64], children: &mut [Child
     }
 }
 
-fn stop(mut child: Child) {
+fn stop(mut child: common::Guard) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -394,19 +401,21 @@ fn two_processes_of_one_application_share_the_partitions_exactly_once() {
     ];
     let start = |instance: &str| {
         let log = std::fs::File::create(dir.join(format!("{instance}.log"))).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args([
-                "run",
-                users_toml().to_str().unwrap(),
-                "--instance",
-                instance,
-            ])
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("WEIR_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start weir run")
+        common::Guard(
+            Command::new(env!("CARGO_BIN_EXE_weir"))
+                .args([
+                    "run",
+                    users_toml().to_str().unwrap(),
+                    "--instance",
+                    instance,
+                ])
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .env("WEIR_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start weir run"),
+        )
     };
     let a = start("a");
     let producer = {

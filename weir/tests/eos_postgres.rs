@@ -12,7 +12,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -160,21 +160,23 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn start_weir(env: &[(String, String)], dir: &Path, n: usize) -> Child {
+fn start_weir(env: &[(String, String)], dir: &Path, n: usize) -> common::Guard {
     let log = std::fs::File::create(dir.join(format!("weir-{n}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "run",
-            users_toml().to_str().unwrap(),
-            "--instance",
-            "pg-test",
-        ])
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("WEIR_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start weir run")
+    common::Guard(
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args([
+                "run",
+                users_toml().to_str().unwrap(),
+                "--instance",
+                "pg-test",
+            ])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start weir run"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::window::{window_start, Millis};
-use super::writer::{Column, Table};
+use super::writer::{json_field, Column, Table};
 
 /// The window settings of a sink.
 #[derive(Debug, Clone)]
@@ -416,7 +416,17 @@ fn expected_text(
                 .map(|d| d.timestamp_millis().to_string()),
         };
     }
-    Table::value(&c.field, record, topic, p, o, t, w)
+    let raw = record.to_string();
+    Table::value(
+        &c.field,
+        &|f| json_field(record, f),
+        &raw,
+        topic,
+        p,
+        o,
+        t,
+        w,
+    )
 }
 
 fn same(c: &Column, actual: &Option<String>, expected: &Option<String>) -> bool {
@@ -618,7 +628,8 @@ pub async fn audit(
             let Some(record) = &s.record else { continue };
             let Some(k) = Table::value(
                 &key_col.field,
-                record,
+                &|f| json_field(record, f),
+                "",
                 &source.topic,
                 *p,
                 *o,

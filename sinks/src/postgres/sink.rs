@@ -26,7 +26,9 @@ use weir_topology::{Body, Envelope, Failure, Origin};
 use super::config::{LatePolicy, PostgresSinkConfig};
 use super::metrics::SinkMetrics;
 use super::window::{window_start, Millis, Watermarks};
-use super::writer::{load_offsets, write_batch, OffsetMove, Row, SinkIdent, Table, WriteError};
+use super::writer::{
+    load_offsets, raw_field, write_batch, OffsetMove, Row, SinkIdent, Table, WriteError,
+};
 use crate::dead_letter::DeadLetterEncoder;
 
 /// Everything the sink needs to run.
@@ -262,28 +264,40 @@ fn row_of<M: Message>(msg: &M, table: &Table, window_ms: i64) -> Row {
     let timestamp = msg.timestamp().to_millis().unwrap_or_else(now_ms);
     let window = window_start(timestamp, window_ms);
     let payload = msg.payload().unwrap_or_default();
-    let (record, undecodable) = match serde_json::from_slice::<serde_json::Value>(payload) {
-        Ok(v) if v.is_object() => (Some(v), None),
-        Ok(_) => (None, Some("record.not_object".to_owned())),
-        Err(e) => (None, Some(format!("json.malformed: {e}"))),
-    };
-    let values = match &record {
-        Some(r) => table
-            .columns
-            .iter()
-            .map(|c| {
-                Table::value(
-                    &c.field,
-                    r,
-                    msg.topic(),
-                    msg.partition(),
-                    msg.offset(),
-                    timestamp,
-                    window,
-                )
-            })
-            .collect(),
-        None => Vec::new(),
+    // one level deep: nested values stay raw JSON, no tree is built
+    let parsed = std::str::from_utf8(payload)
+        .map_err(|e| format!("utf8.invalid: {e}"))
+        .and_then(|text| {
+            serde_json::from_str::<std::collections::HashMap<&str, &serde_json::value::RawValue>>(
+                text,
+            )
+            .map(|m| (text, m))
+            .map_err(|e| format!("json.malformed: {e}"))
+        });
+    let (values, undecodable) = match &parsed {
+        Ok((text, record)) => {
+            let get = |f: &str| raw_field(record, f);
+            (
+                table
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        Table::value(
+                            &c.field,
+                            &get,
+                            text,
+                            msg.topic(),
+                            msg.partition(),
+                            msg.offset(),
+                            timestamp,
+                            window,
+                        )
+                    })
+                    .collect(),
+                None,
+            )
+        }
+        Err(e) => (Vec::new(), Some(e.clone())),
     };
     Row {
         partition: msg.partition(),
@@ -291,11 +305,6 @@ fn row_of<M: Message>(msg: &M, table: &Table, window_ms: i64) -> Row {
         timestamp,
         window_start: window,
         values,
-        record: record.or_else(|| {
-            Some(serde_json::Value::String(
-                String::from_utf8_lossy(payload).into_owned(),
-            ))
-        }),
         undecodable,
         key: msg.key().map(<[u8]>::to_vec),
         raw: payload.to_vec(),
@@ -370,6 +379,8 @@ pub fn run(
         .set("session.timeout.ms", "10000")
         .set("max.poll.interval.ms", "600000")
         .set("fetch.wait.max.ms", "50")
+        // a batch at a time is enough read-ahead; librdkafka's default holds ~1 GB
+        .set("queued.max.messages.kbytes", "32768")
         .set_log_level(RDKafkaLogLevel::Warning);
     for (k, v) in &settings.kafka_options {
         cc.set(k, v);

@@ -33,8 +33,6 @@ pub struct Row {
     pub window_start: Millis,
     /// One text value per mapped column, in [`Table::columns`] order; `None` is NULL.
     pub values: Vec<Option<String>>,
-    /// The clean record as JSON, for rejects.
-    pub record: Option<serde_json::Value>,
     /// Why the record could not be read as a clean record, if it could not.
     pub undecodable: Option<String>,
     /// The Kafka key and value as read, for a dead letter.
@@ -106,15 +104,12 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// A record for the rejects table: JSON that `jsonb` accepts (no `\u0000`).
-fn storable(record: &Option<serde_json::Value>) -> Option<serde_json::Value> {
-    let r = record.as_ref()?;
-    let text = r.to_string();
-    if text.contains("\\u0000") {
-        serde_json::from_str(&text.replace("\\u0000", "\\ufffd")).ok()
-    } else {
-        Some(r.clone())
-    }
+/// A record for the rejects table: its JSON as `jsonb` accepts it (no `\u0000`), or the
+/// bytes as a JSON string when they are not JSON.
+fn storable(raw: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(raw);
+    serde_json::from_str(&text.replace("\\u0000", "\\ufffd"))
+        .unwrap_or_else(|_| serde_json::Value::String(text.replace('\0', "\u{fffd}")))
 }
 
 fn quote(ident: &str) -> String {
@@ -235,10 +230,13 @@ impl Table {
         })
     }
 
-    /// The text of one column for a clean record (`None` is NULL).
+    /// The text of one column for a clean record (`None` is NULL). `get` reads a field of
+    /// the record as text; `raw` is the record's JSON as read.
+    #[allow(clippy::too_many_arguments)]
     pub fn value(
         field: &str,
-        record: &serde_json::Value,
+        get: &dyn Fn(&str) -> Option<String>,
+        raw: &str,
         topic: &str,
         partition: i32,
         offset: i64,
@@ -251,18 +249,37 @@ impl Table {
                 .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         };
         match field {
-            "@record" => Some(record.to_string()),
+            "@record" => Some(raw.to_owned()),
             "@topic" => Some(topic.to_owned()),
             "@partition" => Some(partition.to_string()),
             "@offset" => Some(offset.to_string()),
             "@timestamp" => rfc(ts),
             "@window_start" => rfc(window_start),
-            f => match record.get(f)? {
-                serde_json::Value::Null => None,
-                serde_json::Value::String(s) => Some(s.clone()),
-                other => Some(other.to_string()),
-            },
+            f => get(f),
         }
+    }
+}
+
+/// Reads a field of a parsed record as text (`None` for null or absent).
+pub fn json_field(record: &serde_json::Value, field: &str) -> Option<String> {
+    match record.get(field)? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// Reads a field of a record parsed one level deep (values kept as raw JSON).
+pub fn raw_field(
+    record: &HashMap<&str, &serde_json::value::RawValue>,
+    field: &str,
+) -> Option<String> {
+    let v = record.get(field)?.get();
+    match v.as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(v).ok(),
+        Some(b'n') if v == "null" => None,
+        Some(_) => Some(v.to_owned()),
+        None => None,
     }
 }
 
@@ -490,7 +507,7 @@ pub async fn write_batch(
         tx.execute(
             "INSERT INTO rejects (sink, topic, partition, \"offset\", window_start, sqlstate, reason, record) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (sink, topic, partition, \"offset\") DO NOTHING",
-            &[&sink.id, &sink.topic, &row.partition, &row.offset, &ts(row.window_start), sqlstate, reason, &storable(&row.record)],
+            &[&sink.id, &sink.topic, &row.partition, &row.offset, &ts(row.window_start), sqlstate, reason, &storable(&row.raw)],
         )
         .await?;
     }
