@@ -158,6 +158,83 @@ async fn a_tampered_row_fails_the_audit_with_a_clear_report() {
     assert!(clean_report.passed, "{clean_report:#?}");
     assert_eq!(clean_report.rows_checked as i64, RECORDS / 2);
 
+    // a record for the sealed window arrives late: by default it becomes a dead letter
+    // (reason window.sealed, kept in rejects too), the sealed counts do not move, and the
+    // audit accounts for it
+    let late_ts = base + 1_000;
+    tokio::task::block_in_place(|| {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", common::bootstrap())
+            .create()
+            .unwrap();
+        let v = serde_json::json!({"user_uuid": "00000000-0000-4000-8000-999999999999", "title": "Mr",
+            "first_name": "Late", "last_name": "Comer", "full_name": "Late Comer", "email": "late@example.com",
+            "city": "Oslo", "country": "Norway", "source": {"topic": "raw", "partition": 1, "offset": 99, "timestamp": late_ts}})
+        .to_string();
+        producer
+            .send(
+                BaseRecord::<str, str>::to(&clean)
+                    .partition(1)
+                    .key("late")
+                    .payload(&v)
+                    .timestamp(late_ts),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+        producer.flush(Duration::from_secs(30)).unwrap();
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let w = weir_sinks::postgres::admin::window(&client, &spec, w0)
+            .await
+            .unwrap()
+            .unwrap();
+        if w.late_dead_letter == 1 {
+            assert_eq!(w.records, RECORDS / 2, "the sealed counts do not move");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the late record was not handled: {w:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reason: String = client
+        .query_one(
+            "SELECT reason FROM rejects WHERE record->>'email' = 'late@example.com'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reason, "window.sealed");
+    let dead = tokio::task::block_in_place(|| common::kafka::read_all(&dlq, 2, "read_committed"));
+    assert_eq!(dead.len(), 1, "one dead letter for the late record");
+    assert_eq!(
+        common::kafka::header(&dead[0], "weir.errors.reasons"),
+        Some(&b"window.sealed"[..])
+    );
+    let rows: i64 = client
+        .query_one(
+            "SELECT count(*) FROM users WHERE email = 'late@example.com'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        rows, 0,
+        "a late record is not written under the dead_letter policy"
+    );
+    let with_late = audit(&client, &spec, &table, &source, w0, Some("late"))
+        .await
+        .unwrap();
+    assert!(with_late.passed, "{with_late:#?}");
+    assert_eq!(
+        (with_late.topic_records, with_late.late_dead_letter),
+        (RECORDS / 2 + 1, 1)
+    );
+
     // tamper: change a name and delete another row
     client
         .execute(
