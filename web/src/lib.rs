@@ -1,1 +1,295 @@
-//! Weir HTTP server (actix-web): live page, websocket, Prometheus metrics and the admin API.
+//! Weir's HTTP server (actix-web): Prometheus metrics, health, the topology, and the admin
+//! API that Airflow calls to seal and audit windows.
+//!
+//! - `GET /metrics`: every metric in Prometheus text format.
+//! - `GET /healthz`: the process is up. `GET /readyz`: Kafka and PostgreSQL answer and no
+//!   sink is degraded (503 otherwise, with the reasons).
+//! - `GET /api/topology`: the topology's description.
+//! - `GET /api/windows`, `GET /api/windows/{start}`: the PostgreSQL sink's windows.
+//! - `POST /api/windows/{start}/seal[?force=true]`, `GET|POST /api/windows/{start}/audit`:
+//!   admin calls, `Authorization: Bearer <WEIR_ADMIN_TOKEN>` (compared in constant time).
+//!
+//! Errors are JSON `{"error": "..."}` with the status that fits: 400 bad input, 401 no or
+//! wrong token, 404 unknown window, 409 not sealable yet, 503 not ready. The server never
+//! sees a component's types: what it serves comes through the [`Admin`] trait, which the
+//! `weir` binary implements.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// An API error: the HTTP status and a sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub error: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, error: impl Into<String>) -> Self {
+        Self {
+            status,
+            error: error.into(),
+        }
+    }
+
+    fn response(&self) -> HttpResponse {
+        HttpResponse::build(
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        )
+        .json(json!({ "error": self.error }))
+    }
+}
+
+/// What the server asks of the running topology.
+pub trait Admin: Send + Sync + 'static {
+    /// The newest windows of the PostgreSQL sink.
+    fn windows(&self, limit: i64) -> BoxFuture<'_, Result<Value, ApiError>>;
+    /// One window (404 when it does not exist).
+    fn window(&self, start: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>>;
+    /// Seals a window (409 while the watermark is before end + grace, unless forced).
+    fn seal(
+        &self,
+        start: DateTime<Utc>,
+        force: bool,
+        by: String,
+    ) -> BoxFuture<'_, Result<Value, ApiError>>;
+    /// Audits a window and stores the verdict with `run_id`.
+    fn audit(
+        &self,
+        start: DateTime<Utc>,
+        run_id: Option<String>,
+    ) -> BoxFuture<'_, Result<Value, ApiError>>;
+    /// The latest audit of a window (404 when none).
+    fn last_audit(&self, start: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>>;
+    /// Ok when Kafka and PostgreSQL answer and no sink is degraded; the reasons otherwise.
+    fn ready(&self) -> BoxFuture<'_, Result<(), Vec<String>>>;
+}
+
+/// Everything the handlers share.
+pub struct WebState {
+    pub registry: prometheus::Registry,
+    pub topology: Value,
+    /// The admin token; `None` refuses every admin call.
+    pub admin_token: Option<String>,
+    pub admin: Arc<dyn Admin>,
+}
+
+/// Compares two strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorize(req: &HttpRequest, state: &WebState) -> Result<(), ApiError> {
+    let Some(token) = &state.admin_token else {
+        return Err(ApiError::new(
+            401,
+            "admin calls are disabled: set WEIR_ADMIN_TOKEN",
+        ));
+    };
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::new(
+                401,
+                "missing bearer token: send Authorization: Bearer <token>",
+            )
+        })?;
+    if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(401, "wrong bearer token"))
+    }
+}
+
+fn parse_start(s: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|d| d.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            s.parse::<i64>()
+                .ok()
+                .and_then(DateTime::from_timestamp_millis)
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                400,
+                format!("invalid window start \"{s}\": RFC 3339 or milliseconds since 1970"),
+            )
+        })
+}
+
+fn reply(r: Result<Value, ApiError>) -> HttpResponse {
+    match r {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => e.response(),
+    }
+}
+
+async fn metrics(state: web::Data<WebState>) -> HttpResponse {
+    let encoder = prometheus::TextEncoder::new();
+    match encoder.encode_to_string(&state.registry.gather()) {
+        Ok(text) => HttpResponse::Ok()
+            .content_type(prometheus::TEXT_FORMAT)
+            .body(text),
+        Err(e) => ApiError::new(500, e.to_string()).response(),
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "up"}))
+}
+
+async fn readyz(state: web::Data<WebState>) -> HttpResponse {
+    match state.admin.ready().await {
+        Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
+        Err(reasons) => HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "not ready", "reasons": reasons})),
+    }
+}
+
+async fn topology(state: web::Data<WebState>) -> HttpResponse {
+    HttpResponse::Ok().json(&state.topology)
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<i64>,
+}
+
+async fn windows(state: web::Data<WebState>, q: web::Query<Limit>) -> HttpResponse {
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    reply(state.admin.windows(limit).await)
+}
+
+async fn window(state: web::Data<WebState>, path: web::Path<String>) -> HttpResponse {
+    match parse_start(&path) {
+        Ok(start) => reply(state.admin.window(start).await),
+        Err(e) => e.response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct SealQuery {
+    force: Option<bool>,
+    by: Option<String>,
+}
+
+async fn seal(
+    req: HttpRequest,
+    state: web::Data<WebState>,
+    path: web::Path<String>,
+    q: web::Query<SealQuery>,
+) -> HttpResponse {
+    if let Err(e) = authorize(&req, &state) {
+        return e.response();
+    }
+    match parse_start(&path) {
+        Ok(start) => {
+            let by = q.by.clone().unwrap_or_else(|| "api".into());
+            reply(state.admin.seal(start, q.force.unwrap_or(false), by).await)
+        }
+        Err(e) => e.response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    run_id: Option<String>,
+}
+
+async fn audit_get(
+    req: HttpRequest,
+    state: web::Data<WebState>,
+    path: web::Path<String>,
+) -> HttpResponse {
+    if let Err(e) = authorize(&req, &state) {
+        return e.response();
+    }
+    match parse_start(&path) {
+        Ok(start) => reply(state.admin.last_audit(start).await),
+        Err(e) => e.response(),
+    }
+}
+
+async fn audit_post(
+    req: HttpRequest,
+    state: web::Data<WebState>,
+    path: web::Path<String>,
+    q: web::Query<AuditQuery>,
+) -> HttpResponse {
+    if let Err(e) = authorize(&req, &state) {
+        return e.response();
+    }
+    match parse_start(&path) {
+        Ok(start) => reply(state.admin.audit(start, q.run_id.clone()).await),
+        Err(e) => e.response(),
+    }
+}
+
+/// The routes, for the server and for tests.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(metrics))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/api/topology", web::get().to(topology))
+        .route("/api/windows", web::get().to(windows))
+        .route("/api/windows/{start}", web::get().to(window))
+        .route("/api/windows/{start}/seal", web::post().to(seal))
+        .route("/api/windows/{start}/audit", web::get().to(audit_get))
+        .route("/api/windows/{start}/audit", web::post().to(audit_post));
+}
+
+/// Runs the server on `addr` until the process stops. Blocks (it owns an actix runtime).
+pub fn serve(state: WebState, addr: &str) -> std::io::Result<actix_web::dev::Server> {
+    let data = web::Data::new(state);
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(64 * 1024))
+            .app_data(web::JsonConfig::default().limit(64 * 1024))
+            .configure(configure)
+    })
+    .workers(2)
+    .bind(addr)?
+    .run())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_comparison_is_equality() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn window_starts_parse_as_rfc3339_or_millis() {
+        assert_eq!(
+            parse_start("2026-11-25T10:05:00Z")
+                .unwrap()
+                .timestamp_millis(),
+            1_795_601_100_000
+        );
+        assert_eq!(
+            parse_start("1795601100000").unwrap().timestamp_millis(),
+            1_795_601_100_000
+        );
+        assert_eq!(parse_start("yesterday").unwrap_err().status, 400);
+    }
+}

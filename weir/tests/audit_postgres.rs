@@ -81,7 +81,13 @@ async fn a_tampered_row_fails_the_audit_with_a_clear_report() {
     ];
     let mut child = common::Guard(
         Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["run", users_toml().to_str().unwrap(), "--instance", "audit"])
+            .args([
+                "run",
+                users_toml().to_str().unwrap(),
+                "--instance",
+                "audit",
+                "--no-http",
+            ])
             .envs(env)
             .env("WEIR_KAFKA_BOOTSTRAP", common::bootstrap())
             .stdout(Stdio::null())

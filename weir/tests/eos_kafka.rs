@@ -174,6 +174,7 @@ impl Weir {
                 users_toml().to_str().unwrap(),
                 "--instance",
                 "eos-test",
+                "--no-http",
             ])
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("WEIR_LOG", "warn")
@@ -408,6 +409,7 @@ fn two_processes_of_one_application_share_the_partitions_exactly_once() {
                     users_toml().to_str().unwrap(),
                     "--instance",
                     instance,
+                    "--no-http",
                 ])
                 .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .env("WEIR_LOG", "info")

@@ -169,6 +169,7 @@ fn start_weir(env: &[(String, String)], dir: &Path, n: usize) -> common::Guard {
                 users_toml().to_str().unwrap(),
                 "--instance",
                 "pg-test",
+                "--no-http",
             ])
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("WEIR_LOG", "info")

@@ -13,6 +13,7 @@ use weir_topology::metrics::Metrics;
 use weir_topology::pipeline::Pipeline;
 use weir_topology::{Node, Topology};
 
+use weir_sinks::postgres::admin::{TopicSource, WindowSpec};
 use weir_sinks::postgres::metrics::SinkMetrics;
 use weir_sinks::postgres::sink::{self as postgres_sink, Health, SinkSettings};
 use weir_sinks::postgres::PostgresSinkConfig;
@@ -35,6 +36,14 @@ pub struct RunArgs {
     /// benchmarks); by default run until SIGINT/SIGTERM.
     #[arg(long, value_parser = parse_duration)]
     pub stop_when_idle: Option<weir_topology::Duration>,
+    /// Where the HTTP server (metrics, health, admin API) listens.
+    #[arg(long, env = "WEIR_HTTP_HOST", default_value = "127.0.0.1")]
+    pub http_host: String,
+    #[arg(long, env = "WEIR_HTTP_PORT", default_value_t = 5000)]
+    pub http_port: u16,
+    /// Run without the HTTP server (for extra processes that only add capacity).
+    #[arg(long)]
+    pub no_http: bool,
 }
 
 fn parse_duration(s: &str) -> Result<weir_topology::Duration, String> {
@@ -48,6 +57,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let sub = super::processing_subtopology(&t)?;
     let shutdown = weir::signals::shutdown_flag()?;
     let mut sinks = Vec::new();
+    let mut web_admin: Option<(SinkSettings, Arc<Health>)> = None;
     for other in sub_topologies(&t).iter().filter(|s| s.id != sub.id) {
         for name in &other.nodes {
             let node = t.node(name).expect("node of the topology");
@@ -56,6 +66,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 let metrics = SinkMetrics::register(&metrics_registry(&metrics), name)
                     .context("registering the sink's metrics")?;
                 let health = Arc::new(Health::default());
+                if web_admin.is_none() {
+                    web_admin = Some((settings.clone(), health.clone()));
+                }
                 let shutdown = shutdown.clone();
                 let thread = std::thread::Builder::new()
                     .name(format!("weir-pg-{name}"))
@@ -79,6 +92,42 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         transaction_timeout: args.transaction_timeout.as_std(),
         stop_when_idle: args.stop_when_idle.map(|d| d.as_std()),
     };
+    let web = if args.no_http {
+        None
+    } else {
+        let admin: Arc<dyn weir_web::Admin> = match &web_admin {
+            Some((settings, health)) => Arc::new(weir::admin::SinkAdmin::new(
+                &settings.database_url,
+                WindowSpec {
+                    sink_id: settings.sink_id(),
+                    window_ms: settings.config.window.as_millis() as i64,
+                    grace_ms: settings.config.grace.as_millis() as i64,
+                },
+                settings.config.clone(),
+                TopicSource {
+                    bootstrap_servers: settings.bootstrap_servers.clone(),
+                    topic: settings.topic.clone(),
+                    slack: std::time::Duration::from_secs(3600),
+                },
+                vec![health.clone()],
+            )?),
+            None => Arc::new(weir::admin::NoSink {
+                bootstrap_servers: t.settings.kafka.bootstrap_servers.clone(),
+            }),
+        };
+        let state = weir_web::WebState {
+            registry: metrics.registry.clone(),
+            topology: serde_json::to_value(weir_topology::describe::describe(&t))?,
+            admin_token: std::env::var("WEIR_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
+            admin,
+        };
+        Some(start_web(
+            state,
+            &format!("{}:{}", args.http_host, args.http_port),
+        )?)
+    };
     let engine_thread = {
         let shutdown = shutdown.clone();
         let metrics = metrics.clone();
@@ -94,6 +143,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     shutdown.store(true, Ordering::SeqCst);
+    if let Some((handle, thread)) = web {
+        futures::executor::block_on(handle.stop(true));
+        let _ = thread.join();
+    }
     let mut failed = false;
     for (name, thread) in sinks {
         match thread.join() {
@@ -177,4 +230,32 @@ pub fn postgres_settings(
         kafka_options: t.settings.kafka.options.clone(),
         database_url,
     })
+}
+
+/// Starts the HTTP server on a thread of its own (an actix system); fails at once when the
+/// address cannot be bound.
+fn start_web(
+    state: weir_web::WebState,
+    addr: &str,
+) -> anyhow::Result<(actix_web::dev::ServerHandle, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let addr = addr.to_owned();
+    let thread = std::thread::Builder::new().name("weir-http".into()).spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            match weir_web::serve(state, &addr) {
+                Ok(server) => {
+                    let _ = tx.send(Ok(server.handle()));
+                    tracing::info!(%addr, "HTTP server listening: /metrics, /healthz, /readyz, /api/…");
+                    let _ = server.await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::anyhow!("the HTTP server cannot listen on {addr}: {e} (set WEIR_HTTP_PORT or --http-port, or --no-http)")));
+                }
+            }
+        })
+    })?;
+    let handle = rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the HTTP server thread stopped"))??;
+    Ok((handle, thread))
 }

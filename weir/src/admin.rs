@@ -1,0 +1,289 @@
+//! The admin API's answers, from the running topology's PostgreSQL sink: windows, seal,
+//! audit and readiness — the [`weir_web::Admin`] the HTTP server serves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+use weir_sinks::postgres::admin::{self, SealError, TopicSource, WindowSpec};
+use weir_sinks::postgres::sink::Health;
+use weir_sinks::postgres::writer::Table;
+use weir_sinks::postgres::PostgresSinkConfig;
+use weir_web::{Admin, ApiError};
+
+/// The admin calls of one PostgreSQL sink.
+pub struct SinkAdmin {
+    pool: Pool,
+    spec: WindowSpec,
+    config: PostgresSinkConfig,
+    table: OnceCell<Table>,
+    source: TopicSource,
+    health: Vec<Arc<Health>>,
+}
+
+/// The admin calls of a topology with no PostgreSQL sink: there are no windows.
+pub struct NoSink {
+    pub bootstrap_servers: String,
+}
+
+fn pg_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(503, format!("PostgreSQL: {e}"))
+}
+
+impl SinkAdmin {
+    pub fn new(
+        database_url: &str,
+        spec: WindowSpec,
+        config: PostgresSinkConfig,
+        source: TopicSource,
+        health: Vec<Arc<Health>>,
+    ) -> anyhow::Result<Self> {
+        let pg: tokio_postgres::Config = database_url.parse()?;
+        let manager = Manager::from_config(
+            pg,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(4)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .build()?;
+        Ok(Self {
+            pool,
+            spec,
+            config,
+            table: OnceCell::new(),
+            source,
+            health,
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, ApiError> {
+        self.pool.get().await.map_err(pg_error)
+    }
+}
+
+/// Kafka answers a metadata request within a few seconds.
+async fn kafka_ready(bootstrap: &str) -> Result<(), String> {
+    let bootstrap = bootstrap.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Critical)
+            .create()
+            .map_err(|e| e.to_string())?;
+        c.fetch_metadata(None, Duration::from_secs(3))
+            .map(|_| ())
+            .map_err(|e| format!("Kafka ({bootstrap}): {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+impl Admin for SinkAdmin {
+    fn windows(&self, limit: i64) -> BoxFuture<'_, Result<Value, ApiError>> {
+        async move {
+            let c = self.client().await?;
+            let w = admin::windows(&c, &self.spec, limit)
+                .await
+                .map_err(pg_error)?;
+            Ok(json!({ "sink": self.spec.sink_id, "windows": w }))
+        }
+        .boxed()
+    }
+
+    fn window(&self, start: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>> {
+        async move {
+            let c = self.client().await?;
+            let w = admin::window(&c, &self.spec, start)
+                .await
+                .map_err(pg_error)?;
+            let watermark = admin::watermark(&c, &self.spec).await.map_err(pg_error)?;
+            match w {
+                Some(w) => {
+                    Ok(json!({ "sink": self.spec.sink_id, "window": w, "watermark": watermark }))
+                }
+                None => Err(ApiError::new(
+                    404,
+                    format!("no window starts at {}", start.to_rfc3339()),
+                )),
+            }
+        }
+        .boxed()
+    }
+
+    fn seal(
+        &self,
+        start: DateTime<Utc>,
+        force: bool,
+        by: String,
+    ) -> BoxFuture<'_, Result<Value, ApiError>> {
+        async move {
+            let mut c = self.client().await?;
+            let window_column = self.table_column().await?;
+            match admin::seal(
+                &mut c,
+                &self.spec,
+                &self.config.table,
+                &window_column,
+                start,
+                force,
+                &by,
+            )
+            .await
+            {
+                Ok(outcome) => Ok(serde_json::to_value(outcome).unwrap_or_default()),
+                Err(e @ SealError::NotYet { .. }) => Err(ApiError::new(409, e.to_string())),
+                Err(e @ SealError::NotAligned { .. }) => Err(ApiError::new(400, e.to_string())),
+                Err(e) => Err(pg_error(e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn audit(
+        &self,
+        start: DateTime<Utc>,
+        run_id: Option<String>,
+    ) -> BoxFuture<'_, Result<Value, ApiError>> {
+        async move {
+            let c = self.client().await?;
+            let table = self.table().await?;
+            match admin::audit(
+                &c,
+                &self.spec,
+                table,
+                &self.source,
+                start,
+                run_id.as_deref(),
+            )
+            .await
+            {
+                Ok(report) => Ok(serde_json::to_value(report).unwrap_or_default()),
+                Err(e @ admin::AuditError::NotAligned { .. }) => {
+                    Err(ApiError::new(400, e.to_string()))
+                }
+                Err(e) => Err(ApiError::new(503, e.to_string())),
+            }
+        }
+        .boxed()
+    }
+
+    fn last_audit(&self, start: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>> {
+        async move {
+            let c = self.client().await?;
+            let row = c
+                .query_opt(
+                    "SELECT report FROM audits WHERE sink = $1 AND window_start = $2 ORDER BY id DESC LIMIT 1",
+                    &[&self.spec.sink_id, &start],
+                )
+                .await
+                .map_err(pg_error)?;
+            row.map(|r| r.get::<_, Value>(0))
+                .ok_or_else(|| ApiError::new(404, format!("window {} has no audit yet", start.to_rfc3339())))
+        }
+        .boxed()
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), Vec<String>>> {
+        async move {
+            let mut reasons = Vec::new();
+            match self.pool.get().await {
+                Ok(c) => {
+                    if let Err(e) = c.simple_query("SELECT 1").await {
+                        reasons.push(format!("PostgreSQL: {e}"));
+                    }
+                }
+                Err(e) => reasons.push(format!("PostgreSQL: {e}")),
+            }
+            if let Err(e) = kafka_ready(&self.source.bootstrap_servers).await {
+                reasons.push(e);
+            }
+            for h in &self.health {
+                if h.is_degraded() {
+                    reasons.push(format!(
+                        "sink degraded: {}",
+                        h.last_error().unwrap_or_default()
+                    ));
+                }
+            }
+            if reasons.is_empty() {
+                Ok(())
+            } else {
+                Err(reasons)
+            }
+        }
+        .boxed()
+    }
+}
+
+impl SinkAdmin {
+    async fn table(&self) -> Result<&Table, ApiError> {
+        self.table
+            .get_or_try_init(|| async {
+                let c = self.client().await?;
+                Table::describe(&c, &self.config).await.map_err(pg_error)
+            })
+            .await
+    }
+
+    async fn table_column(&self) -> Result<String, ApiError> {
+        Ok(self
+            .table()
+            .await?
+            .window_column
+            .clone()
+            .unwrap_or_else(|| "window_start".into()))
+    }
+}
+
+impl Admin for NoSink {
+    fn windows(&self, _limit: i64) -> BoxFuture<'_, Result<Value, ApiError>> {
+        async {
+            Err(ApiError::new(
+                404,
+                "this topology has no PostgreSQL sink, so no windows",
+            ))
+        }
+        .boxed()
+    }
+    fn window(&self, _s: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>> {
+        self.windows(0)
+    }
+    fn seal(
+        &self,
+        _s: DateTime<Utc>,
+        _f: bool,
+        _b: String,
+    ) -> BoxFuture<'_, Result<Value, ApiError>> {
+        self.windows(0)
+    }
+    fn audit(
+        &self,
+        _s: DateTime<Utc>,
+        _r: Option<String>,
+    ) -> BoxFuture<'_, Result<Value, ApiError>> {
+        self.windows(0)
+    }
+    fn last_audit(&self, _s: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>> {
+        self.windows(0)
+    }
+    fn ready(&self) -> BoxFuture<'_, Result<(), Vec<String>>> {
+        async move {
+            kafka_ready(&self.bootstrap_servers)
+                .await
+                .map_err(|e| vec![e])
+        }
+        .boxed()
+    }
+}

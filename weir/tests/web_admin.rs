@@ -1,0 +1,257 @@
+//! The HTTP server of `weir run`, against the real stack: health and readiness, Prometheus
+//! metrics, the topology, and every admin endpoint with and without the bearer token —
+//! 401 without it, 409 for a window not sealable yet, 400 for a bad start, 404 for an
+//! unknown window, and a forced seal and an audit that pass.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::create_topics;
+
+const TOKEN: &str = "test-admin-token-1234";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Http {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Http {
+    fn call(&self, method: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let url = format!("{}{path}", self.base);
+        let mut response = match (method, token) {
+            ("GET", None) => self.agent.get(&url).call(),
+            ("GET", Some(t)) => self
+                .agent
+                .get(&url)
+                .header("Authorization", &format!("Bearer {t}"))
+                .call(),
+            ("POST", None) => self.agent.post(&url).send_empty(),
+            ("POST", Some(t)) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &format!("Bearer {t}"))
+                .send_empty(),
+            _ => unreachable!(),
+        }
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+        )
+    }
+
+    fn text(&self, path: &str) -> (u16, String) {
+        let mut r = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .call()
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    }
+}
+
+#[test]
+fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
+    let (raw, clean, dlq, app) = (
+        common::unique("weir-web-raw"),
+        common::unique("weir-web-clean"),
+        common::unique("weir-web-dlq"),
+        common::unique("weir-web-app"),
+    );
+    create_topics(&[&raw, &clean, &dlq], 2);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = rt.block_on(common::pg::fresh_database("weir_web"));
+    let port = free_port();
+    let users = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topology/users.toml");
+    let mut child = common::Guard(
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", users.to_str().unwrap(), "--instance", "web"])
+            .env("WEIR_TOPIC_RAW", &raw)
+            .env("WEIR_TOPIC_CLEAN", &clean)
+            .env("WEIR_TOPIC_DLQ", &dlq)
+            .env("WEIR_APPLICATION_ID", &app)
+            .env("WEIR_DATABASE_URL", &url)
+            .env("WEIR_KAFKA_BOOTSTRAP", common::bootstrap())
+            .env("WEIR_HTTP_PORT", port.to_string())
+            .env("WEIR_ADMIN_TOKEN", TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = Http {
+        base: format!("http://127.0.0.1:{port}"),
+        agent: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ureq::get(&format!("{}/healthz", http.base)).call().is_err() {
+        assert!(Instant::now() < deadline, "the HTTP server never answered");
+        assert!(child.try_wait().unwrap().is_none(), "weir run exited");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        http.call("GET", "/healthz", None),
+        (200, serde_json::json!({"status": "up"}))
+    );
+    // ready once the sink is up
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http.call("GET", "/readyz", None);
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready: {body}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // records through the pipeline, so the counters exist
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::bootstrap())
+        .create()
+        .unwrap();
+    for i in 0..20 {
+        let v = format!(
+            r#"{{"name":{{"first":"a{i}","last":"b"}},"email":"w{i}@example.com","location":{{"city":"c","country":"d"}},"login":{{"uuid":"00000000-0000-4000-8000-{i:012}"}}}}"#
+        );
+        producer
+            .send(
+                rdkafka::producer::BaseRecord::<str, str>::to(&raw)
+                    .key("k")
+                    .payload(&v),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer
+        .send(
+            rdkafka::producer::BaseRecord::<str, str>::to(&raw)
+                .key("k")
+                .payload("{oops"),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (status, text) = http.text("/metrics");
+        assert_eq!(status, 200);
+        if text.contains("weir_dead_letters_total{reason=\"json.malformed\"} 1")
+            && text.contains("weir_records_in_total{node=\"clean\"} 20")
+            && text.contains("weir_transactions_total{result=\"committed\"}")
+            && text.contains("weir_sink_rows_written_total{sink=\"users\"} 20")
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics did not count the records:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    for name in [
+        "weir_transactions_total{result=\"committed\"}",
+        "weir_commit_latency_seconds_bucket",
+        "weir_sink_degraded{sink=\"users\"} 0",
+    ] {
+        assert!(metrics.contains(name), "no {name} in:\n{metrics}");
+    }
+
+    let (status, topo) = http.call("GET", "/api/topology", None);
+    assert_eq!(status, 200);
+    assert_eq!(topo["sub_topologies"].as_array().unwrap().len(), 3);
+
+    // a window in the future: not sealable yet
+    let start = (chrono::Utc::now().timestamp_millis() / 300_000 + 1) * 300_000;
+    let start = chrono::DateTime::from_timestamp_millis(start)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let seal = format!("/api/windows/{start}/seal");
+    let audit = format!("/api/windows/{start}/audit");
+    for (method, path) in [
+        ("POST", seal.as_str()),
+        ("POST", audit.as_str()),
+        ("GET", audit.as_str()),
+    ] {
+        let (status, body) = http.call(method, path, None);
+        assert_eq!(status, 401, "{method} {path} without a token: {body}");
+        assert_eq!(
+            body["error"],
+            "missing bearer token: send Authorization: Bearer <token>"
+        );
+        let (status, body) = http.call(method, path, Some("wrong"));
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("wrong bearer token")),
+            "{method} {path}"
+        );
+    }
+    let (status, body) = http.call("POST", &seal, Some(TOKEN));
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("is not sealable yet"),
+        "{body}"
+    );
+    let (status, body) = http.call("POST", "/api/windows/not-a-time/seal", Some(TOKEN));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = http.call("GET", &format!("/api/windows/{start}"), None);
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http.call("GET", &audit, Some(TOKEN));
+    assert_eq!(status, 404, "no audit yet: {body}");
+
+    // forced, it seals, idempotently; then it audits clean
+    let (status, body) = http.call("POST", &format!("{seal}?force=true&by=test"), Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["window"]["status"], "sealed");
+    assert_eq!(body["window"]["sealed_by"], "test");
+    let (status, again) = http.call("POST", &seal, Some(TOKEN));
+    assert_eq!(
+        (status, again["already_sealed"].as_bool()),
+        (200, Some(true))
+    );
+    assert_eq!(again["window"], body["window"]);
+    let (status, report) = http.call("POST", &format!("{audit}?run_id=web-test"), Some(TOKEN));
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["run_id"], "web-test");
+    let (status, last) = http.call("GET", &audit, Some(TOKEN));
+    assert_eq!(
+        (status, &last["run_id"]),
+        (200, &serde_json::json!("web-test"))
+    );
+    let (status, list) = http.call("GET", "/api/windows", None);
+    assert_eq!(status, 200);
+    assert!(list["windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w["status"] == "sealed"));
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
