@@ -146,14 +146,16 @@ impl ClientContext for EngineContext {
         let sub = self.shared.config.subtopology.to_string();
         for (topic, t) in &statistics.topics {
             for (p, part) in &t.partitions {
-                if *p < 0 || part.consumer_lag < 0 {
+                // offsets move through transactions, not the consumer's own commits: the
+                // lag is the last stable offset less the next offset handed to the loop
+                if *p < 0 || part.app_offset < 0 || part.ls_offset < 0 {
                     continue;
                 }
                 self.shared
                     .metrics
                     .consumer_lag
                     .with_label_values(&[&sub, topic, &p.to_string()])
-                    .set(part.consumer_lag);
+                    .set((part.ls_offset - part.app_offset).max(0));
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Weir's HTTP server (actix-web): Prometheus metrics, health, the topology, and the admin
 //! API that Airflow calls to seal and audit windows.
 //!
+//! - `GET /`: the live page; `GET /ws`: greetings as JSON messages ([`live`]).
 //! - `GET /metrics`: every metric in Prometheus text format.
 //! - `GET /healthz`: the process is up. `GET /readyz`: Kafka and PostgreSQL answer and no
 //!   sink is degraded (503 otherwise, with the reasons).
@@ -13,6 +14,8 @@
 //! wrong token, 404 unknown window, 409 not sealable yet, 503 not ready. The server never
 //! sees a component's types: what it serves comes through the [`Admin`] trait, which the
 //! `weir` binary implements.
+
+pub mod live;
 
 use std::sync::Arc;
 
@@ -78,6 +81,8 @@ pub struct WebState {
     /// The admin token; `None` refuses every admin call.
     pub admin_token: Option<String>,
     pub admin: Arc<dyn Admin>,
+    /// The greeting feed, when the topology has a websocket sink.
+    pub live: Option<Arc<live::Live>>,
 }
 
 /// Compares two strings in time that depends only on their lengths.
@@ -240,7 +245,10 @@ async fn audit_post(
 
 /// The routes, for the server and for tests.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(metrics))
+    cfg.route("/", web::get().to(live::page))
+        .route("/ws", web::get().to(live::ws))
+        .route("/api/vitals", web::get().to(live::vitals))
+        .route("/metrics", web::get().to(metrics))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/api/topology", web::get().to(topology))

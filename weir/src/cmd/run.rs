@@ -17,6 +17,7 @@ use weir_sinks::postgres::admin::{TopicSource, WindowSpec};
 use weir_sinks::postgres::metrics::SinkMetrics;
 use weir_sinks::postgres::sink::{self as postgres_sink, Health, SinkSettings};
 use weir_sinks::postgres::PostgresSinkConfig;
+use weir_sinks::websocket::WebsocketSinkConfig;
 
 use super::Exit;
 
@@ -44,6 +45,20 @@ pub struct RunArgs {
     /// Run without the HTTP server (for extra processes that only add capacity).
     #[arg(long)]
     pub no_http: bool,
+    /// Origins allowed to open the websocket, comma-separated (default: this server's own).
+    #[arg(long, env = "WEIR_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+}
+
+fn allowed_origins(args: &RunArgs) -> Vec<String> {
+    if !args.allowed_origins.is_empty() {
+        return args.allowed_origins.clone();
+    }
+    let p = args.http_port;
+    vec![
+        format!("http://127.0.0.1:{p}"),
+        format!("http://localhost:{p}"),
+    ]
 }
 
 fn parse_duration(s: &str) -> Result<weir_topology::Duration, String> {
@@ -58,6 +73,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let shutdown = weir::signals::shutdown_flag()?;
     let mut sinks = Vec::new();
     let mut web_admin: Option<(SinkSettings, Arc<Health>)> = None;
+    let mut live: Option<Arc<weir_web::live::Live>> = None;
     for other in sub_topologies(&t).iter().filter(|s| s.id != sub.id) {
         for name in &other.nodes {
             let node = t.node(name).expect("node of the topology");
@@ -74,8 +90,31 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                     .name(format!("weir-pg-{name}"))
                     .spawn(move || postgres_sink::run(settings, metrics, health, shutdown))?;
                 sinks.push((name.clone(), thread));
-            } else if node.kind == weir_topology::NodeKind::Sink {
-                tracing::warn!(sink = %name, "this sink is not built yet (the websocket sink comes with the web server); it does not run");
+            } else if let Some(cfg) = node.config::<WebsocketSinkConfig>() {
+                let feed = weir_web::live::Live::new(
+                    cfg.history,
+                    &metrics.registry,
+                    allowed_origins(args),
+                );
+                let topic = input_topic(&t, node)?;
+                let bootstrap = t.settings.kafka.bootstrap_servers.clone();
+                let template = cfg.message.clone();
+                let shutdown = shutdown.clone();
+                let publish_to = feed.clone();
+                live = Some(feed);
+                std::thread::Builder::new()
+                    .name(format!("weir-ws-{name}"))
+                    .spawn(move || {
+                        if let Err(e) = weir_sinks::websocket::run(
+                            &bootstrap,
+                            &topic,
+                            &template,
+                            &|m| publish_to.publish(m),
+                            shutdown,
+                        ) {
+                            tracing::error!(error = %e, "the websocket sink stopped");
+                        }
+                    })?;
             }
         }
     }
@@ -122,6 +161,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 .ok()
                 .filter(|t| !t.is_empty()),
             admin,
+            live: live.clone(),
         };
         Some(start_web(
             state,

@@ -1,0 +1,226 @@
+//! The live view: `/` (the page, served by Weir itself, no CDN) and `/ws` (greetings as JSON
+//! messages), plus `/api/vitals` for the page's vital signs.
+//!
+//! Every client has its own task reading a bounded broadcast queue: a slow or dead client
+//! never slows the others or the pipeline; a client that falls behind skips what it missed
+//! and is told how many (`{"type":"skipped","count":n}`). New clients get the last greetings
+//! first. The websocket checks `Origin` against an allow-list.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures::StreamExt;
+use prometheus::IntGauge;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use crate::WebState;
+
+/// The greeting feed shared by the websocket sink and every client.
+pub struct Live {
+    tx: broadcast::Sender<Arc<str>>,
+    history: Mutex<VecDeque<Arc<str>>>,
+    history_len: usize,
+    clients: IntGauge,
+    /// Origins allowed to open `/ws` (a request without `Origin` is not a browser's and is allowed).
+    pub allowed_origins: Vec<String>,
+}
+
+/// Messages a client may fall behind by before it skips.
+const QUEUE: usize = 256;
+/// The largest message a client may send (it has nothing to say but pings).
+const MAX_FRAME: usize = 4 * 1024;
+
+impl Live {
+    pub fn new(
+        history_len: usize,
+        registry: &prometheus::Registry,
+        allowed_origins: Vec<String>,
+    ) -> Arc<Self> {
+        let clients = IntGauge::new(
+            "weir_websocket_clients",
+            "Websocket clients connected to the live page",
+        )
+        .expect("gauge");
+        let _ = registry.register(Box::new(clients.clone()));
+        let (tx, _) = broadcast::channel(QUEUE);
+        Arc::new(Self {
+            tx,
+            history: Mutex::new(VecDeque::with_capacity(history_len)),
+            history_len,
+            clients,
+            allowed_origins,
+        })
+    }
+
+    /// Sends a JSON message to every client; never blocks.
+    pub fn publish(&self, message: String) {
+        let m: Arc<str> = message.into();
+        {
+            let mut h = self.history.lock().unwrap();
+            if h.len() == self.history_len {
+                h.pop_front();
+            }
+            h.push_back(m.clone());
+        }
+        let _ = self.tx.send(m);
+    }
+
+    pub fn clients(&self) -> i64 {
+        self.clients.get()
+    }
+}
+
+pub(crate) async fn page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Content-Security-Policy", "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; connect-src 'self'"))
+        .body(include_str!("live.html"))
+}
+
+pub(crate) async fn ws(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<WebState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let Some(live) = state.live.clone() else {
+        return Ok(
+            HttpResponse::NotFound().json(json!({"error": "this topology has no websocket sink"}))
+        );
+    };
+    if let Some(origin) = req.headers().get("origin").and_then(|o| o.to_str().ok()) {
+        if !live.allowed_origins.iter().any(|a| a == origin) {
+            return Ok(HttpResponse::Forbidden().json(
+                json!({"error": format!("origin {origin} is not allowed (WEIR_ALLOWED_ORIGINS)")}),
+            ));
+        }
+    }
+    let (response, mut session, stream) = actix_ws::handle(&req, body)?;
+    let mut stream = stream.max_frame_size(MAX_FRAME);
+    let mut rx = live.tx.subscribe();
+    let history: Vec<Arc<str>> = live.history.lock().unwrap().iter().cloned().collect();
+    live.clients.inc();
+    actix_web::rt::spawn(async move {
+        let _ = session
+            .text(json!({"type": "hello", "history": history.len()}).to_string())
+            .await;
+        for m in history {
+            if session.text(m.to_string()).await.is_err() {
+                live.clients.dec();
+                return;
+            }
+        }
+        loop {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Ok(m) => {
+                        if session.text(m.to_string()).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        if session.text(json!({"type": "skipped", "count": n}).to_string()).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                incoming = stream.next() => match incoming {
+                    Some(Ok(actix_ws::Message::Ping(p))) => {
+                        if session.pong(&p).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(actix_ws::Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+        live.clients.dec();
+        let _ = session.close(None).await;
+    });
+    Ok(response)
+}
+
+fn sum(
+    families: &[prometheus::proto::MetricFamily],
+    name: &str,
+    filter: impl Fn(&prometheus::proto::Metric) -> bool,
+) -> f64 {
+    families
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| {
+            let counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
+            f.get_metric().iter().map(move |m| (counter, m))
+        })
+        .filter(|(_, m)| filter(m))
+        .map(|(counter, m)| {
+            if counter {
+                m.get_counter().get_value()
+            } else {
+                m.get_gauge().get_value()
+            }
+        })
+        .sum()
+}
+
+fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> Option<&'a str> {
+    m.get_label()
+        .iter()
+        .find(|l| l.name() == name)
+        .map(|l| l.value())
+}
+
+/// The page's vital signs: totals the page turns into rates.
+pub(crate) async fn vitals(state: web::Data<WebState>) -> HttpResponse {
+    let families = state.registry.gather();
+    let nodes = |kind: &str, typ: Option<&str>| -> Vec<String> {
+        state.topology["sub_topologies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["nodes"].as_array().into_iter().flatten())
+            .filter(|n| {
+                n["kind"] == kind
+                    && typ.is_none_or(|t| n["type"] == t)
+                    && !n["name"].as_str().unwrap_or("").ends_with("-source")
+            })
+            .filter_map(|n| n["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let sources = nodes("source", None);
+    let topic_sinks = nodes("sink", Some("kafka"));
+    let dlq_sinks = nodes("sink", Some("dead_letter"));
+    let in_node = |names: &Vec<String>| {
+        sum(&families, "weir_records_in_total", |m| {
+            label(m, "node").is_some_and(|n| names.iter().any(|x| x == n))
+        })
+    };
+    let mut by_reason = serde_json::Map::new();
+    for f in families
+        .iter()
+        .filter(|f| f.name() == "weir_dead_letters_total")
+    {
+        for m in f.get_metric() {
+            if let Some(r) = label(m, "reason") {
+                by_reason.insert(r.to_owned(), json!(m.get_counter().get_value()));
+            }
+        }
+    }
+    let window: Value = match state.admin.windows(1).await {
+        Ok(v) => v["windows"].get(0).cloned().unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    };
+    HttpResponse::Ok().json(json!({
+        "records_in": in_node(&sources),
+        "clean": in_node(&topic_sinks),
+        "dead_letters": in_node(&dlq_sinks),
+        "dead_letters_by_reason": by_reason,
+        "consumer_lag": sum(&families, "weir_consumer_lag_records", |_| true),
+        "rows_written": sum(&families, "weir_sink_rows_written_total", |_| true),
+        "websocket_clients": state.live.as_ref().map(|l| l.clients()).unwrap_or(0),
+        "window": window,
+    }))
+}

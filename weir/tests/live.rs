@@ -1,0 +1,176 @@
+//! The live view against the real stack: the page is served by Weir with no external asset,
+//! the websocket refuses a foreign Origin, greets each clean record within seconds as plain
+//! text (an HTML-looking name stays text), and the vital signs count the records.
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::create_topics;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::Message;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn connect(
+    port: u16,
+    origin: Option<&str>,
+) -> Result<tungstenite::WebSocket<TcpStream>, tungstenite::Error> {
+    let mut req = format!("ws://127.0.0.1:{port}/ws")
+        .into_client_request()
+        .unwrap();
+    if let Some(o) = origin {
+        req.headers_mut().insert("Origin", o.parse().unwrap());
+    }
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    tungstenite::client(req, stream)
+        .map(|(ws, _)| ws)
+        .map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(e) => e,
+            tungstenite::HandshakeError::Interrupted(_) => tungstenite::Error::ConnectionClosed,
+        })
+}
+
+#[test]
+fn greetings_reach_the_websocket_as_text_within_seconds() {
+    let (raw, clean, dlq, app) = (
+        common::unique("weir-live-raw"),
+        common::unique("weir-live-clean"),
+        common::unique("weir-live-dlq"),
+        common::unique("weir-live-app"),
+    );
+    create_topics(&[&raw, &clean, &dlq], 2);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = rt.block_on(common::pg::fresh_database("weir_live"));
+    let port = free_port();
+    let users = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topology/users.toml");
+    let mut child = common::Guard(
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["run", users.to_str().unwrap(), "--instance", "live"])
+            .env("WEIR_TOPIC_RAW", &raw)
+            .env("WEIR_TOPIC_CLEAN", &clean)
+            .env("WEIR_TOPIC_DLQ", &dlq)
+            .env("WEIR_APPLICATION_ID", &app)
+            .env("WEIR_DATABASE_URL", &url)
+            .env("WEIR_KAFKA_BOOTSTRAP", common::bootstrap())
+            .env("WEIR_HTTP_PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let page = loop {
+        if let Ok(mut r) = ureq::get(&format!("{base}/")).call() {
+            break r.body_mut().read_to_string().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the HTTP server never answered");
+        assert!(child.try_wait().unwrap().is_none(), "weir run exited");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(page.contains("<title>Weir — live</title>"));
+    assert!(
+        !page.contains("<script src") && !page.contains("<link"),
+        "no external asset"
+    );
+    assert!(!page.contains("innerHTML"), "record text is never HTML");
+
+    // a foreign page may not open the websocket
+    match connect(port, Some("http://evil.example")) {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("a foreign origin was not refused: {:?}", other.map(|_| ())),
+    }
+    let mut ws = connect(port, Some(&base)).expect("the page's own origin is allowed");
+    let hello = ws.read().unwrap();
+    assert!(
+        hello.to_text().unwrap().contains("\"type\":\"hello\""),
+        "{hello}"
+    );
+    // the websocket sink reads from the end of the topic: give it a moment to be assigned
+    std::thread::sleep(Duration::from_secs(2));
+
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::bootstrap())
+        .create()
+        .unwrap();
+    let names = ["ana", "<img src=x onerror=alert(1)>", "зоряна"];
+    for (i, n) in names.iter().enumerate() {
+        let v = serde_json::json!({"name": {"first": n, "last": "lee"}, "email": format!("live{i}@example.com"),
+            "location": {"city": "c", "country": "d"}, "login": {"uuid": format!("00000000-0000-4000-8000-{i:012}")}});
+        producer
+            .send(
+                rdkafka::producer::BaseRecord::<str, str>::to(&raw)
+                    .key("k")
+                    .payload(&v.to_string()),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    let sent = Instant::now();
+    let mut greetings = Vec::new();
+    while greetings.len() < names.len() && sent.elapsed() < Duration::from_secs(5) {
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let m: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if m["type"] == "greeting" {
+                    greetings.push(m["text"].as_str().unwrap().to_owned());
+                }
+            }
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("websocket: {e}"),
+        }
+    }
+    assert!(
+        greetings.len() == names.len(),
+        "greetings within 5 s: {greetings:?}"
+    );
+    greetings.sort();
+    assert_eq!(
+        greetings,
+        [
+            "Hello <img Src=x Onerror=alert(1)> Lee!",
+            "Hello Ana Lee!",
+            "Hello Зоряна Lee!"
+        ]
+    );
+
+    let mut r = ureq::get(&format!("{base}/api/vitals")).call().unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(v["records_in"], 3.0, "{v}");
+    assert_eq!(v["clean"], 3.0, "{v}");
+    assert_eq!(v["websocket_clients"], 1, "{v}");
+    let metrics = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(metrics.contains("weir_websocket_clients 1"), "{metrics}");
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
