@@ -73,7 +73,7 @@ impl Metrics {
         let consumer_lag = IntGaugeVec::new(
             Opts::new(
                 "consumer_lag_records",
-                "Records between the committed offset and the end of a partition",
+                "Records between the next offset read and the last stable offset of a partition",
             ),
             &["subtopology", "topic", "partition"],
         )
