@@ -167,6 +167,24 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// The stored next offset of each `(partition, low offset)`, retried until PostgreSQL
+    /// answers (or shutdown).
+    fn load_offsets(&self, what: &str, wanted: &[(i32, i64)]) -> Option<Vec<(i32, i64)>> {
+        self.retry(what, || {
+            let pool = self.pool.clone();
+            let ident = self.ident.clone();
+            let wanted = wanted.to_vec();
+            async move {
+                let client = pool.get().await.map_err(|e| e.to_string())?;
+                load_offsets(&client, &ident, &wanted)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })
+    }
+}
+
 struct SinkContext {
     shared: Arc<Shared>,
 }
@@ -193,20 +211,10 @@ impl ConsumerContext for SinkContext {
                         .unwrap_or(0);
                     wanted.push((e.partition(), low));
                 }
-                let pool = shared.pool.clone();
-                let ident = shared.ident.clone();
-                let loaded = shared.retry("loading the stored offsets", || {
-                    let pool = pool.clone();
-                    let ident = ident.clone();
-                    let wanted = wanted.clone();
-                    async move {
-                        let client = pool.get().await.map_err(|e| e.to_string())?;
-                        load_offsets(&client, &ident, &wanted)
-                            .await
-                            .map_err(|e| e.to_string())
-                    }
-                });
-                let Some(offsets) = loaded else { return };
+                let Some(offsets) = shared.load_offsets("loading the stored offsets", &wanted)
+                else {
+                    return;
+                };
                 let mut assign = TopicPartitionList::new();
                 let mut state = shared.state.lock().unwrap();
                 let now = now_ms();
@@ -584,19 +592,9 @@ pub fn run(
                     if shutdown.load(Ordering::Relaxed) {
                         break;
                     }
-                    let pool = shared.pool.clone();
-                    let ident2 = ident.clone();
-                    if let Some(offsets) = shared.retry("reloading the stored offsets", || {
-                        let pool = pool.clone();
-                        let ident = ident2.clone();
-                        let wanted = wanted.clone();
-                        async move {
-                            let client = pool.get().await.map_err(|e| e.to_string())?;
-                            load_offsets(&client, &ident, &wanted)
-                                .await
-                                .map_err(|e| e.to_string())
-                        }
-                    }) {
+                    if let Some(offsets) =
+                        shared.load_offsets("reloading the stored offsets", &wanted)
+                    {
                         let mut state = shared.state.lock().unwrap();
                         let mut seek = TopicPartitionList::new();
                         for (p, o) in offsets {
