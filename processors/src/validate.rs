@@ -155,6 +155,10 @@ fn shown(v: &str) -> String {
     format!("{s:?}")
 }
 
+/// Fields, whether a text passes, the reason code (ending in `:` to name the field), and
+/// what the text must be.
+type FormatRule<'a> = (&'a [String], fn(&str) -> bool, &'static str, &'static str);
+
 /// The running validate processor.
 pub struct Validate {
     config: ValidateConfig,
@@ -235,58 +239,47 @@ impl Validate {
                 Some(_) => Err(()),
             }
         };
-        for path in &c.email {
-            match present_string(path, &failed) {
-                Ok(Some(s)) if !email_regex().is_match(&s) => {
-                    out.push((
-                        "email.invalid".into(),
-                        format!("{path} {} is not an email address", shown(&s)),
-                    ));
+        // format rules: (fields, does the text pass, reason code, what the text must be)
+        let rules: [FormatRule; 3] = [
+            (
+                &c.email,
+                |t| email_regex().is_match(t),
+                "email.invalid",
+                "an email address",
+            ),
+            (
+                &c.dates,
+                |t| parse_date(t).is_some(),
+                "date.invalid:",
+                "a date",
+            ),
+            (
+                &c.uuid,
+                |t| uuid_regex().is_match(t),
+                "uuid.invalid:",
+                "a UUID",
+            ),
+        ];
+        for (paths, passes, code, what) in rules {
+            for path in paths {
+                match present_string(path, &failed) {
+                    Ok(Some(t)) if !passes(&t) => {
+                        // codes ending in ':' name the field
+                        let reason = match code.strip_suffix(':') {
+                            Some(c) => format!("{c}:{path}"),
+                            None => code.to_owned(),
+                        };
+                        out.push((reason, format!("{path} {} is not {what}", shown(&t))));
+                    }
+                    Err(()) => {
+                        out.push((
+                            format!("field.type:{path}"),
+                            format!("{path} must be a string"),
+                        ));
+                        failed.push(path);
+                    }
+                    _ => {}
                 }
-                Err(()) => {
-                    out.push((
-                        format!("field.type:{path}"),
-                        format!("{path} must be a string"),
-                    ));
-                    failed.push(path);
-                }
-                _ => {}
-            }
-        }
-        for path in &c.dates {
-            match present_string(path, &failed) {
-                Ok(Some(s)) if parse_date(&s).is_none() => {
-                    out.push((
-                        format!("date.invalid:{path}"),
-                        format!("{path} {} is not a date", shown(&s)),
-                    ));
-                }
-                Err(()) => {
-                    out.push((
-                        format!("field.type:{path}"),
-                        format!("{path} must be a date string"),
-                    ));
-                    failed.push(path);
-                }
-                _ => {}
-            }
-        }
-        for path in &c.uuid {
-            match present_string(path, &failed) {
-                Ok(Some(s)) if !uuid_regex().is_match(&s) => {
-                    out.push((
-                        format!("uuid.invalid:{path}"),
-                        format!("{path} {} is not a UUID", shown(&s)),
-                    ));
-                }
-                Err(()) => {
-                    out.push((
-                        format!("field.type:{path}"),
-                        format!("{path} must be a string"),
-                    ));
-                    failed.push(path);
-                }
-                _ => {}
             }
         }
         for (path, max) in &c.max_lengths {
