@@ -66,12 +66,12 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum DlqCommand {
-    /// Show dead letters in a table or as JSON lines.
-    Tail,
+    /// Show dead letters (why, whence, the value) in a table or as JSON lines.
+    Tail(cmd::dlq::TailArgs),
     /// Count dead letters by reason, node and hour.
-    Stats,
-    /// Send dead letters back to the raw topic, exactly once.
-    Replay,
+    Stats(cmd::dlq::StatsArgs),
+    /// Send dead letters back to the raw topic (or another), exactly once.
+    Replay(cmd::dlq::ReplayArgs),
 }
 
 /// A planned subcommand that does not exist yet: say so plainly, produce no output.
@@ -102,9 +102,9 @@ fn main() -> ExitCode {
         Command::Process { file } => cmd::process::run(file),
         Command::Ingest(args) => cmd::ingest::run(args),
         Command::Dlq { command } => match command {
-            DlqCommand::Tail => not_built("dlq tail", 8),
-            DlqCommand::Stats => not_built("dlq stats", 8),
-            DlqCommand::Replay => not_built("dlq replay", 8),
+            DlqCommand::Tail(args) => cmd::dlq::tail(args),
+            DlqCommand::Stats(args) => cmd::dlq::stats(args),
+            DlqCommand::Replay(args) => cmd::dlq::replay(args),
         },
         Command::Audit(args) => cmd::audit::run(args),
         Command::Bench => not_built("bench", 3),

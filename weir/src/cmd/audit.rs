@@ -11,28 +11,7 @@ use weir_sinks::postgres::sink::sink_id;
 use weir_sinks::postgres::writer::Table;
 use weir_sinks::postgres::PostgresSinkConfig;
 
-use super::Exit;
-
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|d| d.with_timezone(&Utc))
-        .or_else(|_| {
-            s.parse::<i64>()
-                .map_err(|_| ())
-                .and_then(|ms| DateTime::from_timestamp_millis(ms).ok_or(()))
-        })
-        .map_err(|_| {
-            format!(
-                "invalid time \"{s}\": RFC 3339 (2026-11-25T10:05:00Z) or milliseconds since 1970"
-            )
-        })
-}
-
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    weir_topology::Duration::parse(s)
-        .map(|d| d.as_std())
-        .map_err(|e| e.to_string())
-}
+use super::{parse_duration, parse_time, Exit};
 
 /// Options of `weir audit`.
 #[derive(Debug, clap::Args)]

@@ -10,7 +10,7 @@ use weir::ingest::producer::{now_rfc3339, IngestProducer, ProducerSettings};
 use weir::ingest::randomuser::{backoff, Client, FetchError, RandomUserConfig};
 use weir::ingest::synthetic::{Rng, Synthetic};
 
-use super::Exit;
+use super::{parse_duration, Exit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Source {
@@ -36,12 +36,6 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
                 format!("invalid rate \"{s}\": a positive number of records/s, or \"unlimited\"")
             }),
     }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    weir_topology::Duration::parse(s)
-        .map(|d| d.as_std())
-        .map_err(|e| e.to_string())
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod check;
 pub mod describe;
+pub mod dlq;
 pub mod ingest;
 pub mod process;
 pub mod run;
@@ -10,6 +11,7 @@ pub mod test;
 
 use std::path::Path;
 
+use chrono::{DateTime, Utc};
 use weir_topology::{LoadError, Topology};
 
 /// Exit code of a configuration error (EX_CONFIG, as `vector validate`).
@@ -62,4 +64,38 @@ pub fn processing_subtopology(t: &Topology) -> anyhow::Result<weir_topology::gra
             })
         })
         .ok_or_else(|| anyhow::anyhow!("the topology has no source"))
+}
+
+/// A duration argument: `500ms`, `10s`, `5m`, `2h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    weir_topology::Duration::parse(s)
+        .map(|d| d.as_std())
+        .map_err(|e| e.to_string())
+}
+
+/// A point in time: RFC 3339 (`2026-11-25T10:05:00Z`) or milliseconds since 1970.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|d| d.with_timezone(&Utc))
+        .or_else(|_| {
+            s.parse::<i64>()
+                .map_err(|_| ())
+                .and_then(|ms| DateTime::from_timestamp_millis(ms).ok_or(()))
+        })
+        .map_err(|_| {
+            format!(
+                "invalid time \"{s}\": RFC 3339 (2026-11-25T10:05:00Z) or milliseconds since 1970"
+            )
+        })
+}
+
+/// `--since`: a point in time ([`parse_time`]) or an age (`90m`: that long ago), as
+/// milliseconds since 1970.
+pub fn parse_since(s: &str) -> Result<i64, String> {
+    if let Ok(age) = weir_topology::Duration::parse(s) {
+        return Ok(Utc::now().timestamp_millis() - age.as_millis() as i64);
+    }
+    parse_time(s).map(|t| t.timestamp_millis()).map_err(|_| {
+        format!("invalid time \"{s}\": an age such as 90m or 2h, RFC 3339 (2026-11-25T10:05:00Z) or milliseconds since 1970")
+    })
 }

@@ -19,7 +19,7 @@ use weir_sinks::postgres::sink::{self as postgres_sink, Health, SinkSettings};
 use weir_sinks::postgres::PostgresSinkConfig;
 use weir_sinks::websocket::WebsocketSinkConfig;
 
-use super::Exit;
+use super::{parse_duration, Exit};
 
 /// Options of `weir run`.
 #[derive(Debug, clap::Args)]
@@ -32,11 +32,11 @@ pub struct RunArgs {
     pub instance: String,
     /// How long the broker keeps a crashed instance's transaction open before aborting it.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub transaction_timeout: weir_topology::Duration,
+    pub transaction_timeout: std::time::Duration,
     /// Stop after a last commit once no record has arrived for this long (batch runs and
     /// benchmarks); by default run until SIGINT/SIGTERM.
     #[arg(long, value_parser = parse_duration)]
-    pub stop_when_idle: Option<weir_topology::Duration>,
+    pub stop_when_idle: Option<std::time::Duration>,
     /// Where the HTTP server (metrics, health, admin API) listens.
     #[arg(long, env = "WEIR_HTTP_HOST", default_value = "127.0.0.1")]
     pub http_host: String,
@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// Run without the HTTP server (for extra processes that only add capacity).
     #[arg(long)]
     pub no_http: bool,
+    /// Run only these sub-topologies (their numbers in `weir describe`), comma-separated, to
+    /// scale one part out on its own processes; default: all of them.
+    #[arg(long, value_delimiter = ',', value_name = "N,N")]
+    pub subtopologies: Vec<usize>,
     /// Origins allowed to open the websocket, comma-separated (default: this server's own).
     #[arg(long, env = "WEIR_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
@@ -61,10 +65,6 @@ fn allowed_origins(args: &RunArgs) -> Vec<String> {
     ]
 }
 
-fn parse_duration(s: &str) -> Result<weir_topology::Duration, String> {
-    weir_topology::Duration::parse(s).map_err(|e| e.to_string())
-}
-
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let path: &Path = &args.file;
     let t = super::load(path)?;
@@ -74,7 +74,24 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut sinks = Vec::new();
     let mut web_admin: Option<(SinkSettings, Arc<Health>)> = None;
     let mut live: Option<Arc<weir_web::live::Live>> = None;
-    for other in sub_topologies(&t).iter().filter(|s| s.id != sub.id) {
+    let all = sub_topologies(&t);
+    if let Some(bad) = args
+        .subtopologies
+        .iter()
+        .find(|n| !all.iter().any(|s| s.id == **n))
+    {
+        eprintln!(
+            "weir run: --subtopologies {bad}: {} has sub-topologies {} (see weir describe)",
+            path.display(),
+            all.iter()
+                .map(|s| s.id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Err(Exit(2).into());
+    }
+    let selected = |id: usize| args.subtopologies.is_empty() || args.subtopologies.contains(&id);
+    for other in all.iter().filter(|s| s.id != sub.id && selected(s.id)) {
         for name in &other.nodes {
             let node = t.node(name).expect("node of the topology");
             if let Some(cfg) = node.config::<PostgresSinkConfig>() {
@@ -128,8 +145,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         options: s.kafka.options.clone(),
         commit_interval: s.commit_interval.as_std(),
         commit_max_records: s.commit_max_records,
-        transaction_timeout: args.transaction_timeout.as_std(),
-        stop_when_idle: args.stop_when_idle.map(|d| d.as_std()),
+        transaction_timeout: args.transaction_timeout,
+        stop_when_idle: args.stop_when_idle,
     };
     let web = if args.no_http {
         None
@@ -168,16 +185,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             &format!("{}:{}", args.http_host, args.http_port),
         )?)
     };
-    let engine_thread = {
+    let engine_thread = if selected(sub.id) {
         let shutdown = shutdown.clone();
         let metrics = metrics.clone();
-        std::thread::Builder::new()
-            .name(format!("weir-eos-{}", sub.id))
-            .spawn(move || engine::run(pipeline, config, metrics, shutdown))?
+        Some(
+            std::thread::Builder::new()
+                .name(format!("weir-eos-{}", sub.id))
+                .spawn(move || engine::run(pipeline, config, metrics, shutdown))?,
+        )
+    } else {
+        None
     };
     // wait for a signal, or for a loop to stop on its own (a fatal error)
     while !shutdown.load(Ordering::Relaxed)
-        && !engine_thread.is_finished()
+        && !engine_thread.as_ref().is_some_and(|t| t.is_finished())
         && !sinks.iter().any(|(_, t)| t.is_finished())
     {
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -201,6 +222,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             }
         }
     }
+    let Some(engine_thread) = engine_thread else {
+        return if failed { Err(Exit(1).into()) } else { Ok(()) };
+    };
     let result = engine_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;

@@ -320,3 +320,72 @@ impl Drop for Guard {
         }
     }
 }
+
+pub mod weir {
+    //! Running the `weir` binary in a test, on the test's own topics and application id.
+
+    use std::path::PathBuf;
+    use std::process::{Command, Stdio};
+
+    /// `topology/users.toml` of this repository.
+    pub fn users_toml() -> PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../topology/users.toml")
+    }
+
+    /// A test's own raw, clean and dead-letter topics and application id: the variables
+    /// `users.toml` reads.
+    pub struct Topics {
+        pub raw: String,
+        pub clean: String,
+        pub dlq: String,
+        pub app: String,
+        pub partitions: i32,
+    }
+
+    impl Topics {
+        /// Creates the three topics.
+        pub fn create(prefix: &str, partitions: i32) -> Self {
+            let t = Topics {
+                raw: super::unique(&format!("{prefix}-raw")),
+                clean: super::unique(&format!("{prefix}-clean")),
+                dlq: super::unique(&format!("{prefix}-dlq")),
+                app: super::unique(&format!("{prefix}-app")),
+                partitions,
+            };
+            super::kafka::create_topics(&[&t.raw, &t.clean, &t.dlq], partitions);
+            t
+        }
+
+        /// `weir ARGS` with this test's topics, application id and the local broker.
+        pub fn command(&self, args: &[&str]) -> Command {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+            c.args(args)
+                .env("WEIR_TOPIC_RAW", &self.raw)
+                .env("WEIR_TOPIC_CLEAN", &self.clean)
+                .env("WEIR_TOPIC_DLQ", &self.dlq)
+                .env("WEIR_APPLICATION_ID", &self.app)
+                .env("WEIR_KAFKA_BOOTSTRAP", super::bootstrap())
+                .env("WEIR_LOG", "warn");
+            c
+        }
+
+        /// Runs `weir ARGS` to the end; panics with its stderr when it fails.
+        pub fn output(&self, args: &[&str]) -> (String, String) {
+            let out = self
+                .command(args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run weir");
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            );
+            assert!(
+                out.status.success(),
+                "weir {args:?} failed ({}):\n{stdout}\n{stderr}",
+                out.status
+            );
+            (stdout, stderr)
+        }
+    }
+}

@@ -19,6 +19,8 @@ use weir_topology::engine::REPLAY_COUNT_HEADER;
 use weir_topology::pipeline::{BuildContext, Built, OutRecord, SinkEncoder};
 use weir_topology::{Body, DataType, Envelope, NodeConfig, OutputSpec};
 
+pub mod reader;
+
 pub const REASONS: &str = "weir.errors.reasons";
 pub const MESSAGE: &str = "weir.errors.message";
 pub const NODE: &str = "weir.errors.node";
