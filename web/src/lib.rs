@@ -7,6 +7,10 @@
 //!   sink is degraded (503 otherwise, with the reasons).
 //! - `GET /api/topology`: the topology's description.
 //! - `GET /api/windows`, `GET /api/windows/{start}`: the PostgreSQL sink's windows.
+//! - `GET /api/windows/{start}/sealable`: whether the watermark has passed the window's end
+//!   plus grace (also for a window with no rows); what Airflow's sensor polls.
+//! - `GET /api/dlq`: the latest dead letters (reasons, source coordinates, an escaped
+//!   preview) and counts by reason since the server started.
 //! - `POST /api/windows/{start}/seal[?force=true]`, `GET|POST /api/windows/{start}/audit`:
 //!   admin calls, `Authorization: Bearer <WEIR_ADMIN_TOKEN>` (compared in constant time).
 //!
@@ -55,6 +59,8 @@ pub trait Admin: Send + Sync + 'static {
     fn windows(&self, limit: i64) -> BoxFuture<'_, Result<Value, ApiError>>;
     /// One window (404 when it does not exist).
     fn window(&self, start: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>>;
+    /// Whether a window can be sealed now: `{"sealable", "watermark", "sealable_at", "window"}`.
+    fn sealable(&self, start: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>>;
     /// Seals a window (409 while the watermark is before end + grace, unless forced).
     fn seal(
         &self,
@@ -83,6 +89,8 @@ pub struct WebState {
     pub admin: Arc<dyn Admin>,
     /// The greeting feed, when the topology has a websocket sink.
     pub live: Option<Arc<live::Live>>,
+    /// The latest dead letters, when the topology writes any.
+    pub dead_letters: Option<Arc<live::DeadLetters>>,
 }
 
 /// Compares two strings in time that depends only on their lengths.
@@ -185,6 +193,13 @@ async fn window(state: web::Data<WebState>, path: web::Path<String>) -> HttpResp
     }
 }
 
+async fn sealable(state: web::Data<WebState>, path: web::Path<String>) -> HttpResponse {
+    match parse_start(&path) {
+        Ok(start) => reply(state.admin.sealable(start).await),
+        Err(e) => e.response(),
+    }
+}
+
 #[derive(Deserialize)]
 struct SealQuery {
     force: Option<bool>,
@@ -248,12 +263,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(live::page))
         .route("/ws", web::get().to(live::ws))
         .route("/api/vitals", web::get().to(live::vitals))
+        .route("/api/dlq", web::get().to(live::dead_letters))
         .route("/metrics", web::get().to(metrics))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/api/topology", web::get().to(topology))
         .route("/api/windows", web::get().to(windows))
         .route("/api/windows/{start}", web::get().to(window))
+        .route("/api/windows/{start}/sealable", web::get().to(sealable))
         .route("/api/windows/{start}/seal", web::post().to(seal))
         .route("/api/windows/{start}/audit", web::get().to(audit_get))
         .route("/api/windows/{start}/audit", web::post().to(audit_post));

@@ -1,5 +1,6 @@
 //! The live view: `/` (the page, served by Weir itself, no CDN) and `/ws` (greetings as JSON
-//! messages), plus `/api/vitals` for the page's vital signs.
+//! messages), plus `/api/vitals` for the page's vital signs and `/api/dlq` for its dead-letter
+//! panel.
 //!
 //! Every client has its own task reading a bounded broadcast queue: a slow or dead client
 //! never slows the others or the pipeline; a client that falls behind skips what it missed
@@ -70,6 +71,66 @@ impl Live {
     pub fn clients(&self) -> i64 {
         self.clients.get()
     }
+}
+
+/// The latest dead letters and counts by reason, fed by a reader of the dead-letter topics
+/// (all instances' dead letters, from a little before the server started).
+pub struct DeadLetters {
+    topics: Vec<String>,
+    keep: usize,
+    inner: Mutex<DeadLetterState>,
+}
+
+#[derive(Default)]
+struct DeadLetterState {
+    recent: VecDeque<Value>,
+    by_reason: std::collections::BTreeMap<String, u64>,
+    total: u64,
+    since: Option<i64>,
+}
+
+impl DeadLetters {
+    pub fn new(topics: Vec<String>, keep: usize) -> Arc<Self> {
+        Arc::new(Self {
+            topics,
+            keep,
+            inner: Mutex::new(DeadLetterState::default()),
+        })
+    }
+
+    /// Adds a dead letter (as `DeadLetter::to_json`: `reasons`, `failed_at`, `source`, …).
+    pub fn push(&self, dead_letter: Value) {
+        let mut s = self.inner.lock().unwrap();
+        for r in dead_letter["reasons"].as_array().into_iter().flatten() {
+            if let Some(r) = r.as_str() {
+                *s.by_reason.entry(r.to_owned()).or_default() += 1;
+            }
+        }
+        s.total += 1;
+        if let Some(t) = dead_letter["failed_at"].as_i64() {
+            s.since = Some(s.since.map_or(t, |x| x.min(t)));
+        }
+        if s.recent.len() == self.keep {
+            s.recent.pop_front();
+        }
+        s.recent.push_back(dead_letter);
+    }
+}
+
+/// `GET /api/dlq`: the latest dead letters, newest first, and counts by reason.
+pub(crate) async fn dead_letters(state: web::Data<WebState>) -> HttpResponse {
+    let Some(d) = &state.dead_letters else {
+        return HttpResponse::NotFound()
+            .json(json!({"error": "this topology writes no dead letters"}));
+    };
+    let s = d.inner.lock().unwrap();
+    HttpResponse::Ok().json(json!({
+        "topics": d.topics,
+        "total": s.total,
+        "since": s.since,
+        "by_reason": s.by_reason,
+        "recent": s.recent.iter().rev().collect::<Vec<_>>(),
+    }))
 }
 
 pub(crate) async fn page() -> HttpResponse {

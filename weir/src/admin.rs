@@ -24,6 +24,8 @@ pub struct SinkAdmin {
     table: OnceCell<Table>,
     source: TopicSource,
     health: Vec<Arc<Health>>,
+    /// Counts windows this process seals (`weir_sink_windows_sealed_total`).
+    sealed: Option<prometheus::IntCounter>,
 }
 
 /// The admin calls of a topology with no PostgreSQL sink: there are no windows.
@@ -64,7 +66,14 @@ impl SinkAdmin {
             table: OnceCell::new(),
             source,
             health,
+            sealed: None,
         })
+    }
+
+    /// Counts each seal that changes a window's state in `counter`.
+    pub fn count_seals(mut self, counter: prometheus::IntCounter) -> Self {
+        self.sealed = Some(counter);
+        self
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, ApiError> {
@@ -122,6 +131,41 @@ impl Admin for SinkAdmin {
         .boxed()
     }
 
+    fn sealable(&self, start: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>> {
+        async move {
+            let start_ms = start.timestamp_millis();
+            if start_ms.rem_euclid(self.spec.window_ms) != 0 {
+                return Err(ApiError::new(
+                    400,
+                    format!(
+                        "{} is not the start of a window ({} ms windows)",
+                        start.to_rfc3339(),
+                        self.spec.window_ms
+                    ),
+                ));
+            }
+            let c = self.client().await?;
+            let w = admin::window(&c, &self.spec, start)
+                .await
+                .map_err(pg_error)?;
+            let watermark = admin::watermark(&c, &self.spec).await.map_err(pg_error)?;
+            let at = DateTime::<Utc>::from_timestamp_millis(
+                start_ms + self.spec.window_ms + self.spec.grace_ms,
+            );
+            let sealed = w.as_ref().is_some_and(|w| w.status == "sealed");
+            Ok(json!({
+                "sink": self.spec.sink_id,
+                "window_start": start,
+                "sealable": sealed || watermark.zip(at).is_some_and(|(w, a)| w >= a),
+                "sealed": sealed,
+                "watermark": watermark,
+                "sealable_at": at,
+                "window": w,
+            }))
+        }
+        .boxed()
+    }
+
     fn seal(
         &self,
         start: DateTime<Utc>,
@@ -142,7 +186,14 @@ impl Admin for SinkAdmin {
             )
             .await
             {
-                Ok(outcome) => Ok(serde_json::to_value(outcome).unwrap_or_default()),
+                Ok(outcome) => {
+                    if !outcome.already_sealed {
+                        if let Some(c) = &self.sealed {
+                            c.inc();
+                        }
+                    }
+                    Ok(serde_json::to_value(outcome).unwrap_or_default())
+                }
                 Err(e @ SealError::NotYet { .. }) => Err(ApiError::new(409, e.to_string())),
                 Err(e @ SealError::NotAligned { .. }) => Err(ApiError::new(400, e.to_string())),
                 Err(e) => Err(pg_error(e)),
@@ -258,6 +309,9 @@ impl Admin for NoSink {
         .boxed()
     }
     fn window(&self, _s: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>> {
+        self.windows(0)
+    }
+    fn sealable(&self, _s: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>> {
         self.windows(0)
     }
     fn seal(

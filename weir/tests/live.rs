@@ -13,14 +13,6 @@ use common::kafka::create_topics;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn connect(
     port: u16,
     origin: Option<&str>,
@@ -57,7 +49,7 @@ fn greetings_reach_the_websocket_as_text_within_seconds() {
         .build()
         .unwrap();
     let url = rt.block_on(common::pg::fresh_database("weir_live"));
-    let port = free_port();
+    let port = common::free_port();
     let users = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topology/users.toml");
     let mut child = common::Guard(
         Command::new(env!("CARGO_BIN_EXE_weir"))

@@ -13,14 +13,6 @@ use common::kafka::create_topics;
 
 const TOKEN: &str = "test-admin-token-1234";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Http {
     base: String,
     agent: ureq::Agent,
@@ -77,7 +69,7 @@ fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
         .build()
         .unwrap();
     let url = rt.block_on(common::pg::fresh_database("weir_web"));
-    let port = free_port();
+    let port = common::free_port();
     let users = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topology/users.toml");
     let mut child = common::Guard(
         Command::new(env!("CARGO_BIN_EXE_weir"))
@@ -205,6 +197,20 @@ fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
             "{method} {path}"
         );
     }
+    let sealable = format!("/api/windows/{start}/sealable");
+    let (status, body) = http.call("GET", &sealable, None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["sealable"], &body["window"]),
+        (&serde_json::json!(false), &serde_json::Value::Null),
+        "{body}"
+    );
+    assert!(
+        body["sealable_at"].is_string() && body.get("watermark").is_some(),
+        "{body}"
+    );
+    let (status, body) = http.call("GET", "/api/windows/2026-11-25T10:01:00Z/sealable", None);
+    assert_eq!(status, 400, "not a window start: {body}");
     let (status, body) = http.call("POST", &seal, Some(TOKEN));
     assert_eq!(status, 409, "{body}");
     assert!(
@@ -241,6 +247,29 @@ fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
         (status, &last["run_id"]),
         (200, &serde_json::json!("web-test"))
     );
+    let (status, body) = http.call("GET", &sealable, None);
+    assert_eq!(
+        (status, &body["sealable"], &body["sealed"]),
+        (200, &serde_json::json!(true), &serde_json::json!(true)),
+        "{body}"
+    );
+    let metrics = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("weir_sink_windows_sealed_total{sink=\"users\"} 1"),
+        "one seal counted, not the repeat:\n{metrics}"
+    );
+    let (status, dlq) = http.call("GET", "/api/dlq", None);
+    assert_eq!(status, 200, "{dlq}");
+    assert!(
+        dlq["by_reason"]["json.malformed"].as_u64() >= Some(1),
+        "{dlq}"
+    );
+    assert!(dlq["recent"][0]["preview"].is_string(), "{dlq}");
     let (status, list) = http.call("GET", "/api/windows", None);
     assert_eq!(status, 200);
     assert!(list["windows"]

@@ -72,7 +72,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let sub = super::processing_subtopology(&t)?;
     let shutdown = weir::signals::shutdown_flag()?;
     let mut sinks = Vec::new();
-    let mut web_admin: Option<(SinkSettings, Arc<Health>)> = None;
+    let mut web_admin: Option<(SinkSettings, Arc<Health>, prometheus::IntCounter)> = None;
     let mut live: Option<Arc<weir_web::live::Live>> = None;
     let all = sub_topologies(&t);
     if let Some(bad) = args
@@ -100,7 +100,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                     .context("registering the sink's metrics")?;
                 let health = Arc::new(Health::default());
                 if web_admin.is_none() {
-                    web_admin = Some((settings.clone(), health.clone()));
+                    web_admin = Some((
+                        settings.clone(),
+                        health.clone(),
+                        metrics.windows_sealed.clone(),
+                    ));
                 }
                 let shutdown = shutdown.clone();
                 let thread = std::thread::Builder::new()
@@ -152,21 +156,24 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         None
     } else {
         let admin: Arc<dyn weir_web::Admin> = match &web_admin {
-            Some((settings, health)) => Arc::new(weir::admin::SinkAdmin::new(
-                &settings.database_url,
-                WindowSpec {
-                    sink_id: settings.sink_id(),
-                    window_ms: settings.config.window.as_millis() as i64,
-                    grace_ms: settings.config.grace.as_millis() as i64,
-                },
-                settings.config.clone(),
-                TopicSource {
-                    bootstrap_servers: settings.bootstrap_servers.clone(),
-                    topic: settings.topic.clone(),
-                    slack: std::time::Duration::from_secs(3600),
-                },
-                vec![health.clone()],
-            )?),
+            Some((settings, health, sealed)) => Arc::new(
+                weir::admin::SinkAdmin::new(
+                    &settings.database_url,
+                    WindowSpec {
+                        sink_id: settings.sink_id(),
+                        window_ms: settings.config.window.as_millis() as i64,
+                        grace_ms: settings.config.grace.as_millis() as i64,
+                    },
+                    settings.config.clone(),
+                    TopicSource {
+                        bootstrap_servers: settings.bootstrap_servers.clone(),
+                        topic: settings.topic.clone(),
+                        slack: std::time::Duration::from_secs(3600),
+                    },
+                    vec![health.clone()],
+                )?
+                .count_seals(sealed.clone()),
+            ),
             None => Arc::new(weir::admin::NoSink {
                 bootstrap_servers: t.settings.kafka.bootstrap_servers.clone(),
             }),
@@ -179,6 +186,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 .filter(|t| !t.is_empty()),
             admin,
             live: live.clone(),
+            dead_letters: dead_letter_feed(&t, shutdown.clone())?,
         };
         Some(start_web(
             state,
@@ -248,6 +256,44 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
         Err(e) => Err(anyhow::Error::new(e).context("the exactly-once loop stopped")),
     }
+}
+
+/// Follows the topology's dead-letter topics for `/api/dlq` and the live page's panel,
+/// starting with the last few of each partition.
+fn dead_letter_feed(
+    t: &Topology,
+    shutdown: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Option<Arc<weir_web::live::DeadLetters>>> {
+    use weir_sinks::dead_letter::reader::{Reader, Start};
+    let topics = super::dlq::dead_letter_topics(t);
+    if topics.is_empty() {
+        return Ok(None);
+    }
+    let feed = weir_web::live::DeadLetters::new(topics.clone(), 50);
+    let fill = feed.clone();
+    let bootstrap = t.settings.kafka.bootstrap_servers.clone();
+    std::thread::Builder::new()
+        .name("weir-dlq-view".into())
+        .spawn(move || {
+            let mut reader = loop {
+                match Reader::open(&bootstrap, &topics, Start::Last(20)) {
+                    Ok(r) => break r,
+                    Err(e) if !shutdown.load(Ordering::Relaxed) => {
+                        tracing::warn!(error = %e, "the dead-letter panel cannot read its topics yet; retrying");
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                    }
+                    Err(_) => return,
+                }
+            };
+            while !shutdown.load(Ordering::Relaxed) {
+                match reader.next(std::time::Duration::from_millis(200)) {
+                    Some(Ok(d)) => fill.push(d.to_json(false)),
+                    Some(Err(e)) => tracing::debug!(error = %e, "reading dead letters"),
+                    None => {}
+                }
+            }
+        })?;
+    Ok(Some(feed))
 }
 
 fn metrics_registry(m: &Metrics) -> prometheus::Registry {

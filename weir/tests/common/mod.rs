@@ -34,6 +34,14 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// A TCP port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 pub mod kafka {
     //! Kafka helpers for the integration tests: topics, whole-topic reads, group offsets.
 
