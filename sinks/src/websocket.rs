@@ -77,7 +77,8 @@ pub fn render(template: &str, record: &serde_json::Value) -> String {
 }
 
 /// Reads `topic` from its end and calls `publish` with each greeting as a JSON message
-/// (`{"type":"greeting","text":…,"ts":…}`) until `shutdown`. Blocks.
+/// (`{"type":"greeting","text":…,"ts":…,"at":…}`: the record's timestamp and when it was
+/// broadcast, in ms since the epoch, `at` with µs as decimals) until `shutdown`. Blocks.
 pub fn run(
     bootstrap_servers: &str,
     topic: &str,
@@ -119,7 +120,13 @@ pub fn run(
         };
         let text = render(template, &record);
         let ts = msg.timestamp().to_millis().unwrap_or(0);
-        publish(serde_json::json!({"type": "greeting", "text": text, "ts": ts}).to_string());
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as f64 / 1000.0)
+            .unwrap_or(0.0);
+        publish(
+            serde_json::json!({"type": "greeting", "text": text, "ts": ts, "at": at}).to_string(),
+        );
     }
     Ok(())
 }

@@ -40,7 +40,7 @@ impl Live {
         allowed_origins: Vec<String>,
     ) -> Arc<Self> {
         let clients = IntGauge::new(
-            "weir_websocket_clients",
+            "websocket_clients",
             "Websocket clients connected to the live page",
         )
         .expect("gauge");

@@ -60,8 +60,19 @@ enum Command {
     },
     /// Audit a sealed window: compare the clean topic with the ledger and the rows.
     Audit(cmd::audit::AuditArgs),
-    /// Benchmark a topology on this machine.
-    Bench,
+    /// Benchmarks on this machine.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// The live view under load: websocket clients, greetings/s, fan-out latency, memory.
+    Live(cmd::bench::LiveArgs),
+    /// The topology's throughput against Kafka (not built yet).
+    Topology,
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,7 +118,10 @@ fn main() -> ExitCode {
             DlqCommand::Replay(args) => cmd::dlq::replay(args),
         },
         Command::Audit(args) => cmd::audit::run(args),
-        Command::Bench => not_built("bench", 3),
+        Command::Bench { command } => match command {
+            BenchCommand::Live(args) => cmd::bench::live(args),
+            BenchCommand::Topology => not_built("bench topology", 3),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

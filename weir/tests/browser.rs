@@ -164,7 +164,10 @@ fn the_live_page_in_chromium_and_metrics_that_promtool_accepts() {
         "weir_websocket_clients",
         "weir_sink_rows_written_total",
     ] {
-        assert!(metrics.contains(family), "{family} missing from /metrics");
+        assert!(
+            metrics.contains(&format!("\n# TYPE {family} ")),
+            "{family} missing from /metrics"
+        );
     }
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])

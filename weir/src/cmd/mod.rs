@@ -1,6 +1,7 @@
 //! One module per `weir` subcommand.
 
 pub mod audit;
+pub mod bench;
 pub mod check;
 pub mod describe;
 pub mod dlq;
