@@ -8,7 +8,7 @@ use std::time::Duration;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
 /// Header naming the ingest source (`randomuser`, `synthetic`).
@@ -64,10 +64,16 @@ pub struct ProducerSettings {
 }
 
 /// The idempotent producer of raw records.
+///
+/// Delivery reports are served on the sending thread ([`IngestProducer::send`] every few
+/// hundred records, [`IngestProducer::wait`] while idle), not on a thread of their own: each
+/// message's memory is then freed by the thread that allocated it, which measured faster
+/// than a polling thread (cross-thread frees were a fifth of the CPU).
 pub struct IngestProducer {
-    producer: ThreadedProducer<CountingContext>,
+    producer: BaseProducer<CountingContext>,
     settings: ProducerSettings,
     stats: Arc<DeliveryStats>,
+    unpolled: std::cell::Cell<u32>,
 }
 
 impl IngestProducer {
@@ -95,6 +101,7 @@ impl IngestProducer {
             producer,
             settings,
             stats,
+            unpolled: std::cell::Cell::new(0),
         })
     }
 
@@ -141,13 +148,32 @@ impl IngestProducer {
             match self.producer.send(record) {
                 Ok(()) => {
                     self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                    let n = self.unpolled.get() + 1;
+                    if n >= 256 {
+                        self.producer.poll(Duration::ZERO);
+                        self.unpolled.set(0);
+                    } else {
+                        self.unpolled.set(n);
+                    }
                     return Ok(());
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
-                    std::thread::sleep(Duration::from_millis(2));
+                    self.producer.poll(Duration::from_millis(2));
                 }
                 Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Serves delivery reports for up to `d` (use instead of sleeping).
+    pub fn wait(&self, d: Duration) {
+        let until = std::time::Instant::now() + d;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            self.producer.poll(left);
+            if left.is_zero() {
+                return;
             }
         }
     }
