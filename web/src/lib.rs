@@ -287,6 +287,8 @@ pub fn serve(state: WebState, addr: &str) -> std::io::Result<actix_web::dev::Ser
             .configure(configure)
     })
     .workers(2)
+    // open websockets (live pages) would hold a graceful stop for actix's default 30 s
+    .shutdown_timeout(2)
     .bind(addr)?
     .run())
 }

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use common::weir::{users_toml, Topics};
+use common::weir::Topics;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 const WINDOW_MS: i64 = 300_000;
@@ -96,17 +96,7 @@ async fn airflow_seals_and_audits_a_window_and_fails_on_a_tampered_one() {
     let base = (Utc::now().timestamp_millis() - 3_600_000).div_euclid(WINDOW_MS) * WINDOW_MS;
     tokio::task::block_in_place(|| produce_clean(&t.clean, base));
     let port = common::free_port();
-    let users = users_toml();
-    let mut weir = common::Guard(
-        t.command(&["run", users.to_str().unwrap(), "--instance", "airflow"])
-            .env("WEIR_DATABASE_URL", &url)
-            .env("WEIR_HTTP_PORT", port.to_string())
-            .env("WEIR_ADMIN_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut weir = t.serve("airflow", &url, port, &[("WEIR_ADMIN_TOKEN", TOKEN)]);
     // both windows become sealable once the sink has stored its watermark
     let (w0, w1) = (rfc3339(base), rfc3339(base + WINDOW_MS));
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::weir::{users_toml, Topics};
+use common::weir::Topics;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 const XSS_NAME: &str = "<img src=x onerror=alert(1)>";
@@ -78,23 +78,8 @@ fn the_live_page_in_chromium_and_metrics_that_promtool_accepts() {
         .unwrap();
     let url = rt.block_on(common::pg::fresh_database("weir_browser"));
     let port = common::free_port();
-    let users = users_toml();
-    let mut weir = common::Guard(
-        t.command(&["run", users.to_str().unwrap(), "--instance", "browser"])
-            .env("WEIR_DATABASE_URL", &url)
-            .env("WEIR_HTTP_PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut weir = t.serve("browser", &url, port, &[]);
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ureq::get(&format!("{base}/healthz")).call().is_err() {
-        assert!(Instant::now() < deadline, "the HTTP server never answered");
-        assert!(weir.try_wait().unwrap().is_none(), "weir run exited");
-        std::thread::sleep(Duration::from_millis(200));
-    }
     // the websocket sink reads from the end of the clean topic: let it be assigned
     std::thread::sleep(Duration::from_secs(2));
 

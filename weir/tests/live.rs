@@ -5,11 +5,9 @@
 mod common;
 
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::kafka::create_topics;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 
@@ -37,35 +35,15 @@ fn connect(
 
 #[test]
 fn greetings_reach_the_websocket_as_text_within_seconds() {
-    let (raw, clean, dlq, app) = (
-        common::unique("weir-live-raw"),
-        common::unique("weir-live-clean"),
-        common::unique("weir-live-dlq"),
-        common::unique("weir-live-app"),
-    );
-    create_topics(&[&raw, &clean, &dlq], 2);
+    let t = common::weir::Topics::create("weir-live", 2);
+    let raw = t.raw.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let url = rt.block_on(common::pg::fresh_database("weir_live"));
     let port = common::free_port();
-    let users = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topology/users.toml");
-    let mut child = common::Guard(
-        Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["run", users.to_str().unwrap(), "--instance", "live"])
-            .env("WEIR_TOPIC_RAW", &raw)
-            .env("WEIR_TOPIC_CLEAN", &clean)
-            .env("WEIR_TOPIC_DLQ", &dlq)
-            .env("WEIR_APPLICATION_ID", &app)
-            .env("WEIR_DATABASE_URL", &url)
-            .env("WEIR_KAFKA_BOOTSTRAP", common::bootstrap())
-            .env("WEIR_HTTP_PORT", port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = t.serve("live", &url, port, &[]);
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let page = loop {

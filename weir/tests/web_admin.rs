@@ -5,11 +5,8 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-use common::kafka::create_topics;
 
 const TOKEN: &str = "test-admin-token-1234";
 
@@ -57,36 +54,15 @@ impl Http {
 
 #[test]
 fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
-    let (raw, clean, dlq, app) = (
-        common::unique("weir-web-raw"),
-        common::unique("weir-web-clean"),
-        common::unique("weir-web-dlq"),
-        common::unique("weir-web-app"),
-    );
-    create_topics(&[&raw, &clean, &dlq], 2);
+    let t = common::weir::Topics::create("weir-web", 2);
+    let raw = t.raw.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let url = rt.block_on(common::pg::fresh_database("weir_web"));
     let port = common::free_port();
-    let users = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topology/users.toml");
-    let mut child = common::Guard(
-        Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["run", users.to_str().unwrap(), "--instance", "web"])
-            .env("WEIR_TOPIC_RAW", &raw)
-            .env("WEIR_TOPIC_CLEAN", &clean)
-            .env("WEIR_TOPIC_DLQ", &dlq)
-            .env("WEIR_APPLICATION_ID", &app)
-            .env("WEIR_DATABASE_URL", &url)
-            .env("WEIR_KAFKA_BOOTSTRAP", common::bootstrap())
-            .env("WEIR_HTTP_PORT", port.to_string())
-            .env("WEIR_ADMIN_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = t.serve("web", &url, port, &[("WEIR_ADMIN_TOKEN", TOKEN)]);
     let http = Http {
         base: format!("http://127.0.0.1:{port}"),
         agent: ureq::Agent::config_builder()

@@ -377,6 +377,41 @@ pub mod weir {
             c
         }
 
+        /// `weir run users.toml` with its HTTP server on `port` and the PostgreSQL sink on
+        /// `database_url`, until the guard drops; returns once `/healthz` answers.
+        pub fn serve(
+            &self,
+            instance: &str,
+            database_url: &str,
+            port: u16,
+            env: &[(&str, &str)],
+        ) -> super::Guard {
+            let users = users_toml();
+            let mut child = super::Guard(
+                self.command(&["run", users.to_str().unwrap(), "--instance", instance])
+                    .env("WEIR_DATABASE_URL", database_url)
+                    .env("WEIR_HTTP_PORT", port.to_string())
+                    .envs(env.iter().copied())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start weir run"),
+            );
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while ureq::get(&format!("http://127.0.0.1:{port}/healthz"))
+                .call()
+                .is_err()
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the HTTP server never answered"
+                );
+                assert!(child.try_wait().unwrap().is_none(), "weir run exited");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            child
+        }
+
         /// Runs `weir ARGS` to the end; panics with its stderr when it fails.
         pub fn output(&self, args: &[&str]) -> (String, String) {
             let out = self
