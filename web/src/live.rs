@@ -28,8 +28,9 @@ pub struct Live {
     pub allowed_origins: Vec<String>,
 }
 
-/// Messages a client may fall behind by before it skips.
-const QUEUE: usize = 256;
+/// Messages a client may fall behind by before it skips. The sink publishes a Kafka fetch at
+/// a time, so bursts of hundreds are normal; messages are shared, so a slot costs a pointer.
+const QUEUE: usize = 4096;
 /// The largest message a client may send (it has nothing to say but pings).
 const MAX_FRAME: usize = 4 * 1024;
 

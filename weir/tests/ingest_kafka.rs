@@ -195,3 +195,49 @@ fn synthetic_records_arrive_keyed_and_counted() {
     assert_eq!(a.len(), 50);
     assert_eq!(a, b);
 }
+
+/// CPU seconds (user + system) a running process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// A paced source waits between records instead of spinning (it once polled the producer
+/// for 1 ms at a time, which librdkafka rounds down to 0: a core at 100% for 5 records/s).
+#[test]
+fn a_paced_synthetic_source_sleeps_between_records() {
+    let topic = common::unique("weir-ingest-paced");
+    create_topics(&[&topic], 1);
+    let mut child = common::Guard(
+        Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args([
+                "ingest",
+                "--source",
+                "synthetic",
+                "--rate",
+                "20",
+                "--count",
+                "60",
+                "--topic",
+                &topic,
+            ])
+            .env("WEIR_KAFKA_BOOTSTRAP", common::bootstrap())
+            .env("WEIR_LOG", "warn")
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let used = cpu_seconds(child.id());
+    assert!(child.wait().unwrap().success());
+    assert!(
+        used < 0.8,
+        "{used:.2} CPU seconds in 2.5 s of a 20 records/s source"
+    );
+    assert_eq!(read_all(&topic, 1, "read_committed").len(), 60);
+}

@@ -117,8 +117,16 @@ fn number_after(text: &[u8], key: &str) -> Option<f64> {
     std::str::from_utf8(&text[start..end]).ok()?.parse().ok()
 }
 
-async fn handshake(port: u16) -> anyhow::Result<TcpStream> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+/// Opens `/ws`. A stalled client gets a tiny receive buffer, so the kernel cannot absorb what
+/// the server sends it and the server's own bounded queue for it is what fills.
+async fn handshake(port: u16, stalled: bool) -> anyhow::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if stalled {
+        socket.set_recv_buffer_size(4096)?;
+    }
+    let mut s = socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await?;
     s.set_nodelay(true)?;
     s.write_all(
         format!(
@@ -261,6 +269,12 @@ pub fn live(args: &LiveArgs) -> anyhow::Result<()> {
         })
         .with_context(|| format!("{} has no websocket sink", args.file.display()))?;
     let topic = super::run::input_topic(&t, node)?;
+    let partitions = topic_partitions(&t.settings.kafka.bootstrap_servers, &topic)?;
+    if partitions == 0 {
+        anyhow::bail!(
+            "topic {topic} does not exist: create it (deploy/dev up does) or set WEIR_TOPIC_CLEAN"
+        );
+    }
     let port = args.port.unwrap_or_else(|| {
         std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -312,6 +326,25 @@ pub fn live(args: &LiveArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many partitions `topic` has (0 when it does not exist); never creates it.
+fn topic_partitions(bootstrap: &str, topic: &str) -> anyhow::Result<usize> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("allow.auto.create.topics", "false")
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Critical)
+        .create()?;
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("reading the metadata of {topic} from {bootstrap}"))?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().len())
+        .sum())
+}
+
 struct Report {
     lost: usize,
 }
@@ -346,7 +379,7 @@ fn drive(
     let (tasks, stalled) = rt.block_on(async {
         let mut tasks = Vec::new();
         for s in &stats {
-            let conn = handshake(port)
+            let conn = handshake(port, false)
                 .await
                 .context("connecting a websocket client")?;
             tasks.push(tokio::spawn(read_client(
@@ -359,7 +392,7 @@ fn drive(
         }
         let mut stalled = Vec::new();
         for _ in 0..args.stalled {
-            stalled.push(handshake(port).await?);
+            stalled.push(handshake(port, true).await?);
         }
         anyhow::Ok((tasks, stalled))
     })?;

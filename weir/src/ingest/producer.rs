@@ -166,16 +166,12 @@ impl IngestProducer {
         }
     }
 
-    /// Serves delivery reports for up to `d` (use instead of sleeping).
+    /// Serves the delivery reports that are ready, then sleeps `d` (use instead of sleeping).
+    /// Not `poll(d)`: librdkafka rounds what is left of a deadline down to whole
+    /// milliseconds, so polling for a millisecond spins.
     pub fn wait(&self, d: Duration) {
-        let until = std::time::Instant::now() + d;
-        loop {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            self.producer.poll(left);
-            if left.is_zero() {
-                return;
-            }
-        }
+        self.producer.poll(Duration::ZERO);
+        std::thread::sleep(d);
     }
 
     /// Waits until every enqueued record is delivered or has failed.
