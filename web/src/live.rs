@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use bytestring::ByteString;
 use futures::StreamExt;
 use prometheus::IntGauge;
 use serde_json::{json, Value};
@@ -20,8 +21,9 @@ use crate::WebState;
 
 /// The greeting feed shared by the websocket sink and every client.
 pub struct Live {
-    tx: broadcast::Sender<Arc<str>>,
-    history: Mutex<VecDeque<Arc<str>>>,
+    /// Messages as shared bytes: sending one to a client copies nothing.
+    tx: broadcast::Sender<ByteString>,
+    history: Mutex<VecDeque<ByteString>>,
     history_len: usize,
     clients: IntGauge,
     /// Origins allowed to open `/ws` (a request without `Origin` is not a browser's and is allowed).
@@ -58,7 +60,7 @@ impl Live {
 
     /// Sends a JSON message to every client; never blocks.
     pub fn publish(&self, message: String) {
-        let m: Arc<str> = message.into();
+        let m = ByteString::from(message);
         {
             let mut h = self.history.lock().unwrap();
             if h.len() == self.history_len {
@@ -161,14 +163,14 @@ pub(crate) async fn ws(
     let (response, mut session, stream) = actix_ws::handle(&req, body)?;
     let mut stream = stream.max_frame_size(MAX_FRAME);
     let mut rx = live.tx.subscribe();
-    let history: Vec<Arc<str>> = live.history.lock().unwrap().iter().cloned().collect();
+    let history: Vec<ByteString> = live.history.lock().unwrap().iter().cloned().collect();
     live.clients.inc();
     actix_web::rt::spawn(async move {
         let _ = session
             .text(json!({"type": "hello", "history": history.len()}).to_string())
             .await;
         for m in history {
-            if session.text(m.to_string()).await.is_err() {
+            if session.text(m).await.is_err() {
                 live.clients.dec();
                 return;
             }
@@ -177,7 +179,7 @@ pub(crate) async fn ws(
             tokio::select! {
                 m = rx.recv() => match m {
                     Ok(m) => {
-                        if session.text(m.to_string()).await.is_err() {
+                        if session.text(m).await.is_err() {
                             break;
                         }
                     }
