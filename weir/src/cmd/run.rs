@@ -1,6 +1,8 @@
-//! `weir run FILE`: runs the topology against Kafka. Sub-topology 1 (source → processors →
-//! topic sinks) runs exactly once in Kafka transactions on a thread of its own; SIGINT or
-//! SIGTERM commits the open transaction and stops.
+//! `weir run FILE`: runs the topology against Kafka. Sub-topology 0 (source → processors →
+//! topic sinks) runs exactly once in Kafka transactions on a thread of its own; the sinks that
+//! read its topics (PostgreSQL, websocket) each get a thread; the HTTP server serves metrics,
+//! the admin API and the live page. `--subtopologies` runs only some. SIGINT or SIGTERM
+//! commits the open transaction and stops.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
