@@ -532,27 +532,30 @@ pub async fn audit(
             .find(|c| c.field == f)
             .map(|c| c.name.clone())
     };
+    // the report, once the table's side is known
+    let verdict = |table_rows: i64, rows_checked: usize, problems: Vec<String>| AuditReport {
+        id: None,
+        sink: spec.sink_id.clone(),
+        window_start: start,
+        window_end: ts(end_ms),
+        status: status.clone(),
+        topic_records,
+        ledger_records,
+        window_records,
+        table_rows,
+        late_dead_letter: late_dl,
+        late_dropped: late_drop,
+        late_accepted: late_acc,
+        rows_checked,
+        passed: problems.is_empty(),
+        problems,
+        run_id: run_id.map(str::to_owned),
+    };
     let (Some(pcol), Some(ocol)) = (find("@partition"), find("@offset")) else {
         problems.push(
             "the table maps no @partition/@offset column: rows cannot be traced to records".into(),
         );
-        return store(
-            client,
-            spec,
-            source,
-            start,
-            end_ms,
-            &status,
-            topic_records,
-            ledger_records,
-            window_records,
-            0,
-            (late_dl, late_drop, late_acc),
-            0,
-            problems,
-            run_id,
-        )
-        .await;
+        return store(client, verdict(0, 0, problems)).await;
     };
     let exprs: Vec<String> = table.columns.iter().map(select_expr).collect();
     let sql = format!(
@@ -669,68 +672,28 @@ pub async fn audit(
             }
         }
     }
-    let checked = rows.len();
-    store(
-        client,
-        spec,
-        source,
-        start,
-        end_ms,
-        &status,
-        topic_records,
-        ledger_records,
-        window_records,
-        table_rows,
-        (late_dl, late_drop, late_acc),
-        checked,
-        problems,
-        run_id,
-    )
-    .await
+    store(client, verdict(table_rows, rows.len(), problems)).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn store(
-    client: &Client,
-    spec: &WindowSpec,
-    source: &TopicSource,
-    start: DateTime<Utc>,
-    end_ms: Millis,
-    status: &str,
-    topic_records: i64,
-    ledger_records: i64,
-    window_records: i64,
-    table_rows: i64,
-    late: (i64, i64, i64),
-    rows_checked: usize,
-    problems: Vec<String>,
-    run_id: Option<&str>,
-) -> Result<AuditReport, AuditError> {
-    let _ = source;
-    let mut report = AuditReport {
-        id: None,
-        sink: spec.sink_id.clone(),
-        window_start: start,
-        window_end: ts(end_ms),
-        status: status.to_owned(),
-        topic_records,
-        ledger_records,
-        window_records,
-        table_rows,
-        late_dead_letter: late.0,
-        late_dropped: late.1,
-        late_accepted: late.2,
-        rows_checked,
-        passed: problems.is_empty(),
-        problems,
-        run_id: run_id.map(str::to_owned),
-    };
+/// Stores a verdict in `audits` and returns it with its id.
+async fn store(client: &Client, mut report: AuditReport) -> Result<AuditReport, AuditError> {
     let json = serde_json::to_value(&report).unwrap_or_default();
     let id: i64 = client
         .query_one(
             "INSERT INTO audits (sink, window_start, window_end, topic_records, ledger_records, window_records, table_rows, passed, report, run_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-            &[&spec.sink_id, &start, &report.window_end, &topic_records, &ledger_records, &window_records, &table_rows, &report.passed, &json, &report.run_id],
+            &[
+                &report.sink,
+                &report.window_start,
+                &report.window_end,
+                &report.topic_records,
+                &report.ledger_records,
+                &report.window_records,
+                &report.table_rows,
+                &report.passed,
+                &json,
+                &report.run_id,
+            ],
         )
         .await?
         .get(0);
