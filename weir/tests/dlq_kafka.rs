@@ -193,6 +193,37 @@ fn replay_after_a_fix_turns_exactly_those_dead_letters_into_clean_records_once()
         let v: serde_json::Value = serde_json::from_str(l["value"].as_str().unwrap()).unwrap();
         assert!(v["email"].as_str().unwrap().ends_with("@intranet"));
     }
+    // the latest by failure time, across partitions, oldest of them first
+    let (all, _) = t.output(&[
+        "dlq",
+        "tail",
+        "--topology",
+        topology,
+        "--reason",
+        "email.invalid",
+        "--limit",
+        "1000000",
+        "--json",
+    ]);
+    let mut times: Vec<i64> = all
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["failed_at"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(times.len(), BAD_EMAIL);
+    times.sort_unstable();
+    let shown: Vec<i64> = lines
+        .iter()
+        .map(|l| l["failed_at"].as_i64().unwrap())
+        .collect();
+    assert!(shown.windows(2).all(|w| w[0] <= w[1]), "{shown:?}");
+    assert!(
+        shown[0] >= times[BAD_EMAIL - 5],
+        "not the latest: {shown:?}"
+    );
     let (table, _) = t.output(&["dlq", "tail", "--topology", topology, "--limit", "1000000"]);
     let rows: Vec<&str> = table.lines().collect();
     assert!(

@@ -167,19 +167,27 @@ pub fn tail(args: &TailArgs) -> anyhow::Result<()> {
     let mut reader = Reader::open(&target.bootstrap, &target.topics, Start::Beginning)
         .with_context(|| format!("reading {}", target.topics.join(", ")))?;
     let reason = args.reason.as_deref();
-    let mut latest = std::collections::VecDeque::new();
+    // the latest by failure time across partitions (read order is partition by partition)
+    let newest_first = |v: &mut Vec<DeadLetter>| {
+        v.sort_by_key(|d| std::cmp::Reverse((d.failed_at, d.partition, d.offset)));
+    };
+    let mut latest: Vec<DeadLetter> = Vec::new();
     reader
         .read_to_end(STALL, |d| {
             if matches(&d, reason, args.common.since) {
-                if latest.len() == args.limit {
-                    latest.pop_front();
+                latest.push(d);
+                if latest.len() >= 2 * args.limit.max(1) {
+                    newest_first(&mut latest);
+                    latest.truncate(args.limit);
                 }
-                latest.push_back(d);
             }
         })
         .context("reading the dead-letter topic")?;
+    newest_first(&mut latest);
+    latest.truncate(args.limit);
+    latest.reverse();
     let mut table = TailTable::new(args.json);
-    let rows: Vec<DeadLetter> = latest.into();
+    let rows = latest;
     table.print(&rows);
     if rows.is_empty() && !args.json && !args.follow {
         eprintln!(
