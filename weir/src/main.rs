@@ -1,7 +1,7 @@
 //! The `weir` command line: one subcommand per job, each in its own module under `cmd/`.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage error, 3 fenced by another instance,
-//! 69 a subcommand that is not built yet, 78 a configuration error (as `vector validate`).
+//! 78 a configuration error (as `vector validate`), 130 interrupted (`dlq replay`).
 
 mod cmd;
 
@@ -9,9 +9,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-/// Exit code of a subcommand that is planned but not built yet (EX_UNAVAILABLE).
-const EXIT_NOT_BUILT: u8 = 69;
 
 /// Weir: a Kafka Streams-style stream processing topology with exactly-once delivery into
 /// Kafka and PostgreSQL.
@@ -71,8 +68,8 @@ enum Command {
 enum BenchCommand {
     /// The live view under load: websocket clients, greetings/s, fan-out latency, memory.
     Live(cmd::bench::LiveArgs),
-    /// The topology's throughput against Kafka (not built yet).
-    Topology,
+    /// The exactly-once loop's throughput over fresh synthetic records.
+    Topology(cmd::bench::TopologyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,12 +80,6 @@ enum DlqCommand {
     Stats(cmd::dlq::StatsArgs),
     /// Send dead letters back to the raw topic (or another), exactly once.
     Replay(cmd::dlq::ReplayArgs),
-}
-
-/// A planned subcommand that does not exist yet: say so plainly, produce no output.
-fn not_built(name: &str, issue: u32) -> anyhow::Result<()> {
-    eprintln!("weir {name}: not built yet (planned in issue #{issue})");
-    Err(cmd::Exit(EXIT_NOT_BUILT).into())
 }
 
 fn init_logging() {
@@ -120,7 +111,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => cmd::audit::run(args),
         Command::Bench { command } => match command {
             BenchCommand::Live(args) => cmd::bench::live(args),
-            BenchCommand::Topology => not_built("bench topology", 3),
+            BenchCommand::Topology(args) => cmd::bench::topology(args),
         },
     };
     match result {

@@ -1,5 +1,4 @@
-//! The `weir` command line: help lists every planned subcommand, and a subcommand that is not
-//! built yet says so plainly and exits 69 without pretending to work.
+//! The `weir` command line: help lists every subcommand.
 
 use std::process::Command;
 

@@ -147,34 +147,3 @@ fn greetings_reach_the_websocket_as_text_within_seconds() {
         .unwrap();
     assert!(child.wait().unwrap().success());
 }
-
-/// `weir bench live`, small: every client that keeps up receives every greeting, and a
-/// stalled client neither blocks the others nor loses greetings untold.
-#[test]
-fn the_live_bench_delivers_every_greeting_to_every_client() {
-    let t = common::weir::Topics::create("weir-bench-live", 2);
-    let users = common::weir::users_toml();
-    let (out, _) = t.output(&[
-        "bench",
-        "live",
-        users.to_str().unwrap(),
-        "--clients",
-        "50",
-        "--stalled",
-        "1",
-        "--rate",
-        "100",
-        "--duration",
-        "3s",
-    ]);
-    assert!(
-        out.contains("300 greetings at 100 /s")
-            && out.contains("50 received every greeting")
-            && out.contains("0 missed greetings untold"),
-        "{out}"
-    );
-    assert!(
-        out.contains("fan-out latency") && out.contains("peak memory"),
-        "{out}"
-    );
-}
