@@ -237,7 +237,8 @@ fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> Option<&'a str> {
         .map(|l| l.value())
 }
 
-/// The page's vital signs: totals the page turns into rates.
+/// The page's vital signs: totals the page turns into rates (dead letters by reason are in
+/// `/api/dlq`).
 pub(crate) async fn vitals(state: web::Data<WebState>) -> HttpResponse {
     let families = state.registry.gather();
     let nodes = |kind: &str, typ: Option<&str>| -> Vec<String> {
@@ -262,17 +263,6 @@ pub(crate) async fn vitals(state: web::Data<WebState>) -> HttpResponse {
             label(m, "node").is_some_and(|n| names.iter().any(|x| x == n))
         })
     };
-    let mut by_reason = serde_json::Map::new();
-    for f in families
-        .iter()
-        .filter(|f| f.name() == "weir_dead_letters_total")
-    {
-        for m in f.get_metric() {
-            if let Some(r) = label(m, "reason") {
-                by_reason.insert(r.to_owned(), json!(m.get_counter().get_value()));
-            }
-        }
-    }
     let window: Value = match state.admin.windows(1).await {
         Ok(v) => v["windows"].get(0).cloned().unwrap_or(Value::Null),
         Err(_) => Value::Null,
@@ -281,7 +271,6 @@ pub(crate) async fn vitals(state: web::Data<WebState>) -> HttpResponse {
         "records_in": in_node(&sources),
         "clean": in_node(&topic_sinks),
         "dead_letters": in_node(&dlq_sinks),
-        "dead_letters_by_reason": by_reason,
         "consumer_lag": sum(&families, "weir_consumer_lag_records", |_| true),
         "rows_written": sum(&families, "weir_sink_rows_written_total", |_| true),
         "websocket_clients": state.live.as_ref().map(|l| l.clients()).unwrap_or(0),

@@ -133,35 +133,12 @@ impl Admin for SinkAdmin {
 
     fn sealable(&self, start: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>> {
         async move {
-            let start_ms = start.timestamp_millis();
-            if start_ms.rem_euclid(self.spec.window_ms) != 0 {
-                return Err(ApiError::new(
-                    400,
-                    format!(
-                        "{} is not the start of a window ({} ms windows)",
-                        start.to_rfc3339(),
-                        self.spec.window_ms
-                    ),
-                ));
-            }
             let c = self.client().await?;
-            let w = admin::window(&c, &self.spec, start)
-                .await
-                .map_err(pg_error)?;
-            let watermark = admin::watermark(&c, &self.spec).await.map_err(pg_error)?;
-            let at = DateTime::<Utc>::from_timestamp_millis(
-                start_ms + self.spec.window_ms + self.spec.grace_ms,
-            );
-            let sealed = w.as_ref().is_some_and(|w| w.status == "sealed");
-            Ok(json!({
-                "sink": self.spec.sink_id,
-                "window_start": start,
-                "sealable": sealed || watermark.zip(at).is_some_and(|(w, a)| w >= a),
-                "sealed": sealed,
-                "watermark": watermark,
-                "sealable_at": at,
-                "window": w,
-            }))
+            match admin::sealable(&c, &self.spec, start).await {
+                Ok(s) => Ok(serde_json::to_value(s).unwrap_or_default()),
+                Err(e @ SealError::NotAligned { .. }) => Err(ApiError::new(400, e.to_string())),
+                Err(e) => Err(ApiError::new(503, e.to_string())),
+            }
         }
         .boxed()
     }
@@ -196,7 +173,7 @@ impl Admin for SinkAdmin {
                 }
                 Err(e @ SealError::NotYet { .. }) => Err(ApiError::new(409, e.to_string())),
                 Err(e @ SealError::NotAligned { .. }) => Err(ApiError::new(400, e.to_string())),
-                Err(e) => Err(pg_error(e)),
+                Err(e) => Err(ApiError::new(503, e.to_string())),
             }
         }
         .boxed()

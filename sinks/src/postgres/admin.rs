@@ -84,6 +84,54 @@ pub struct SealOutcome {
     pub forced: bool,
 }
 
+/// Whether a window can be sealed now (what Airflow's sensor polls).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Sealability {
+    pub sink: String,
+    pub window_start: DateTime<Utc>,
+    /// Sealed already, or the watermark has passed `sealable_at`.
+    pub sealable: bool,
+    pub sealed: bool,
+    pub watermark: Option<DateTime<Utc>>,
+    /// The window's end plus grace.
+    pub sealable_at: DateTime<Utc>,
+    /// `None` while no record of the window has arrived.
+    pub window: Option<WindowInfo>,
+}
+
+/// Whether the window starting at `start` can be sealed now; also for a window with no rows.
+pub async fn sealable(
+    client: &Client,
+    spec: &WindowSpec,
+    start: DateTime<Utc>,
+) -> Result<Sealability, SealError> {
+    let needed = seal_needs(spec, start)?;
+    let window = window(client, spec, start).await?;
+    let wm = watermark(client, spec).await?;
+    let sealed = window.as_ref().is_some_and(|w| w.status == "sealed");
+    Ok(Sealability {
+        sink: spec.sink_id.clone(),
+        window_start: start,
+        sealable: sealed || wm.is_some_and(|w| w >= needed),
+        sealed,
+        watermark: wm,
+        sealable_at: needed,
+        window,
+    })
+}
+
+/// When a window may be sealed (its end plus grace), or why `start` is not a window.
+fn seal_needs(spec: &WindowSpec, start: DateTime<Utc>) -> Result<DateTime<Utc>, SealError> {
+    let start_ms = start.timestamp_millis();
+    if window_start(start_ms, spec.window_ms) != start_ms {
+        return Err(SealError::NotAligned {
+            start,
+            window_ms: spec.window_ms,
+        });
+    }
+    Ok(ts(start_ms + spec.window_ms + spec.grace_ms))
+}
+
 /// Why a window cannot be sealed (yet).
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
@@ -164,15 +212,8 @@ pub async fn seal(
     force: bool,
     sealed_by: &str,
 ) -> Result<SealOutcome, SealError> {
-    let start_ms = start.timestamp_millis();
-    if window_start(start_ms, spec.window_ms) != start_ms {
-        return Err(SealError::NotAligned {
-            start,
-            window_ms: spec.window_ms,
-        });
-    }
-    let end = ts(start_ms + spec.window_ms);
-    let needed = ts(start_ms + spec.window_ms + spec.grace_ms);
+    let needed = seal_needs(spec, start)?;
+    let end = ts(start.timestamp_millis() + spec.window_ms);
     let wm = watermark(client, spec).await?;
     let tx = client.transaction().await?;
     tx.execute(
