@@ -204,11 +204,59 @@ pub enum Start {
     End,
 }
 
+/// Every partition of some topics with its low and high watermark at one moment: where a
+/// bounded read starts and when it has caught up.
+#[derive(Debug, Clone)]
+pub struct Extent {
+    /// (topic, partition, low, high)
+    pub partitions: Vec<(String, i32, i64, i64)>,
+}
+
+impl Extent {
+    /// Reads the topics' partitions and watermarks; a missing topic is an error.
+    pub fn of<C: rdkafka::consumer::ConsumerContext>(
+        consumer: &BaseConsumer<C>,
+        topics: &[String],
+    ) -> Result<Self, KafkaError> {
+        let mut partitions = Vec::new();
+        for topic in topics {
+            let metadata = consumer.fetch_metadata(Some(topic), CALL_TIMEOUT)?;
+            for t in metadata.topics() {
+                if let Some(e) = t.error() {
+                    return Err(KafkaError::MetadataFetch(e.into()));
+                }
+                for p in t.partitions() {
+                    let (low, high) = consumer.fetch_watermarks(topic, p.id(), CALL_TIMEOUT)?;
+                    partitions.push((topic.clone(), p.id(), low, high));
+                }
+            }
+        }
+        Ok(Self { partitions })
+    }
+
+    /// True once `consumer` has read every partition up to its high watermark of then.
+    pub fn reached<C: rdkafka::consumer::ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+    ) -> bool {
+        let Ok(positions) = consumer.position() else {
+            return false;
+        };
+        self.partitions.iter().all(|(topic, p, _, end)| {
+            *end == 0
+                || positions
+                    .find_partition(topic, *p)
+                    .and_then(|e| e.offset().to_raw())
+                    .is_some_and(|pos| pos >= *end)
+        })
+    }
+}
+
 /// Reads committed dead letters from one or more topics, without a consumer group's offsets.
 pub struct Reader {
     consumer: BaseConsumer,
-    /// (topic, partition, end offset when opened)
-    ends: Vec<(String, i32, i64)>,
+    /// Where the topics ended when the reader opened.
+    extent: Extent,
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -223,28 +271,18 @@ impl Reader {
             .set("fetch.wait.max.ms", "100")
             .set_log_level(RDKafkaLogLevel::Warning)
             .create()?;
+        let extent = Extent::of(&consumer, topics)?;
         let mut tpl = TopicPartitionList::new();
-        let mut ends = Vec::new();
-        for topic in topics {
-            let metadata = consumer.fetch_metadata(Some(topic), CALL_TIMEOUT)?;
-            for t in metadata.topics() {
-                if let Some(e) = t.error() {
-                    return Err(KafkaError::MetadataFetch(e.into()));
-                }
-                for p in t.partitions() {
-                    let (low, high) = consumer.fetch_watermarks(topic, p.id(), CALL_TIMEOUT)?;
-                    let offset = match start {
-                        Start::Beginning => Offset::Beginning,
-                        Start::Last(n) => Offset::Offset((high - n).max(low)),
-                        Start::End => Offset::End,
-                    };
-                    tpl.add_partition_offset(topic, p.id(), offset)?;
-                    ends.push((topic.clone(), p.id(), high));
-                }
-            }
+        for (topic, p, low, high) in &extent.partitions {
+            let offset = match start {
+                Start::Beginning => Offset::Beginning,
+                Start::Last(n) => Offset::Offset((high - n).max(*low)),
+                Start::End => Offset::End,
+            };
+            tpl.add_partition_offset(topic, *p, offset)?;
         }
         consumer.assign(&tpl)?;
-        Ok(Self { consumer, ends })
+        Ok(Self { consumer, extent })
     }
 
     /// The next dead letter, waiting at most `timeout`.
@@ -256,16 +294,7 @@ impl Reader {
 
     /// True once every partition is read up to where it ended when the reader opened.
     pub fn caught_up(&self) -> bool {
-        let Ok(positions) = self.consumer.position() else {
-            return false;
-        };
-        self.ends.iter().all(|(topic, p, end)| {
-            *end == 0
-                || positions
-                    .find_partition(topic, *p)
-                    .and_then(|e| e.offset().to_raw())
-                    .is_some_and(|pos| pos >= *end)
-        })
+        self.extent.reached(&self.consumer)
     }
 
     /// Every dead letter up to the ends seen when the reader opened; gives up after `limit`

@@ -351,9 +351,8 @@ async fn read_client(
             let payload = &b[head..head + len];
             match opcode {
                 1 => {
-                    if payload.starts_with(b"{\"type\":\"greeting\"")
-                        || payload.windows(10).any(|w| w == b"\"greeting\"")
-                    {
+                    // serde_json writes keys in order, so `type` comes last
+                    if payload.ends_with(b"\"type\":\"greeting\"}") {
                         stats.greetings.fetch_add(1, Ordering::Relaxed);
                         if let Some(sent) = number_after(payload, "at") {
                             fanout.record(received - sent);
@@ -361,7 +360,7 @@ async fn read_client(
                         if let Some(ts) = number_after(payload, "ts") {
                             e2e.record(received - ts);
                         }
-                    } else if payload.windows(9).any(|w| w == b"\"skipped\"") {
+                    } else if payload.ends_with(b"\"type\":\"skipped\"}") {
                         let n = number_after(payload, "count").unwrap_or(0.0) as u64;
                         stats.skipped.fetch_add(n, Ordering::Relaxed);
                     }

@@ -14,7 +14,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use weir_sinks::dead_letter::reader::{escape, DeadLetter, Reader, Start};
+use weir_sinks::dead_letter::reader::{escape, DeadLetter, Extent, Reader, Start};
 use weir_sinks::dead_letter::DeadLetterConfig;
 use weir_sinks::postgres::config::LatePolicy;
 use weir_sinks::postgres::PostgresSinkConfig;
@@ -375,36 +375,23 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
             Some(p)
         };
     // start at the group's committed offsets, read up to today's end
+    let extent = Extent::of(&consumer, &target.topics)
+        .with_context(|| format!("reading the partitions of {}", target.topics.join(", ")))?;
     let mut wanted = TopicPartitionList::new();
-    let mut ends: Vec<(String, i32, i64)> = Vec::new();
-    for topic in &target.topics {
-        let md = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(30))
-            .with_context(|| format!("reading metadata of {topic}"))?;
-        for t in md.topics() {
-            if let Some(e) = t.error() {
-                anyhow::bail!("dead-letter topic {topic}: {e:?}");
-            }
-            for p in t.partitions() {
-                wanted.add_partition(topic, p.id());
-                let (_, high) =
-                    consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(30))?;
-                ends.push((topic.clone(), p.id(), high));
-            }
-        }
+    for (topic, p, _, _) in &extent.partitions {
+        wanted.add_partition(topic, *p);
     }
     let committed = consumer
         .committed_offsets(wanted, Duration::from_secs(30))
         .context("reading the replay group's offsets")?;
     let mut assignment = TopicPartitionList::new();
     let mut total: i64 = 0;
-    for (topic, p, end) in &ends {
+    for (topic, p, low, end) in &extent.partitions {
         let start = committed
             .find_partition(topic, *p)
             .and_then(|e| e.offset().to_raw())
             .filter(|o| *o >= 0);
-        let (low, _) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(30))?;
-        total += end - start.unwrap_or(low).max(low);
+        total += end - start.unwrap_or(*low).max(*low);
         assignment.add_partition_offset(
             topic,
             *p,
@@ -416,16 +403,7 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
     let shutdown = weir::signals::shutdown_flag()?;
     let mut tally = Tally::default();
     let mut progress = Progress::new(total.max(0) as u64);
-    let caught_up = |c: &BaseConsumer| -> bool {
-        let Ok(pos) = c.position() else { return false };
-        ends.iter().all(|(t, p, end)| {
-            *end == 0
-                || pos
-                    .find_partition(t, *p)
-                    .and_then(|e| e.offset().to_raw())
-                    .is_some_and(|o| o >= *end)
-        })
-    };
+    let caught_up = |c: &BaseConsumer| extent.reached(c);
     let mut last_progress = Instant::now();
     while !caught_up(&consumer) && !shutdown.load(Ordering::Relaxed) {
         if last_progress.elapsed() > STALL {
@@ -480,7 +458,6 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
             if let Some(k) = &d.key {
                 record = record.key(k);
             }
-            let mut record = record;
             loop {
                 match p.send(record) {
                     Ok(()) => break,
