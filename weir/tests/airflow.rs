@@ -11,46 +11,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use common::weir::Topics;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 const WINDOW_MS: i64 = 300_000;
 const PER_WINDOW: i64 = 300;
 const TOKEN: &str = "airflow-e2e-token";
-
-/// Clean records in two windows from `base`, then one per partition 20 minutes later so the
-/// watermark passes both windows' end plus grace.
-fn produce_clean(topic: &str, base: i64) {
-    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", common::bootstrap())
-        .create()
-        .unwrap();
-    for i in 0..2 * PER_WINDOW + 2 {
-        let ts = if i < 2 * PER_WINDOW {
-            base + i * WINDOW_MS / PER_WINDOW
-        } else {
-            base + 4 * WINDOW_MS
-        };
-        let partition = (i % 2) as i32;
-        let v = serde_json::json!({
-            "user_uuid": format!("00000000-0000-4000-8000-{i:012}"), "title": "Ms", "first_name": format!("Name{i}"),
-            "last_name": "Airflow", "full_name": format!("Name{i} Airflow"), "gender": "female",
-            "email": format!("airflow{i}@example.com"), "city": "Lima", "country": "Peru", "nat": "PE",
-            "source": {"topic": "raw", "partition": partition, "offset": i, "timestamp": ts}
-        })
-        .to_string();
-        producer
-            .send(
-                BaseRecord::<str, str>::to(topic)
-                    .partition(partition)
-                    .key("k")
-                    .payload(&v)
-                    .timestamp(ts),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
-}
 
 fn rfc3339(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
@@ -94,7 +58,9 @@ async fn airflow_seals_and_audits_a_window_and_fails_on_a_tampered_one() {
     let t = tokio::task::block_in_place(|| Topics::create("weir-airflow", 2));
     let url = common::pg::fresh_database("weir_airflow").await;
     let base = (Utc::now().timestamp_millis() - 3_600_000).div_euclid(WINDOW_MS) * WINDOW_MS;
-    tokio::task::block_in_place(|| produce_clean(&t.clean, base));
+    tokio::task::block_in_place(|| {
+        common::windows::produce_two(&t.clean, base, WINDOW_MS, 2 * PER_WINDOW, "airflow")
+    });
     let port = common::free_port();
     let mut weir = t.serve("airflow", &url, port, &[("WEIR_ADMIN_TOKEN", TOKEN)]);
     // both windows become sealable once the sink has stored its watermark

@@ -12,50 +12,14 @@ use chrono::{DateTime, Utc};
 use common::kafka::{create_topics, ends};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use weir_sinks::postgres::admin::{audit, seal, TopicSource, WindowSpec};
+use weir_sinks::postgres::admin::{audit, seal, TopicSource};
 use weir_sinks::postgres::writer::Table;
-use weir_sinks::postgres::PostgresSinkConfig;
 
 const WINDOW_MS: i64 = 300_000;
 const RECORDS: i64 = 2_000;
 
 fn users_toml() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../topology/users.toml")
-}
-
-fn produce(topic: &str, base: i64) {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", common::bootstrap())
-        .create()
-        .unwrap();
-    for i in 0..RECORDS + 2 {
-        // two windows, then one record per partition later, for the watermark
-        let ts = if i < RECORDS {
-            base + i * 2 * WINDOW_MS / RECORDS
-        } else {
-            base + 4 * WINDOW_MS
-        };
-        let partition = (i % 2) as i32;
-        let v = serde_json::json!({
-            "user_uuid": format!("00000000-0000-4000-8000-{i:012}"), "title": "Mr", "first_name": format!("Name{i}"),
-            "last_name": "Audit", "full_name": format!("Name{i} Audit"), "gender": "male", "email": format!("audit{i}@example.com"),
-            "street_address": null, "city": "Oslo", "state": null, "country": "Norway", "postcode": "0150", "phone": null,
-            "cell": null, "dob": null, "age": null, "registered_at": null, "picture_thumbnail": null, "nat": "NO",
-            "source": {"topic": "raw", "partition": partition, "offset": i, "timestamp": ts}
-        })
-        .to_string();
-        producer
-            .send(
-                BaseRecord::<str, str>::to(topic)
-                    .partition(partition)
-                    .key("k")
-                    .payload(&v)
-                    .timestamp(ts),
-            )
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-    producer.flush(Duration::from_secs(30)).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +33,9 @@ async fn a_tampered_row_fails_the_audit_with_a_clear_report() {
     tokio::task::block_in_place(|| create_topics(&[&raw, &clean, &dlq], 2));
     let url = common::pg::fresh_database("weir_audit").await;
     let base = (Utc::now().timestamp_millis() - 3_600_000).div_euclid(WINDOW_MS) * WINDOW_MS;
-    tokio::task::block_in_place(|| produce(&clean, base));
+    tokio::task::block_in_place(|| {
+        common::windows::produce_two(&clean, base, WINDOW_MS, RECORDS, "audit")
+    });
     let end = tokio::task::block_in_place(|| ends(&clean, 2));
 
     let env = [
@@ -116,18 +82,7 @@ async fn a_tampered_row_fails_the_audit_with_a_clear_report() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let t = weir_topology::load_file(&users_toml(), &weir::registry::registry()).unwrap();
-    let cfg: PostgresSinkConfig = t
-        .node("users")
-        .unwrap()
-        .config::<PostgresSinkConfig>()
-        .unwrap()
-        .clone();
-    let spec = WindowSpec {
-        sink_id: format!("{app}/users"),
-        window_ms: WINDOW_MS,
-        grace_ms: cfg.grace.as_millis() as i64,
-    };
+    let (cfg, spec) = common::windows::users_sink(&app, WINDOW_MS);
     let table = Table::describe(&client, &cfg).await.unwrap();
     let source = TopicSource {
         bootstrap_servers: common::bootstrap(),

@@ -72,13 +72,7 @@ fn the_live_page_in_chromium_and_metrics_that_promtool_accepts() {
         "playwright-core is missing: deploy/dev test runs npm ci in web/"
     );
     let t = Topics::create("weir-browser", 2);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = rt.block_on(common::pg::fresh_database("weir_browser"));
-    let port = common::free_port();
-    let mut weir = t.serve("browser", &url, port, &[]);
+    let (mut weir, port) = t.serve_fresh("browser", &[]);
     let base = format!("http://127.0.0.1:{port}");
     // the websocket sink reads from the end of the clean topic: let it be assigned
     std::thread::sleep(Duration::from_secs(2));

@@ -139,8 +139,15 @@ fn replay_after_a_fix_turns_exactly_those_dead_letters_into_clean_records_once()
     let clean_before = read_all(&t.clean, PARTITIONS, "read_committed").len();
     assert_eq!(clean_before, VALID);
 
+    // `weir dlq CMD --topology users.toml ARGS…`, to its end
+    let dlq = |args: &[&str]| {
+        let mut all = vec!["dlq", args[0], "--topology", topology];
+        all.extend_from_slice(&args[1..]);
+        t.output(&all)
+    };
+
     // stats: by reason, by node, by hour
-    let (stats, _) = t.output(&["dlq", "stats", "--topology", topology, "--json"]);
+    let (stats, _) = dlq(&["stats", "--json"]);
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats["total"], expected_dead as u64);
     assert_eq!(stats["by_reason"]["email.invalid"], BAD_EMAIL as u64);
@@ -156,7 +163,7 @@ fn replay_after_a_fix_turns_exactly_those_dead_letters_into_clean_records_once()
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(hours, expected_dead as u64);
-    let (table, _) = t.output(&["dlq", "stats", "--topology", topology]);
+    let (table, _) = dlq(&["stats"]);
     assert!(
         table.contains(&format!("dead letters: {expected_dead} in {}", t.dlq)),
         "{table}"
@@ -169,11 +176,8 @@ fn replay_after_a_fix_turns_exactly_those_dead_letters_into_clean_records_once()
     );
 
     // tail: the latest N, filtered, as JSON lines and as a table
-    let (lines, _) = t.output(&[
-        "dlq",
+    let (lines, _) = dlq(&[
         "tail",
-        "--topology",
-        topology,
         "--reason",
         "email.invalid",
         "--limit",
@@ -194,11 +198,8 @@ fn replay_after_a_fix_turns_exactly_those_dead_letters_into_clean_records_once()
         assert!(v["email"].as_str().unwrap().ends_with("@intranet"));
     }
     // the latest by failure time, across partitions, oldest of them first
-    let (all, _) = t.output(&[
-        "dlq",
+    let (all, _) = dlq(&[
         "tail",
-        "--topology",
-        topology,
         "--reason",
         "email.invalid",
         "--limit",
@@ -224,7 +225,7 @@ fn replay_after_a_fix_turns_exactly_those_dead_letters_into_clean_records_once()
         shown[0] >= times[BAD_EMAIL - 5],
         "not the latest: {shown:?}"
     );
-    let (table, _) = t.output(&["dlq", "tail", "--topology", topology, "--limit", "1000000"]);
+    let (table, _) = dlq(&["tail", "--limit", "1000000"]);
     let rows: Vec<&str> = table.lines().collect();
     assert!(
         rows[0].starts_with("FAILED AT (UTC)")
@@ -243,15 +244,7 @@ fn replay_after_a_fix_turns_exactly_those_dead_letters_into_clean_records_once()
 
     // dry run: says what it would do, changes nothing
     let raw_end = ends(&t.raw, PARTITIONS);
-    let (dry, _) = t.output(&[
-        "dlq",
-        "replay",
-        "--topology",
-        topology,
-        "--reason",
-        "email.invalid",
-        "--dry-run",
-    ]);
+    let (dry, _) = dlq(&["replay", "--reason", "email.invalid", "--dry-run"]);
     assert_eq!(count_in(&dry, "would replay "), BAD_EMAIL as u64, "{dry}");
     assert_eq!(ends(&t.raw, PARTITIONS), raw_end, "a dry run sent records");
     let group = format!("{}.dlq-replay.email.invalid", t.app);
@@ -292,24 +285,10 @@ fn replay_after_a_fix_turns_exactly_those_dead_letters_into_clean_records_once()
             "was running"
         }
     );
-    let (second, _) = t.output(&[
-        "dlq",
-        "replay",
-        "--topology",
-        topology,
-        "--reason",
-        "email.invalid",
-    ]);
+    let (second, _) = dlq(&["replay", "--reason", "email.invalid"]);
     let replayed_second = count_in(&second, "replayed ");
     assert!(replayed_second <= BAD_EMAIL as u64, "{second}");
-    let (third, _) = t.output(&[
-        "dlq",
-        "replay",
-        "--topology",
-        topology,
-        "--reason",
-        "email.invalid",
-    ]);
+    let (third, _) = dlq(&["replay", "--reason", "email.invalid"]);
     assert_eq!(count_in(&third, "replayed "), 0, "{third}");
 
     // in the raw topic: every bad-email record exactly once more, counted as replayed once
@@ -359,14 +338,7 @@ fn replay_after_a_fix_turns_exactly_those_dead_letters_into_clean_records_once()
     );
 
     // the loop guard: records already replayed 3 times are refused, the others go
-    let (guard, _) = t.output(&[
-        "dlq",
-        "replay",
-        "--topology",
-        topology,
-        "--reason",
-        "field.missing",
-    ]);
+    let (guard, _) = dlq(&["replay", "--reason", "field.missing"]);
     assert_eq!(
         count_in(&guard, "replayed "),
         MISSING_NAME as u64,

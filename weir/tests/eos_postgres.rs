@@ -19,9 +19,8 @@ use chrono::{DateTime, Utc};
 use common::kafka::{create_topics, ends};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use weir_sinks::postgres::admin::{audit, seal, SealError, TopicSource, WindowSpec};
+use weir_sinks::postgres::admin::{audit, seal, SealError, TopicSource};
 use weir_sinks::postgres::writer::Table;
-use weir_sinks::postgres::PostgresSinkConfig;
 
 const RECORDS: i64 = 100_000;
 const PARTITIONS: i32 = 4;
@@ -324,18 +323,7 @@ async fn a_hundred_thousand_records_exactly_once_into_postgres_despite_sigkill_a
     assert_eq!(dup.get::<_, String>(0), "First1999");
 
     // every window seals (waiting for the watermark, not forced) and audits clean
-    let t = weir_topology::load_file(&users_toml(), &weir::registry::registry()).unwrap();
-    let cfg: PostgresSinkConfig = t
-        .node("users")
-        .unwrap()
-        .config::<PostgresSinkConfig>()
-        .unwrap()
-        .clone();
-    let spec = WindowSpec {
-        sink_id: format!("{app}/users"),
-        window_ms: WINDOW_MS,
-        grace_ms: cfg.grace.as_millis() as i64,
-    };
+    let (cfg, spec) = common::windows::users_sink(&app, WINDOW_MS);
     let mut client = common::pg::connect(&url).await;
     let table = Table::describe(&client, &cfg).await.unwrap();
     let source = TopicSource {

@@ -37,13 +37,7 @@ fn connect(
 fn greetings_reach_the_websocket_as_text_within_seconds() {
     let t = common::weir::Topics::create("weir-live", 2);
     let raw = t.raw.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = rt.block_on(common::pg::fresh_database("weir_live"));
-    let port = common::free_port();
-    let mut child = t.serve("live", &url, port, &[]);
+    let (mut child, port) = t.serve_fresh("live", &[]);
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let page = loop {

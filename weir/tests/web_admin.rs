@@ -56,13 +56,7 @@ impl Http {
 fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
     let t = common::weir::Topics::create("weir-web", 2);
     let raw = t.raw.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let url = rt.block_on(common::pg::fresh_database("weir_web"));
-    let port = common::free_port();
-    let mut child = t.serve("web", &url, port, &[("WEIR_ADMIN_TOKEN", TOKEN)]);
+    let (mut child, port) = t.serve_fresh("web", &[("WEIR_ADMIN_TOKEN", TOKEN)]);
     let http = Http {
         base: format!("http://127.0.0.1:{port}"),
         agent: ureq::Agent::config_builder()

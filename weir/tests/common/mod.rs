@@ -263,6 +263,72 @@ pub mod http {
     }
 }
 
+pub mod windows {
+    //! Clean records laid out in windows, for the PostgreSQL sink's seal and audit tests.
+
+    use std::time::Duration;
+
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use weir_sinks::postgres::admin::WindowSpec;
+    use weir_sinks::postgres::PostgresSinkConfig;
+
+    /// Writes `records` clean records (`<name>{i}@example.com`) spread evenly over the two
+    /// windows from `base` into 2 partitions of `topic`, then one record per partition four
+    /// windows later, so the watermark passes both windows' end plus grace.
+    pub fn produce_two(topic: &str, base: i64, window_ms: i64, records: i64, name: &str) {
+        let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", super::bootstrap())
+            .create()
+            .unwrap();
+        for i in 0..records + 2 {
+            let ts = if i < records {
+                base + i * 2 * window_ms / records
+            } else {
+                base + 4 * window_ms
+            };
+            let partition = (i % 2) as i32;
+            let last = format!("{}{}", name[..1].to_uppercase(), &name[1..]);
+            let v = serde_json::json!({
+                "user_uuid": format!("00000000-0000-4000-8000-{i:012}"), "title": "Mr", "first_name": format!("Name{i}"),
+                "last_name": last, "full_name": format!("Name{i} {last}"), "gender": "male", "email": format!("{name}{i}@example.com"),
+                "street_address": null, "city": "Oslo", "state": null, "country": "Norway", "postcode": "0150", "phone": null,
+                "cell": null, "dob": null, "age": null, "registered_at": null, "picture_thumbnail": null, "nat": "NO",
+                "source": {"topic": "raw", "partition": partition, "offset": i, "timestamp": ts}
+            })
+            .to_string();
+            producer
+                .send(
+                    BaseRecord::<str, str>::to(topic)
+                        .partition(partition)
+                        .key("k")
+                        .payload(&v)
+                        .timestamp(ts),
+                )
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    /// The `users` sink of `users.toml` for application `app`: its config and window spec.
+    pub fn users_sink(app: &str, window_ms: i64) -> (PostgresSinkConfig, WindowSpec) {
+        let t = weir_topology::load_file(&super::weir::users_toml(), &weir::registry::registry())
+            .unwrap();
+        let cfg = t
+            .node("users")
+            .unwrap()
+            .config::<PostgresSinkConfig>()
+            .unwrap()
+            .clone();
+        let spec = WindowSpec {
+            sink_id: format!("{app}/users"),
+            window_ms,
+            grace_ms: cfg.grace.as_millis() as i64,
+        };
+        (cfg, spec)
+    }
+}
+
 pub mod pg {
     //! PostgreSQL helpers: a fresh database per test with `schema.sql` applied.
 
@@ -410,6 +476,18 @@ pub mod weir {
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
             child
+        }
+
+        /// [`Topics::serve`] on a fresh database and a free port (outside an async runtime);
+        /// returns the process and the port.
+        pub fn serve_fresh(&self, instance: &str, env: &[(&str, &str)]) -> (super::Guard, u16) {
+            let url = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(super::pg::fresh_database(&format!("weir_{instance}")));
+            let port = super::free_port();
+            (self.serve(instance, &url, port, env), port)
         }
 
         /// Runs `weir ARGS` to the end; panics with its stderr when it fails.
