@@ -150,40 +150,28 @@ fn synthetic_records_arrive_keyed_and_counted() {
     );
 
     // the same seed gives the same records
-    let again = common::unique("weir-ingest-syn2");
-    create_topics(&[&again], 1);
-    let out = ingest(&[
-        "--source",
-        "synthetic",
-        "--topic",
-        &again,
-        "--rate",
-        "unlimited",
-        "--count",
-        "50",
-        "--seed",
-        "9",
-        "--dirty",
-        "0.2",
-    ]);
-    assert!(out.status.success());
-    let first = common::unique("weir-ingest-syn3");
-    create_topics(&[&first], 1);
-    let out = ingest(&[
-        "--source",
-        "synthetic",
-        "--topic",
-        &first,
-        "--rate",
-        "unlimited",
-        "--count",
-        "50",
-        "--seed",
-        "9",
-        "--dirty",
-        "0.2",
-    ]);
-    assert!(out.status.success());
+    let (again, first) = (
+        common::unique("weir-ingest-syn2"),
+        common::unique("weir-ingest-syn3"),
+    );
+    for topic in [&again, &first] {
+        create_topics(&[topic], 1);
+        let out = ingest(&[
+            "--source",
+            "synthetic",
+            "--topic",
+            topic,
+            "--rate",
+            "unlimited",
+            "--count",
+            "50",
+            "--seed",
+            "9",
+            "--dirty",
+            "0.2",
+        ]);
+        assert!(out.status.success());
+    }
     let a: Vec<Vec<u8>> = read_all(&again, 1, "read_committed")
         .iter()
         .map(|m| m.payload().unwrap().to_vec())
