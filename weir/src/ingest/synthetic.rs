@@ -377,11 +377,14 @@ fn hex(rng: &mut Rng, out: &mut String, n: usize) {
     let mut left = n;
     while left > 0 {
         let mut bits = rng.next_u64();
-        for _ in 0..left.min(16) {
-            out.push(char::from(HEX[(bits & 0xf) as usize]));
+        let mut chunk = [0u8; 16];
+        let take = left.min(16);
+        for c in &mut chunk[..take] {
+            *c = HEX[(bits & 0xf) as usize];
             bits >>= 4;
         }
-        left = left.saturating_sub(16);
+        out.push_str(std::str::from_utf8(&chunk[..take]).expect("hex digits"));
+        left -= take;
     }
 }
 
@@ -398,31 +401,43 @@ fn uuid(rng: &mut Rng, s: &mut String) {
     hex(rng, s, 12);
 }
 
-/// A date between the years `from` and `to`, as the API writes it, and the age at 2026.
-fn date(rng: &mut Rng, from: u64, to: u64) -> (String, u64) {
+/// A date between the years `from` and `to`, as the API writes it
+/// (`1983-04-07T10:22:31.120Z`, always 24 bytes), and the age at 2026.
+fn date(rng: &mut Rng, from: u64, to: u64) -> (Date, u64) {
     let year = from + rng.below(to - from + 1);
     let month = 1 + rng.below(12);
     let day = 1 + rng.below(28);
-    // written by hand: format! was a tenth of the generator's time
-    let mut s = String::with_capacity(24);
-    push_padded(&mut s, year, 4);
-    s.push('-');
-    push_padded(&mut s, month, 2);
-    s.push('-');
-    push_padded(&mut s, day, 2);
-    s.push('T');
-    push_padded(&mut s, rng.below(24), 2);
-    s.push(':');
-    push_padded(&mut s, rng.below(60), 2);
-    s.push(':');
-    push_padded(&mut s, rng.below(60), 2);
-    s.push('.');
-    push_padded(&mut s, rng.below(1000), 3);
-    s.push('Z');
-    (s, 2026 - year)
+    let mut d = *b"0000-00-00T00:00:00.000Z";
+    for (at, n, width) in [
+        (0, year, 4),
+        (5, month, 2),
+        (8, day, 2),
+        (11, rng.below(24), 2),
+        (14, rng.below(60), 2),
+        (17, rng.below(60), 2),
+        (20, rng.below(1000), 3),
+    ] {
+        let mut n = n;
+        for i in (at..at + width).rev() {
+            d[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    }
+    (Date(d), 2026 - year)
 }
 
-/// `n` in decimal with at least `width` digits (zeros in front).
+/// A date as [`date`] writes it, kept on the stack.
+#[derive(Clone, Copy)]
+struct Date([u8; 24]);
+
+impl Date {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("ASCII digits and separators")
+    }
+}
+
+/// `n` in decimal with at least `width` digits (zeros in front); by hand, as `write!` was a
+/// tenth of the generator's time.
 fn push_padded(out: &mut String, n: u64, width: usize) {
     let mut digits = [b'0'; 20];
     let mut i = digits.len();
@@ -436,7 +451,12 @@ fn push_padded(out: &mut String, n: u64, width: usize) {
         }
     }
     i = i.min(digits.len() - width);
-    out.push_str(std::str::from_utf8(&digits[i..]).expect("ASCII digits"));
+    out.extend(digits[i..].iter().map(|&b| char::from(b)));
+}
+
+/// `n` in decimal.
+fn push_u64(out: &mut String, n: u64) {
+    push_padded(out, n, 1);
 }
 
 /// One generated record: its key (`login.uuid`), value bytes, and what is wrong with it.
@@ -452,7 +472,8 @@ pub struct Synthetic {
     rng: Rng,
     dirty: f64,
     counter: u64,
-    buf: String,
+    /// The postcode, before it is written as a number or a string.
+    postcode: String,
 }
 
 impl Synthetic {
@@ -462,7 +483,7 @@ impl Synthetic {
             rng: Rng::new(seed),
             dirty: dirty.clamp(0.0, 1.0),
             counter: 0,
-            buf: String::with_capacity(2048),
+            postcode: String::with_capacity(16),
         }
     }
 
@@ -489,6 +510,8 @@ impl Synthetic {
         dirty
     }
 
+    /// Writes one user into `value` (cleared). No allocation once `value` has grown to a
+    /// record's size: at full speed every byte of the generator counts.
     fn user(&mut self, uuid: &str, dirty: Option<DirtyKind>, value: &mut Vec<u8>) {
         let rng = &mut self.rng;
         let n = &NATIONALITIES[rng.below(NATIONALITIES.len() as u64) as usize];
@@ -504,8 +527,10 @@ impl Synthetic {
         // which field a dirty record spoils
         let spoil = rng.below(4);
 
-        let out = &mut self.buf;
-        out.clear();
+        // the record is written as text straight into the caller's buffer
+        value.clear();
+        let mut text = String::from_utf8(std::mem::take(value)).unwrap_or_default();
+        let out = &mut text;
         let title = match (female, n.nat) {
             (true, "FR") => "Madame",
             (false, "FR") => "Monsieur",
@@ -532,10 +557,9 @@ impl Synthetic {
         }
         out.push_str(",\"last\":");
         push_json_str(out, last);
-        let _ = write!(
-            out,
-            "}},\"location\":{{\"street\":{{\"number\":{number},\"name\":"
-        );
+        out.push_str("},\"location\":{\"street\":{\"number\":");
+        push_u64(out, number);
+        out.push_str(",\"name\":");
         push_json_str(out, street);
         out.push('}');
         match (dirty, spoil) {
@@ -557,29 +581,24 @@ impl Synthetic {
             }
         }
         out.push_str(",\"postcode\":");
-        let mut pc = String::with_capacity(8);
-        (n.postcode)(rng, &mut pc);
+        let pc = &mut self.postcode;
+        pc.clear();
+        (n.postcode)(rng, pc);
         if n.numeric_postcode {
             out.push_str(pc.trim_start_matches('0'));
         } else {
-            push_json_str(out, &pc);
+            push_json_str(out, pc);
         }
         // coordinates as the API writes them ("-69.8246"), without float formatting
         let (lat, lon) = (
             rng.below(1_800_000) as i64 - 900_000,
             rng.below(3_600_000) as i64 - 1_800_000,
         );
-        let _ = write!(
-            out,
-            ",\"coordinates\":{{\"latitude\":\"{}{}.{:04}\",\"longitude\":\"{}{}.{:04}\"}}",
-            if lat < 0 { "-" } else { "" },
-            lat.abs() / 10_000,
-            lat.abs() % 10_000,
-            if lon < 0 { "-" } else { "" },
-            lon.abs() / 10_000,
-            lon.abs() % 10_000
-        );
-        out.push_str(",\"timezone\":{\"offset\":");
+        out.push_str(",\"coordinates\":{\"latitude\":\"");
+        push_degrees(out, lat);
+        out.push_str("\",\"longitude\":\"");
+        push_degrees(out, lon);
+        out.push_str("\"},\"timezone\":{\"offset\":");
         push_json_str(out, n.timezone.0);
         out.push_str(",\"description\":");
         push_json_str(out, n.timezone.1);
@@ -588,23 +607,24 @@ impl Synthetic {
         match (dirty, spoil) {
             (Some(DirtyKind::MissingField), 2) => {}
             (Some(DirtyKind::BadEmail), _) => {
-                let _ = write!(out, ",\"email\":\"user{id}.example.com\"");
+                out.push_str(",\"email\":\"user");
+                push_u64(out, id);
+                out.push_str(".example.com\"");
             }
             (Some(DirtyKind::WrongType), 2) => out.push_str(",\"email\":[\"a@b.co\"]"),
             _ => {
-                let _ = write!(
-                    out,
-                    ",\"email\":\"user{id}.{}@example.com\"",
-                    n.nat.to_ascii_lowercase()
-                );
+                out.push_str(",\"email\":\"user");
+                push_u64(out, id);
+                out.push('.');
+                out.extend(n.nat.chars().map(|c| c.to_ascii_lowercase()));
+                out.push_str("@example.com\"");
             }
         }
         out.push_str(",\"login\":{\"uuid\":");
         push_json_str(out, uuid);
-        let _ = write!(
-            out,
-            ",\"username\":\"user{id}\",\"password\":\"secret\",\"salt\":\""
-        );
+        out.push_str(",\"username\":\"user");
+        push_u64(out, id);
+        out.push_str("\",\"password\":\"secret\",\"salt\":\"");
         hex(rng, out, 8);
         out.push_str("\",\"md5\":\"");
         hex(rng, out, 32);
@@ -613,29 +633,31 @@ impl Synthetic {
         out.push_str("\",\"sha256\":\"");
         hex(rng, out, 64);
         out.push_str("\"}");
+        out.push_str(",\"dob\":{\"date\":\"");
         match (dirty, spoil) {
             (Some(DirtyKind::BadDate), _) => {
-                let _ = write!(
-                    out,
-                    ",\"dob\":{{\"date\":\"31/02/{}\",\"age\":{age}}}",
-                    2026 - age
-                );
+                out.push_str("31/02/");
+                push_u64(out, 2026 - age);
+                out.push_str("\",\"age\":");
+                push_u64(out, age);
             }
             (Some(DirtyKind::WrongType), 1 | 3) => {
-                let _ = write!(
-                    out,
-                    ",\"dob\":{{\"date\":\"{dob}\",\"age\":\"{age} years\"}}"
-                );
+                out.push_str(dob.as_str());
+                out.push_str("\",\"age\":\"");
+                push_u64(out, age);
+                out.push_str(" years\"");
             }
             _ => {
-                let _ = write!(out, ",\"dob\":{{\"date\":\"{dob}\",\"age\":{age}}}");
+                out.push_str(dob.as_str());
+                out.push_str("\",\"age\":");
+                push_u64(out, age);
             }
         }
-        let _ = write!(
-            out,
-            ",\"registered\":{{\"date\":\"{registered}\",\"age\":{reg_age}}}"
-        );
-        out.push_str(",\"phone\":\"");
+        out.push_str("},\"registered\":{\"date\":\"");
+        out.push_str(registered.as_str());
+        out.push_str("\",\"age\":");
+        push_u64(out, reg_age);
+        out.push_str("},\"phone\":\"");
         (n.phone)(rng, out);
         out.push_str("\",\"cell\":\"");
         (n.phone)(rng, out);
@@ -648,13 +670,22 @@ impl Synthetic {
             digits(rng, out, 9);
             out.push_str("\"}");
         }
-        let g = if female { "women" } else { "men" };
+        let g = if female { "women/" } else { "men/" };
         let p = rng.below(100);
-        let _ = write!(
-            out,
-            ",\"picture\":{{\"large\":\"https://randomuser.me/api/portraits/{g}/{p}.jpg\",\"medium\":\"https://randomuser.me/api/portraits/med/{g}/{p}.jpg\",\"thumbnail\":\"https://randomuser.me/api/portraits/thumb/{g}/{p}.jpg\"}}"
-        );
-        out.push_str(",\"nat\":");
+        out.push_str(",\"picture\":{");
+        for (size, path) in [
+            ("\"large\"", ""),
+            (",\"medium\"", "med/"),
+            (",\"thumbnail\"", "thumb/"),
+        ] {
+            out.push_str(size);
+            out.push_str(":\"https://randomuser.me/api/portraits/");
+            out.push_str(path);
+            out.push_str(g);
+            push_u64(out, p);
+            out.push_str(".jpg\"");
+        }
+        out.push_str("},\"nat\":");
         push_json_str(out, n.nat);
         out.push('}');
 
@@ -664,23 +695,37 @@ impl Synthetic {
                 while !out.is_char_boundary(cut) {
                     cut -= 1;
                 }
-                value.extend_from_slice(&out.as_bytes()[..cut]);
+                out.truncate(cut);
             }
-            Some(DirtyKind::InvalidUtf8) => {
-                value.extend_from_slice(out.as_bytes());
-                // a lone continuation byte and a truncated sequence inside the name
-                let at = value.iter().position(|&b| b == b':').unwrap_or(0) + 1;
-                value.splice(at..at, [0xC3, 0x28, 0x80]);
+            Some(DirtyKind::NotObject) => {
+                out.clear();
+                out.push_str(match spoil {
+                    0 => "[]",
+                    1 => "null",
+                    2 => "\"a string\"",
+                    _ => "[{\"name\":{\"first\":\"A\"}}]",
+                });
             }
-            Some(DirtyKind::NotObject) => value.extend_from_slice(match spoil {
-                0 => b"[]".as_slice(),
-                1 => b"null",
-                2 => b"\"a string\"",
-                _ => b"[{\"name\":{\"first\":\"A\"}}]",
-            }),
-            _ => value.extend_from_slice(out.as_bytes()),
+            _ => {}
+        }
+        *value = text.into_bytes();
+        if dirty == Some(DirtyKind::InvalidUtf8) {
+            // a lone continuation byte and a truncated sequence inside the name
+            let at = value.iter().position(|&b| b == b':').unwrap_or(0) + 1;
+            value.splice(at..at, [0xC3, 0x28, 0x80]);
         }
     }
+}
+
+/// Ten-thousandths of a degree as the API writes them: `-69.8246`.
+fn push_degrees(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    let n = n.unsigned_abs();
+    push_u64(out, n / 10_000);
+    out.push('.');
+    push_padded(out, n % 10_000, 4);
 }
 
 #[cfg(test)]
@@ -698,8 +743,9 @@ mod tests {
         let mut rng = Rng::new(3);
         for _ in 0..1000 {
             let (d, age) = date(&mut rng, 1950, 2005);
+            let d = d.as_str();
             assert!(
-                chrono::DateTime::parse_from_rfc3339(&d).is_ok() && d.len() == 24,
+                chrono::DateTime::parse_from_rfc3339(d).is_ok() && d.len() == 24,
                 "{d}"
             );
             assert!((21..=76).contains(&age));
