@@ -107,6 +107,7 @@ pub fn topology(args: &TopologyArgs) -> anyhow::Result<()> {
             topic: raw.clone(),
             source: "synthetic",
             linger: Duration::from_millis(50),
+            overrides: Vec::new(),
         })?;
     let mut generator = weir::ingest::synthetic::Synthetic::new(7, args.dirty);
     let (mut key, mut value) = (String::new(), Vec::new());

@@ -38,6 +38,15 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
     }
 }
 
+fn parse_option(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!(
+            "invalid producer option \"{s}\": KEY=VALUE, like compression.type=zstd"
+        )),
+    }
+}
+
 fn parse_fraction(s: &str) -> Result<f64, String> {
     s.parse::<f64>()
         .ok()
@@ -96,6 +105,11 @@ pub struct IngestArgs {
     #[arg(long)]
     pub probe: bool,
 
+    /// A librdkafka producer property over weir's defaults, like kcat's -X
+    /// (`-X compression.type=zstd -X linger.ms=100`).
+    #[arg(short = 'X', long = "producer-option", value_name = "KEY=VALUE", value_parser = parse_option)]
+    pub producer_options: Vec<(String, String)>,
+
     /// synthetic: records per second, or "unlimited".
     #[arg(long, default_value = "100", value_parser = parse_rate)]
     pub rate: Rate,
@@ -126,6 +140,7 @@ fn producer(
         topic: args.topic.clone(),
         source,
         linger,
+        overrides: args.producer_options.clone(),
     })
     .context("creating the Kafka producer")
 }
