@@ -313,8 +313,7 @@ fn replay_after_a_fix_turns_exactly_those_dead_letters_into_clean_records_once()
     assert!(by_key.keys().all(|k| k.starts_with(b"email-")));
 
     // the fixed topology turns them into clean records, once each, and no new dead letters
-    let dir = std::env::temp_dir().join(common::unique("weir-dlq"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("weir-dlq");
     run_processing(&t, &relaxed_topology(&dir));
     let clean = read_all(&t.clean, PARTITIONS, "read_committed");
     assert_eq!(clean.len(), VALID + BAD_EMAIL);

@@ -198,8 +198,7 @@ fn every_raw_offset_exactly_once_across_clean_and_dead_letter_topics_despite_sig
     let app = common::unique("weir-eos-app");
     create_topics(&[&raw, &clean, &dlq], PARTITIONS);
 
-    let dir = std::env::temp_dir().join(common::unique("weir-eos"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("weir-eos");
     let mut weir = Weir {
         dir: dir.clone(),
         env: vec![
@@ -391,8 +390,7 @@ fn two_processes_of_one_application_share_the_partitions_exactly_once() {
     let dlq = common::unique("weir-scale-dlq");
     let app = common::unique("weir-scale-app");
     create_topics(&[&raw, &clean, &dlq], PARTITIONS);
-    let dir = std::env::temp_dir().join(common::unique("weir-scale"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("weir-scale");
     let env = [
         ("WEIR_TOPIC_RAW".to_owned(), raw.clone()),
         ("WEIR_TOPIC_CLEAN".to_owned(), clean.clone()),

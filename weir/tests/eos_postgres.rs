@@ -187,8 +187,7 @@ async fn a_hundred_thousand_records_exactly_once_into_postgres_despite_sigkill_a
     let app = common::unique("weir-pg-app");
     tokio::task::block_in_place(|| create_topics(&[&raw, &clean, &dlq], PARTITIONS));
     let url = common::pg::fresh_database("weir_eos_pg").await;
-    let dir = std::env::temp_dir().join(common::unique("weir-eos-pg"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch_dir("weir-eos-pg");
 
     let now = Utc::now().timestamp_millis();
     let base = (now - 3 * 3_600_000).div_euclid(WINDOW_MS) * WINDOW_MS;

@@ -21,6 +21,14 @@ pub fn bootstrap() -> String {
 }
 
 /// A name no other test (or earlier run) uses: prefix, process id, time and a counter.
+/// A fresh directory for a test's files (logs, topology copies), under cargo's
+/// `target/tmp`: kept after the run for a look at a failure, and never in the system's /tmp.
+pub fn scratch_dir(prefix: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique(prefix));
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    dir
+}
+
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = SystemTime::now()
