@@ -42,7 +42,7 @@ fn parse_option(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
         _ => Err(format!(
-            "invalid producer option \"{s}\": KEY=VALUE, like compression.type=zstd"
+            "invalid producer option \"{s}\": KEY=VALUE, like compression.type=lz4"
         )),
     }
 }
@@ -106,7 +106,7 @@ pub struct IngestArgs {
     pub probe: bool,
 
     /// A librdkafka producer property over weir's defaults, like kcat's -X
-    /// (`-X compression.type=zstd -X linger.ms=100`).
+    /// (`-X compression.type=lz4 -X linger.ms=100`).
     #[arg(short = 'X', long = "producer-option", value_name = "KEY=VALUE", value_parser = parse_option)]
     pub producer_options: Vec<(String, String)>,
 
