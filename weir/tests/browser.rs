@@ -130,12 +130,7 @@ fn the_live_page_in_chromium_and_metrics_that_promtool_accepts() {
     eprintln!("screenshot: {}", screenshot.display());
 
     // the same process's metrics, with every family in use, pass promtool's checks
-    let metrics = ureq::get(&format!("{base}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = common::get_text(&format!("{base}/metrics"));
     for family in [
         "weir_records_in_total",
         "weir_dead_letters_total",

@@ -118,18 +118,12 @@ fn greetings_reach_the_websocket_as_text_within_seconds() {
         ]
     );
 
-    let mut r = ureq::get(&format!("{base}/api/vitals")).call().unwrap();
     let v: serde_json::Value =
-        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        serde_json::from_str(&common::get_text(&format!("{base}/api/vitals"))).unwrap();
     assert_eq!(v["records_in"], 3.0, "{v}");
     assert_eq!(v["clean"], 3.0, "{v}");
     assert_eq!(v["websocket_clients"], 1, "{v}");
-    let metrics = ureq::get(&format!("{base}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = common::get_text(&format!("{base}/metrics"));
     assert!(
         metrics.lines().any(|l| l == "weir_websocket_clients 1"),
         "{metrics}"

@@ -223,12 +223,7 @@ fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
         (200, &serde_json::json!(true), &serde_json::json!(true)),
         "{body}"
     );
-    let metrics = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = common::get_text(&format!("http://127.0.0.1:{port}/metrics"));
     assert!(
         metrics.contains("weir_sink_windows_sealed_total{sink=\"users\"} 1"),
         "one seal counted, not the repeat:\n{metrics}"

@@ -182,6 +182,16 @@ pub mod kafka {
     }
 }
 
+/// The body of a successful GET, as text (panics on a failed request or an error status).
+pub fn get_text(url: &str) -> String {
+    ureq::get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
 pub mod http {
     //! A tiny HTTP/1.1 server on loopback that answers with scripted responses, in order
     //! (the last one repeats), for testing HTTP clients against real sockets.
