@@ -16,7 +16,7 @@ use weir_topology::engine::REPLAY_COUNT_HEADER;
 use super::{APPLICATION, FAILED_AT, MESSAGE, NODE, OFFSET, PARTITION, REASONS, TIMESTAMP, TOPIC};
 
 /// A dead letter as read from its topic.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct DeadLetter {
     /// Where the dead letter itself is.
     pub topic: String,
@@ -51,18 +51,9 @@ impl DeadLetter {
             topic: m.topic().to_owned(),
             partition: m.partition(),
             offset: m.offset(),
-            failed_at: None,
-            reasons: Vec::new(),
-            message: String::new(),
-            node: String::new(),
-            source_topic: None,
-            source_partition: None,
-            source_offset: None,
-            source_timestamp: None,
-            application_id: None,
-            replay_count: 0,
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            ..DeadLetter::default()
         };
         if let Some(headers) = m.headers() {
             for h in headers.iter() {
@@ -337,20 +328,9 @@ mod tests {
     fn matches_reasons_by_code_or_code_and_detail() {
         let d = DeadLetter {
             topic: "dlq".into(),
-            partition: 0,
-            offset: 0,
-            failed_at: None,
             reasons: vec!["email.invalid".into(), "field.missing:name.first".into()],
-            message: String::new(),
             node: "validate".into(),
-            source_topic: None,
-            source_partition: None,
-            source_offset: None,
-            source_timestamp: None,
-            application_id: None,
-            replay_count: 0,
-            key: None,
-            value: Vec::new(),
+            ..DeadLetter::default()
         };
         assert!(d.has_reason("email.invalid"));
         assert!(d.has_reason("field.missing"));
