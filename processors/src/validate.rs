@@ -320,6 +320,7 @@ impl Processor for Validate {
                 reasons,
                 message: sentences.join("; "),
                 node: self.node.clone(),
+                ..Failure::default()
             });
             out.push((Some("invalid"), record));
         }

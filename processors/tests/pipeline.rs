@@ -59,7 +59,7 @@ fn origin(offset: i64, value: &[u8]) -> Origin {
         timestamp: Some(1_700_000_000_000 + offset),
         key: Some(format!("k{offset}").into_bytes()),
         value: Some(value.to_vec()),
-        replay_count: 0,
+        ..Origin::default()
     }
 }
 

@@ -1,21 +1,35 @@
-//! The exactly-once Kafka → Kafka loop of a sub-topology (EOS v2, as Kafka Streams).
+//! The exactly-once Kafka → Kafka loop (EOS v2, as Kafka Streams), shared by every job that
+//! reads Kafka and writes Kafka in transactions: a sub-topology of `weir run`
+//! ([`PipelineJob`]) and `weir dlq replay`.
 //!
-//! Guarantee: every input record's results (output records and dead letters) and its input
-//! offset are committed in one Kafka transaction, or none of them are.
+//! Guarantee: every input record's outputs and its input offset are committed in one Kafka
+//! transaction, or none of them are; and every input record gets a fate — a record whose
+//! output the broker refuses (too large, invalid) gets a bounded dead letter instead, so no
+//! input can stall the loop.
 //!
-//! - One transactional producer per instance (`transactional.id` = application id +
-//!   instance), fenced by the consumer group's metadata (KIP-447), not by partition.
-//! - A consumer with `isolation.level=read_committed`, no auto commit, static membership
-//!   (`group.instance.id`) so a restarted instance takes its partitions back at once.
-//! - A transaction commits every `commit_interval` or `commit_max_records` records, and
-//!   before partitions are revoked (in the rebalance callback).
-//! - On an abortable error: abort, seek every partition back to its committed offset, go on.
-//!   On a fatal error (fenced): stop and report it.
+//! - One transactional producer per instance, fenced by the consumer group's metadata
+//!   (KIP-447). A consumer with `isolation.level=read_committed` and no auto commit.
+//! - [`InputMode::Group`]: the application's consumer group with static membership; the
+//!   group's offsets go into each transaction; the open transaction commits before partitions
+//!   are revoked — or aborts, when the assignment was lost (its offsets may belong to another
+//!   member by now).
+//! - [`InputMode::Range`]: given partitions from given offsets up to given ends, then stop;
+//!   the job's outputs record its progress (no group offsets).
+//! - A transaction commits every `commit_interval` or `commit_max_records` records.
+//! - On an abortable error: abort, seek every partition back to the first offset the aborted
+//!   transaction read — retried with backoff for a bounded time, else the loop stops with an
+//!   error; it never reads on from where it was. On a fatal error (fenced): stop.
+//! - Refused outputs: a send the producer refuses at once names its record; a refusal in a
+//!   delivery report names its record through the delivery opaque. One refused record gets a
+//!   dead letter from [`Job::refusal`] (reason `record.too_large` or `produce.refused`, the
+//!   value cut to a preview with its size and SHA-256). When one aborted transaction had
+//!   several refused records, each is retried in a transaction of its own first, so only the
+//!   record that fails alone is turned into a dead letter. If that dead letter is refused too,
+//!   the loop stops with [`EngineError::NoFate`].
 //! - Every call here blocks (librdkafka has no async transaction API): run [`run`] on a
 //!   thread of its own, never on an async executor's thread.
-//! - Sends are pipelined: records are enqueued as they come and flushed by the commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,8 +37,8 @@ use std::time::{Duration, Instant};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -34,6 +48,93 @@ use crate::record::Origin;
 
 /// The header that counts how often a record was replayed from the dead-letter topic.
 pub const REPLAY_COUNT_HEADER: &str = "weir.replay.count";
+
+/// How many bytes of a refused record's value its dead letter keeps.
+pub const REFUSED_PREVIEW_BYTES: usize = 1024;
+
+/// What the engine runs: turns each input record into output records.
+pub trait Job: Send {
+    /// The outputs of one input record (pushed to `out`, which is empty).
+    fn process(&mut self, input: &BorrowedMessage<'_>, out: &mut Vec<OutRecord>);
+    /// The dead letter that replaces a record's outputs when the broker refused one of them;
+    /// `None` when the job has nowhere to send it (the engine then stops).
+    fn refusal(&mut self, input: &BorrowedMessage<'_>, refusal: &Refusal) -> Option<OutRecord>;
+    /// The open transaction committed: what the job did since the last call is settled.
+    fn on_commit(&mut self) {}
+    /// The open transaction aborted: what the job did since the last commit is undone, and
+    /// its records come again.
+    fn on_abort(&mut self) {}
+}
+
+/// Why the broker (or the producer, before sending) refused an output record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `record.too_large` or `produce.refused`.
+    pub reason: &'static str,
+    /// One sentence: which output, how large, what the broker said.
+    pub message: String,
+    /// The topic of the refused output.
+    pub topic: String,
+}
+
+impl Refusal {
+    fn new(code: RDKafkaErrorCode, topic: &str, size: usize, error: &str) -> Self {
+        let reason = match code {
+            RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge => {
+                "record.too_large"
+            }
+            _ => "produce.refused",
+        };
+        Self {
+            reason,
+            message: format!(
+                "its output to topic \"{topic}\" ({size} bytes of key, value and headers) was refused: {error}"
+            ),
+            topic: topic.to_owned(),
+        }
+    }
+}
+
+/// True for produce errors that are the record's own fault: sending it again cannot help.
+pub fn is_refusal(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::InvalidTimestamp
+            | RDKafkaErrorCode::PolicyViolation
+            | RDKafkaErrorCode::BadMessage
+    )
+}
+
+/// One partition of an [`InputMode::Range`] read: from `start` up to `end` (exclusive).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionRange {
+    pub topic: String,
+    pub partition: i32,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// How the engine reads its input.
+#[derive(Debug, Clone, Default)]
+pub enum InputMode {
+    /// Subscribe to the pipeline's topics as a member of the consumer group named by the
+    /// application id; each transaction carries the group's offsets.
+    #[default]
+    Group,
+    /// Read these partition ranges (of one topic), then stop; no group offsets.
+    Range {
+        /// The transactional id: one per job, so a second run fences the first.
+        transactional_id: String,
+        /// The consumer's `group.id` (required by the client, never committed).
+        group_id: String,
+        partitions: Vec<PartitionRange>,
+    },
+}
 
 /// Settings of one engine instance.
 #[derive(Debug, Clone)]
@@ -53,16 +154,25 @@ pub struct EngineConfig {
     /// aborted by the broker after this (or at once when the instance comes back).
     pub transaction_timeout: Duration,
     /// Stop (after a last commit) once no record has arrived for this long; `None` runs
-    /// until shut down. For batch runs and benchmarks.
+    /// until shut down (or, for a range, until its end). For batch runs and benchmarks.
     pub stop_when_idle: Option<Duration>,
+    /// How long a rewind after an abort is retried before the loop stops.
+    pub rewind_limit: Duration,
+    pub input: InputMode,
 }
 
 impl EngineConfig {
+    /// `application-subtopology-instance`, or the range job's own id.
     pub fn transactional_id(&self) -> String {
-        format!(
-            "{}-{}-{}",
-            self.application_id, self.subtopology, self.instance
-        )
+        match &self.input {
+            InputMode::Group => format!(
+                "{}-{}-{}",
+                self.application_id, self.subtopology, self.instance
+            ),
+            InputMode::Range {
+                transactional_id, ..
+            } => transactional_id.clone(),
+        }
     }
 }
 
@@ -88,6 +198,15 @@ pub enum EngineError {
         during: &'static str,
         source: KafkaError,
     },
+    #[error("could not rewind to the aborted transaction's first offsets within {limit:?} ({source}); stopping rather than reading on past records that were not committed")]
+    Rewind { limit: Duration, source: KafkaError },
+    #[error("record {topic}/{partition}@{offset} has no possible fate: {why}")]
+    NoFate {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        why: String,
+    },
 }
 
 /// Counts of a finished run.
@@ -96,6 +215,8 @@ pub struct RunSummary {
     pub records: u64,
     pub committed_transactions: u64,
     pub aborted_transactions: u64,
+    /// Records whose outputs were refused and replaced by a dead letter.
+    pub refused: u64,
     /// When the first and the last record of the run were read.
     pub first_record: Option<Instant>,
     pub last_record: Option<Instant>,
@@ -112,30 +233,94 @@ impl RunSummary {
     }
 }
 
+/// An input record: topic (index into the loop's topics), partition, offset.
+type Coords = (usize, i32, i64);
+
 #[derive(Default)]
 struct TxnState {
     open: bool,
     started: Option<Instant>,
-    /// Next offset to read per (topic, partition): what the transaction commits.
-    offsets: HashMap<(String, i32), i64>,
-    records: usize,
+    /// Numbers transactions, so a delivery report is matched to its own transaction.
+    generation: u64,
+    /// Per (topic index, partition): the first offset read in this transaction and the next
+    /// offset to read (what the transaction commits).
+    positions: HashMap<(usize, i32), (i64, i64)>,
+    /// The input records of the open transaction; their outputs carry the index here.
+    inputs: Vec<Coords>,
     /// Raw record timestamps in the open transaction, for end-to-end latency.
     timestamps: Vec<i64>,
     /// A fatal error seen in a callback, for the loop to report.
     fatal: Option<EngineError>,
-    /// Set when the consumer must be rewound to its committed offsets.
-    rewind: bool,
+    /// Where to seek after an abort: the aborted transaction's first offsets.
+    rewind: Vec<(usize, i32, i64)>,
     summary: RunSummary,
 }
 
+impl TxnState {
+    fn records(&self) -> usize {
+        self.inputs.len()
+    }
+}
+
+/// A failed delivery, as the producer's delivery callback saw it.
+#[derive(Debug, Clone)]
+struct Undelivered {
+    opaque: usize,
+    code: RDKafkaErrorCode,
+    topic: String,
+    size: usize,
+    error: String,
+}
+
+/// The producer's context: keeps failed deliveries (rare, so a lock is no cost) for the loop
+/// to learn which input record a refusal belongs to.
+#[derive(Default)]
+pub struct DeliveryLog {
+    failed: Mutex<Vec<Undelivered>>,
+}
+
+impl ClientContext for DeliveryLog {}
+
+impl ProducerContext for DeliveryLog {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        if let Err((e, msg)) = result {
+            let size = msg.payload_len()
+                + msg.key().map_or(0, <[u8]>::len)
+                + msg.headers().map_or(0, |h| {
+                    h.iter()
+                        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                        .sum()
+                });
+            self.failed.lock().unwrap().push(Undelivered {
+                opaque,
+                code: e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail),
+                topic: msg.topic().to_owned(),
+                size,
+                error: e.to_string(),
+            });
+        }
+    }
+}
+
+const GENERATION_SHIFT: u32 = 40;
+
+fn opaque(generation: u64, index: usize) -> usize {
+    (((generation & 0xff_ffff) as usize) << GENERATION_SHIFT) | index
+}
+
+type EngineProducer = ThreadedProducer<DeliveryLog>;
+
 struct Shared {
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: EngineProducer,
     state: Mutex<TxnState>,
     metrics: Metrics,
     config: EngineConfig,
+    topics: Vec<String>,
 }
 
-/// The consumer's context: commits the open transaction before partitions are revoked and
+/// The consumer's context: settles the open transaction before partitions are revoked and
 /// turns librdkafka statistics into the consumer lag gauge.
 struct EngineContext {
     shared: Arc<Shared>,
@@ -164,15 +349,34 @@ impl ClientContext for EngineContext {
 impl ConsumerContext for EngineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            tracing::info!(
-                partitions = tpl.count(),
-                "partitions revoked: committing the open transaction first"
-            );
             let mut state = self.shared.state.lock().unwrap();
-            if let Err(e) = commit(&self.shared, &mut state, consumer) {
+            let result = if consumer.assignment_lost() {
+                // the group moved on without this member: its offsets may be another
+                // member's by now, so nothing of the open transaction may commit
+                tracing::warn!(
+                    partitions = tpl.count(),
+                    "assignment lost: aborting the open transaction instead of committing it"
+                );
+                abort(&self.shared, &mut state).map(|_| ())
+            } else {
+                tracing::info!(
+                    partitions = tpl.count(),
+                    "partitions revoked: committing the open transaction first"
+                );
+                commit(&self.shared, &mut state, consumer).map(|_| ())
+            };
+            if let Err(e) = result {
                 state.fatal = Some(e);
             }
-            state.offsets.clear();
+            // the partitions are no longer this member's: nothing to rewind or refuse there
+            state.rewind.clear();
+            let _ = self
+                .shared
+                .producer
+                .context()
+                .failed
+                .lock()
+                .map(|mut f| f.clear());
         }
     }
 
@@ -213,9 +417,7 @@ fn producer_config(cfg: &EngineConfig) -> ClientConfig {
 
 fn consumer_config(cfg: &EngineConfig) -> ClientConfig {
     let mut c = client_config(cfg);
-    c.set("group.id", &cfg.application_id)
-        .set("group.instance.id", cfg.transactional_id())
-        .set("isolation.level", "read_committed")
+    c.set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -224,6 +426,17 @@ fn consumer_config(cfg: &EngineConfig) -> ClientConfig {
         .set("statistics.interval.ms", "1000")
         .set("fetch.wait.max.ms", "50")
         .set("queued.min.messages", "20000");
+    match &cfg.input {
+        InputMode::Group => {
+            c.set("group.id", &cfg.application_id)
+                .set("group.instance.id", cfg.transactional_id());
+        }
+        InputMode::Range { group_id, .. } => {
+            // the end of each partition, past transaction markers, ends the range
+            c.set("group.id", group_id)
+                .set("enable.partition.eof", "true");
+        }
+    }
     for (k, v) in &cfg.options {
         c.set(k, v);
     }
@@ -272,24 +485,32 @@ fn fatal(cfg: &EngineConfig, during: &'static str, source: KafkaError) -> Engine
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What became of the open transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Committed,
+    /// Aborted: the consumer must be rewound before it reads on.
+    Aborted,
+}
+
 /// Commits the open transaction with its input offsets; aborts it when that fails in an
 /// abortable way (and marks the consumer for a rewind). Returns only fatal errors.
 fn commit(
     shared: &Shared,
     state: &mut TxnState,
     consumer: &BaseConsumer<EngineContext>,
-) -> Result<(), EngineError> {
+) -> Result<Settled, EngineError> {
     if !state.open {
-        return Ok(());
+        return Ok(Settled::Committed);
     }
     let started = Instant::now();
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), next) in &state.offsets {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
-            .expect("valid offset");
-    }
     let result = (|| {
-        if tpl.count() > 0 {
+        if matches!(shared.config.input, InputMode::Group) && !state.positions.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for ((t, partition), (_, next)) in &state.positions {
+                tpl.add_partition_offset(&shared.topics[*t], *partition, Offset::Offset(*next))
+                    .expect("valid offset");
+            }
             // no group metadata: the consumer is not in the group, which no retry fixes
             let meta = consumer
                 .group_metadata()
@@ -307,7 +528,7 @@ fn commit(
             let m = &shared.metrics;
             m.transactions.with_label_values(&["committed"]).inc();
             m.commit_latency.observe(started.elapsed().as_secs_f64());
-            m.transaction_records.observe(state.records as f64);
+            m.transaction_records.observe(state.records() as f64);
             let now = now_millis();
             let e2e = m.end_to_end_latency.with_label_values(&["kafka"]);
             for ts in state.timestamps.drain(..) {
@@ -315,7 +536,7 @@ fn commit(
             }
             state.summary.committed_transactions += 1;
             close(state);
-            Ok(())
+            Ok(Settled::Committed)
         }
         Err(e) => match handling(&e) {
             Handling::Fatal => {
@@ -327,14 +548,18 @@ fn commit(
                 Err(fatal(&shared.config, "commit", e))
             }
             Handling::Abort | Handling::Retry => {
-                tracing::warn!(error = %e, "transaction failed: aborting and rewinding to the committed offsets");
+                tracing::warn!(error = %e, "transaction failed: aborting and rewinding to its first offsets");
                 abort(shared, state)
             }
         },
     }
 }
 
-fn abort(shared: &Shared, state: &mut TxnState) -> Result<(), EngineError> {
+/// Aborts the open transaction and marks its first offsets for the rewind.
+fn abort(shared: &Shared, state: &mut TxnState) -> Result<Settled, EngineError> {
+    if !state.open {
+        return Ok(Settled::Aborted);
+    }
     let r = retry(|| shared.producer.abort_transaction(CALL_TIMEOUT));
     shared
         .metrics
@@ -342,16 +567,22 @@ fn abort(shared: &Shared, state: &mut TxnState) -> Result<(), EngineError> {
         .with_label_values(&["aborted"])
         .inc();
     state.summary.aborted_transactions += 1;
-    close(state);
-    state.rewind = true;
-    r.map_err(|e| fatal(&shared.config, "abort", e))
+    state.rewind = state
+        .positions
+        .iter()
+        .map(|((t, p), (first, _))| (*t, *p, *first))
+        .collect();
+    r.map_err(|e| fatal(&shared.config, "abort", e))?;
+    // delivery reports of the purged messages are served before the loop reads them
+    let _ = shared.producer.flush(Duration::from_secs(5));
+    Ok(Settled::Aborted)
 }
 
 fn close(state: &mut TxnState) {
     state.open = false;
     state.started = None;
-    state.offsets.clear();
-    state.records = 0;
+    state.positions.clear();
+    state.inputs.clear();
     state.timestamps.clear();
 }
 
@@ -370,6 +601,38 @@ fn retry(mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), KafkaEr
     }
 }
 
+/// Calls `attempt` until it succeeds, waiting longer after each failure (100 ms doubling up
+/// to 5 s), for at most `limit` (or until `stop` is set); then returns the last error.
+pub fn retry_bounded<E: std::fmt::Display>(
+    what: &str,
+    limit: Duration,
+    stop: &AtomicBool,
+    mut attempt: impl FnMut() -> Result<(), E>,
+) -> Result<(), E> {
+    let deadline = Instant::now() + limit;
+    let mut wait = Duration::from_millis(100);
+    let mut tries = 0u32;
+    loop {
+        match attempt() {
+            Ok(()) => {
+                if tries > 0 {
+                    tracing::info!(tries, "{what}: done after retrying");
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                tries += 1;
+                if Instant::now() + wait > deadline || stop.load(Ordering::Relaxed) {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, tries, "{what} failed; retrying in {wait:?}");
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 fn now_millis() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -377,20 +640,22 @@ fn now_millis() -> i64 {
         .unwrap_or(0)
 }
 
-/// Seeks every assigned partition back to its committed offset (or the beginning).
-fn rewind(consumer: &BaseConsumer<EngineContext>) -> Result<(), KafkaError> {
+/// Seeks each partition still assigned back to the given offset.
+fn seek_back(
+    consumer: &BaseConsumer<EngineContext>,
+    topics: &[String],
+    to: &[(usize, i32, i64)],
+) -> Result<(), KafkaError> {
     let assignment = consumer.assignment()?;
-    if assignment.count() == 0 {
-        return Ok(());
-    }
-    let committed = consumer.committed_offsets(assignment, CALL_TIMEOUT)?;
     let mut seek = TopicPartitionList::new();
-    for e in committed.elements() {
-        let offset = match e.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
-            _ => Offset::Beginning,
-        };
-        seek.add_partition_offset(e.topic(), e.partition(), offset)?;
+    for (t, p, offset) in to {
+        // a partition revoked meanwhile is another member's now
+        if assignment.find_partition(&topics[*t], *p).is_some() {
+            seek.add_partition_offset(&topics[*t], *p, Offset::Offset(*offset))?;
+        }
+    }
+    if seek.count() == 0 {
+        return Ok(());
     }
     for r in consumer.seek_partitions(seek, CALL_TIMEOUT)?.elements() {
         r.error()?;
@@ -398,16 +663,22 @@ fn rewind(consumer: &BaseConsumer<EngineContext>) -> Result<(), KafkaError> {
     Ok(())
 }
 
-fn origin_of<M: Message>(msg: &M) -> Origin {
-    let replay_count = msg
-        .headers()
-        .and_then(|h| {
-            h.iter()
-                .find(|h| h.key == REPLAY_COUNT_HEADER)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-        })
-        .unwrap_or(0);
+/// The input record's source coordinates, key, value and headers.
+pub fn origin_of<M: Message>(msg: &M) -> Origin {
+    let mut replay_count = 0;
+    let mut headers = Vec::new();
+    if let Some(h) = msg.headers() {
+        headers.reserve(h.count());
+        for h in h.iter() {
+            if h.key == REPLAY_COUNT_HEADER {
+                replay_count = h
+                    .value
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                    .unwrap_or(0);
+            }
+            headers.push((h.key.to_owned(), h.value.map(<[u8]>::to_vec)));
+        }
+    }
     Origin {
         topic: msg.topic().to_owned(),
         partition: msg.partition(),
@@ -415,23 +686,21 @@ fn origin_of<M: Message>(msg: &M) -> Origin {
         timestamp: msg.timestamp().to_millis(),
         key: msg.key().map(<[u8]>::to_vec),
         value: msg.payload().map(<[u8]>::to_vec),
+        headers,
         replay_count,
     }
 }
 
 /// Enqueues one record; waits for room when the local queue is full (never drops).
-fn send(
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    r: &OutRecord,
-) -> Result<(), KafkaError> {
+fn send(producer: &EngineProducer, r: &OutRecord, opaque: usize) -> Result<(), KafkaError> {
     let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
     for (k, v) in &r.headers {
         headers = headers.insert(Header {
             key: k,
-            value: Some(v),
+            value: v.as_deref(),
         });
     }
-    let mut record = BaseRecord::<[u8], [u8]>::to(&r.topic)
+    let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(&r.topic, opaque)
         .payload(&r.value)
         .headers(headers);
     if let Some(k) = &r.key {
@@ -452,16 +721,562 @@ fn send(
     }
 }
 
-/// Runs a sub-topology until `shutdown` is set or a fatal error occurs. Blocks.
-pub fn run(
-    mut pipeline: Pipeline,
+fn record_size(r: &OutRecord) -> usize {
+    r.value.len()
+        + r.key.as_ref().map_or(0, Vec::len)
+        + r.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+}
+
+/// What the loop knows of refused records between an abort and their second reading.
+#[derive(Default)]
+struct Refusals {
+    /// Records whose outputs the broker refused: they get a dead letter when read again.
+    refused: HashMap<Coords, Refusal>,
+    /// Records refused together with others in one transaction: each is tried alone first.
+    suspects: HashSet<Coords>,
+}
+
+/// How one input record is handled.
+struct Treatment {
+    /// Its outputs are replaced by this refusal's dead letter.
+    refused: Option<Refusal>,
+    /// Alone in a transaction: it was refused together with others.
+    alone: bool,
+}
+
+impl Treatment {
+    fn normal(&self) -> bool {
+        self.refused.is_none() && !self.alone
+    }
+}
+
+/// The loop of one engine instance.
+struct Loop<'j, J: Job> {
+    job: &'j mut J,
+    shared: Arc<Shared>,
+    shutdown: Arc<AtomicBool>,
+    refusals: Refusals,
+    out: Vec<OutRecord>,
+    /// Refused and tried-alone records in the open transaction: settled when it commits.
+    settling: Vec<Coords>,
+    /// Aborts in a row that taught nothing about refused records: the backoff grows.
+    fruitless_aborts: u32,
+    /// A range read: each partition's end and whether it was reached.
+    range: HashMap<(usize, i32), (i64, bool)>,
+}
+
+enum Step {
+    Continue,
+    Stop(Result<(), EngineError>),
+}
+
+impl<J: Job> Loop<'_, J> {
+    fn topic_index(&self, topic: &str) -> usize {
+        self.shared
+            .topics
+            .iter()
+            .position(|t| t == topic)
+            .unwrap_or(0)
+    }
+
+    fn treatment(&self, coords: &Coords) -> Treatment {
+        Treatment {
+            refused: self.refusals.refused.get(coords).cloned(),
+            alone: self.refusals.suspects.contains(coords),
+        }
+    }
+
+    /// After an abort: which of its records did the broker refuse? One alone is refused;
+    /// several are each tried alone. A refused record whose dead letter was refused too has
+    /// no possible fate.
+    fn learn(&mut self, state: &TxnState, aborted_generation: u64) -> Result<(), EngineError> {
+        let failed: Vec<Undelivered> =
+            std::mem::take(&mut *self.shared.producer.context().failed.lock().unwrap());
+        let mut found: HashMap<Coords, Refusal> = HashMap::new();
+        for f in failed {
+            let generation = (f.opaque >> GENERATION_SHIFT) as u64;
+            let index = f.opaque & ((1 << GENERATION_SHIFT) - 1);
+            if generation != (aborted_generation & 0xff_ffff) || !is_refusal(f.code) {
+                continue;
+            }
+            let Some(coords) = state.inputs.get(index).copied() else {
+                continue;
+            };
+            found
+                .entry(coords)
+                .or_insert_with(|| Refusal::new(f.code, &f.topic, f.size, &f.error));
+        }
+        match found.len() {
+            0 => self.fruitless_aborts += 1,
+            1 => {
+                self.fruitless_aborts = 0;
+                let (coords, refusal) = found.into_iter().next().expect("one");
+                if let Some(first) = self.refusals.refused.get(&coords) {
+                    // refused alone, and its dead letter too
+                    let (t, partition, offset) = coords;
+                    return Err(EngineError::NoFate {
+                        topic: self.shared.topics[t].clone(),
+                        partition,
+                        offset,
+                        why: format!(
+                            "{} — and its dead letter was refused too: {}",
+                            first.message, refusal.message
+                        ),
+                    });
+                }
+                tracing::warn!(reason = refusal.reason, message = %refusal.message, partition = coords.1, offset = coords.2, "a record's output was refused: it becomes a dead letter");
+                self.refusals.suspects.remove(&coords);
+                self.refusals.refused.insert(coords, refusal);
+            }
+            n => {
+                // one refused batch fails every record in it: which one is at fault shows
+                // when each goes alone
+                self.fruitless_aborts = 0;
+                tracing::warn!(
+                    records = n,
+                    "several records' outputs were refused together: each is retried alone"
+                );
+                self.refusals.suspects.extend(found.into_keys());
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles the transaction (commit) and handles an abort: learn, rewind.
+    fn commit(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        state: &mut TxnState,
+    ) -> Result<Settled, EngineError> {
+        let generation = state.generation;
+        let settled = commit(&self.shared, state, consumer)?;
+        if settled == Settled::Aborted {
+            self.after_abort(consumer, state, generation)?;
+        } else {
+            self.fruitless_aborts = 0;
+            self.job.on_commit();
+            // the refused and the tried-alone records of this transaction have their fate
+            for c in self.settling.drain(..) {
+                self.refusals.refused.remove(&c);
+                self.refusals.suspects.remove(&c);
+            }
+        }
+        Ok(settled)
+    }
+
+    fn abort(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        state: &mut TxnState,
+    ) -> Result<(), EngineError> {
+        let generation = state.generation;
+        abort(&self.shared, state)?;
+        self.after_abort(consumer, state, generation)
+    }
+
+    fn after_abort(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        state: &mut TxnState,
+        generation: u64,
+    ) -> Result<(), EngineError> {
+        self.settling.clear();
+        self.job.on_abort();
+        let learned = self.learn(state, generation);
+        close(state);
+        learned?;
+        self.rewind(consumer, state)?;
+        if self.fruitless_aborts > 0 {
+            let wait = Duration::from_millis(100u64 << self.fruitless_aborts.min(7));
+            tracing::warn!("transaction aborted; reading again from its first offsets in {wait:?}");
+            std::thread::sleep(wait);
+        }
+        Ok(())
+    }
+
+    /// Seeks back to the aborted transaction's first offsets; never reads on without.
+    fn rewind(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        state: &mut TxnState,
+    ) -> Result<(), EngineError> {
+        let to = std::mem::take(&mut state.rewind);
+        if to.is_empty() {
+            return Ok(());
+        }
+        for (t, p, _) in &to {
+            if let Some((_, done)) = self.range.get_mut(&(*t, *p)) {
+                *done = false;
+            }
+        }
+        let limit = self.shared.config.rewind_limit;
+        retry_bounded("rewinding after an abort", limit, &self.shutdown, || {
+            seek_back(consumer, &self.shared.topics, &to)
+        })
+        .map_err(|source| EngineError::Rewind { limit, source })
+    }
+
+    fn begin(&mut self, state: &mut TxnState) -> Result<(), EngineError> {
+        if !state.open {
+            self.shared
+                .producer
+                .begin_transaction()
+                .map_err(|e| fatal(&self.shared.config, "begin", e))?;
+            state.open = true;
+            state.started = Some(Instant::now());
+            state.generation += 1;
+        }
+        Ok(())
+    }
+
+    /// Processes one input record inside the open transaction.
+    fn record(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        msg: &BorrowedMessage<'_>,
+    ) -> Result<(), EngineError> {
+        let coords = (self.topic_index(msg.topic()), msg.partition(), msg.offset());
+        let treatment = self.treatment(&coords);
+        let shared = self.shared.clone();
+        let mut state = shared.state.lock().unwrap();
+        if treatment.alone && state.records() > 0 {
+            // what came before it commits first; if that aborts, this record comes again
+            if self.commit(consumer, &mut state)? == Settled::Aborted {
+                return Ok(());
+            }
+        }
+        self.begin(&mut state)?;
+        self.out.clear();
+        let refused = match &treatment.refused {
+            Some(r) => {
+                let dl = self.refusal_dead_letter(msg, coords, r)?;
+                self.out.push(dl);
+                true
+            }
+            None => {
+                self.job.process(msg, &mut self.out);
+                false
+            }
+        };
+        let index = state.inputs.len();
+        let tag = opaque(state.generation, index);
+        state.inputs.push(coords);
+        let mut replaced = refused;
+        let mut sent = 0;
+        while sent < self.out.len() {
+            let r = &self.out[sent];
+            match send(&shared.producer, r, tag) {
+                Ok(()) => sent += 1,
+                Err(e) => {
+                    let code = e.rdkafka_error_code();
+                    let refusal = code
+                        .filter(|c| is_refusal(*c))
+                        .map(|c| Refusal::new(c, &r.topic, record_size(r), &e.to_string()));
+                    match refusal {
+                        Some(why) if refused => {
+                            return Err(self.no_fate(coords, &why.message));
+                        }
+                        Some(why) if sent == 0 => {
+                            // nothing of this record is in the transaction yet: its dead
+                            // letter takes the place of all its outputs
+                            tracing::warn!(reason = why.reason, message = %why.message, partition = coords.1, offset = coords.2, "a record's output was refused: it becomes a dead letter");
+                            let dl = self.refusal_dead_letter(msg, coords, &why)?;
+                            if let Err(e) = send(&shared.producer, &dl, tag) {
+                                return Err(self.no_fate(
+                                    coords,
+                                    &format!(
+                                        "{} — and its dead letter was refused too: {e}",
+                                        why.message
+                                    ),
+                                ));
+                            }
+                            self.out.clear();
+                            replaced = true;
+                            break;
+                        }
+                        Some(why) => {
+                            // part of it is in the transaction: abort, and give it its dead
+                            // letter when it is read again
+                            self.abort(consumer, &mut state)?;
+                            self.refusals.refused.insert(coords, why);
+                            return Ok(());
+                        }
+                        None => {
+                            tracing::warn!(error = %e, "send failed: aborting the transaction");
+                            self.abort(consumer, &mut state)?;
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        if replaced {
+            state.summary.refused += 1;
+        }
+        if !treatment.normal() {
+            self.settling.push(coords);
+        }
+        let pos = state
+            .positions
+            .entry((coords.0, coords.1))
+            .or_insert((coords.2, coords.2 + 1));
+        pos.1 = coords.2 + 1;
+        if let Some(ts) = msg.timestamp().to_millis() {
+            state.timestamps.push(ts);
+        }
+        state.summary.records += 1;
+        if treatment.alone {
+            // tried alone: if it is refused now, the abort names it
+            self.commit(consumer, &mut state)?;
+        }
+        Ok(())
+    }
+
+    fn refusal_dead_letter(
+        &mut self,
+        msg: &BorrowedMessage<'_>,
+        coords: Coords,
+        refusal: &Refusal,
+    ) -> Result<OutRecord, EngineError> {
+        self.shared
+            .metrics
+            .dead_letters
+            .with_label_values(&[refusal.reason])
+            .inc();
+        self.job.refusal(msg, refusal).ok_or_else(|| {
+            self.no_fate(
+                coords,
+                &format!("{} — and the job has no dead-letter topic", refusal.message),
+            )
+        })
+    }
+
+    fn no_fate(&self, coords: Coords, why: &str) -> EngineError {
+        EngineError::NoFate {
+            topic: self.shared.topics[coords.0].clone(),
+            partition: coords.1,
+            offset: coords.2,
+            why: why.to_owned(),
+        }
+    }
+
+    /// A range read: true once every partition has reached its end.
+    fn range_done(&self) -> bool {
+        matches!(self.shared.config.input, InputMode::Range { .. })
+            && self.range.values().all(|(_, done)| *done)
+    }
+
+    /// A range read: marks a partition done at its end; false for a record past the end
+    /// (not this run's to process).
+    fn in_range(&mut self, topic: usize, partition: i32, offset: Option<i64>) -> bool {
+        let Some((end, done)) = self.range.get_mut(&(topic, partition)) else {
+            return true;
+        };
+        match offset {
+            Some(o) if o + 1 >= *end => {
+                *done = true;
+                o < *end
+            }
+            Some(_) => true,
+            None => {
+                *done = true;
+                true
+            }
+        }
+    }
+
+    fn step(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        last_activity: &mut Instant,
+    ) -> Step {
+        let config = &self.shared.config;
+        let idle = config
+            .stop_when_idle
+            .is_some_and(|d| last_activity.elapsed() >= d);
+        let range_end = self.range_done();
+        if idle {
+            tracing::info!(
+                "no records for {:?}: stopping",
+                config.stop_when_idle.unwrap_or_default()
+            );
+        }
+        if idle || range_end || self.shutdown.load(Ordering::Relaxed) {
+            let shared = self.shared.clone();
+            let mut state = shared.state.lock().unwrap();
+            // what aborts here is read again by the next run
+            return Step::Stop(self.commit(consumer, &mut state).map(|_| ()));
+        }
+        let wait = {
+            let state = self.shared.state.lock().unwrap();
+            match state.started {
+                Some(s) => config
+                    .commit_interval
+                    .saturating_sub(s.elapsed())
+                    .min(Duration::from_millis(100)),
+                None => Duration::from_millis(100),
+            }
+        };
+        // the rebalance callback may run inside poll: no lock is held here
+        let polled = consumer.poll(wait);
+        if let Some(e) = self.shared.state.lock().unwrap().fatal.take() {
+            return Step::Stop(Err(e));
+        }
+        match polled {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                // the end of the log, past any transaction markers: a range is read
+                for ((_, partition), (_, done)) in self.range.iter_mut() {
+                    if *partition == p {
+                        *done = true;
+                    }
+                }
+            }
+            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::FencedInstanceId) => {
+                return Step::Stop(Err(fatal(&self.shared.config, "poll", e)));
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            Some(Ok(msg))
+                if !self.in_range(
+                    self.topic_index(msg.topic()),
+                    msg.partition(),
+                    Some(msg.offset()),
+                ) => {}
+            Some(Ok(msg)) => {
+                *last_activity = Instant::now();
+                {
+                    let mut state = self.shared.state.lock().unwrap();
+                    state.summary.first_record.get_or_insert(*last_activity);
+                    state.summary.last_record = Some(*last_activity);
+                }
+                if let Err(e) = self.record(consumer, &msg) {
+                    return Step::Stop(Err(e));
+                }
+            }
+        }
+        let shared = self.shared.clone();
+        let mut state = shared.state.lock().unwrap();
+        let due = state.open
+            && (state.records() >= shared.config.commit_max_records
+                || state
+                    .started
+                    .is_some_and(|s| s.elapsed() >= shared.config.commit_interval));
+        if due {
+            if let Err(e) = self.commit(consumer, &mut state) {
+                return Step::Stop(Err(e));
+            }
+        }
+        Step::Continue
+    }
+}
+
+/// A sub-topology of a topology as an engine job: each record through the [`Pipeline`],
+/// the topic sinks' records as outputs.
+pub struct PipelineJob {
+    pipeline: Pipeline,
+    fates: Vec<Fate>,
+}
+
+impl PipelineJob {
+    pub fn new(pipeline: Pipeline) -> Self {
+        Self {
+            pipeline,
+            fates: Vec::with_capacity(4),
+        }
+    }
+
+    /// The topics the pipeline reads.
+    pub fn topics(&self) -> Vec<String> {
+        self.pipeline.topics()
+    }
+}
+
+impl Job for PipelineJob {
+    fn process(&mut self, input: &BorrowedMessage<'_>, out: &mut Vec<OutRecord>) {
+        self.fates.clear();
+        self.pipeline.process(origin_of(input), &mut self.fates);
+        out.extend(self.fates.drain(..).filter_map(|f| f.record));
+    }
+
+    fn refusal(&mut self, input: &BorrowedMessage<'_>, refusal: &Refusal) -> Option<OutRecord> {
+        self.pipeline.refusal(origin_of(input), refusal)
+    }
+}
+
+/// Runs a job until `shutdown` is set, its range ends or a fatal error occurs. Blocks.
+/// `topics` are what group mode subscribes to.
+///
+/// A producer fenced while its consumer is still a member of the group — the broker aborted
+/// a transaction that outlived `transaction.timeout.ms`, say while the broker or this process
+/// was paused — does not end the run: the loop starts again with a new producer and consumer
+/// from the committed offsets, as Kafka Streams does for a migrated task (at most 5 times in
+/// 10 minutes). A consumer fenced by another member with the same instance id ends it.
+pub fn run<J: Job>(
+    mut job: J,
+    topics: Vec<String>,
     config: EngineConfig,
     metrics: Metrics,
     shutdown: Arc<AtomicBool>,
 ) -> Result<RunSummary, EngineError> {
+    let topics = match &config.input {
+        InputMode::Group => topics,
+        InputMode::Range { partitions, .. } => {
+            let mut t: Vec<String> = partitions.iter().map(|p| p.topic.clone()).collect();
+            t.sort();
+            t.dedup();
+            t
+        }
+    };
+    let mut refusals = Refusals::default();
+    let mut total = RunSummary::default();
+    let mut restarts: Vec<Instant> = Vec::new();
+    loop {
+        let result = run_once(
+            &mut job,
+            &topics,
+            &config,
+            &metrics,
+            &shutdown,
+            &mut refusals,
+            &mut total,
+        );
+        match result {
+            Err(EngineError::Fenced { id, source })
+                if producer_fenced(&source) && !shutdown.load(Ordering::Relaxed) =>
+            {
+                restarts.retain(|t| t.elapsed() < Duration::from_secs(600));
+                if restarts.len() >= 5 {
+                    return Err(EngineError::Fenced { id, source });
+                }
+                restarts.push(Instant::now());
+                tracing::warn!(error = %source, transactional_id = %id, "the producer was fenced while this member still holds its partitions (a transaction outlived transaction.timeout.ms?): starting the loop again from the committed offsets");
+                job.on_abort();
+            }
+            Ok(()) => return Ok(total),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn producer_fenced(e: &KafkaError) -> bool {
+    is_fenced(e) && e.rdkafka_error_code() != Some(RDKafkaErrorCode::FencedInstanceId)
+}
+
+fn run_once<J: Job>(
+    job: &mut J,
+    topics: &[String],
+    config: &EngineConfig,
+    metrics: &Metrics,
+    shutdown: &Arc<AtomicBool>,
+    refusals: &mut Refusals,
+    total: &mut RunSummary,
+) -> Result<(), EngineError> {
     let id = config.transactional_id();
-    let producer: ThreadedProducer<DefaultProducerContext> = producer_config(&config)
-        .create()
+    let producer: EngineProducer = producer_config(config)
+        .create_with_context(DeliveryLog::default())
         .map_err(|source| EngineError::Client {
             what: "producer",
             source,
@@ -475,10 +1290,11 @@ pub fn run(
     let shared = Arc::new(Shared {
         producer,
         state: Mutex::new(TxnState::default()),
-        metrics,
+        metrics: metrics.clone(),
         config: config.clone(),
+        topics: topics.to_vec(),
     });
-    let consumer: BaseConsumer<EngineContext> = consumer_config(&config)
+    let consumer: BaseConsumer<EngineContext> = consumer_config(config)
         .create_with_context(EngineContext {
             shared: shared.clone(),
         })
@@ -486,122 +1302,73 @@ pub fn run(
             what: "consumer",
             source,
         })?;
-    let topics = pipeline.topics();
-    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topic_refs)
-        .map_err(|source| EngineError::Subscribe {
-            topics: topics.clone(),
-            source,
-        })?;
-    tracing::info!(transactional_id = %id, ?topics, "exactly-once loop started");
-
-    let mut fates: Vec<Fate> = Vec::with_capacity(4);
-    let mut last_activity = Instant::now();
-    let result = loop {
-        let idle = config
-            .stop_when_idle
-            .is_some_and(|d| last_activity.elapsed() >= d);
-        if idle {
-            tracing::info!(
-                "no records for {:?}: stopping",
-                config.stop_when_idle.unwrap_or_default()
-            );
+    let subscribed = match &config.input {
+        InputMode::Group => {
+            let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+            consumer.subscribe(&topic_refs)
         }
-        if idle || shutdown.load(Ordering::Relaxed) {
-            let mut state = shared.state.lock().unwrap();
-            break commit(&shared, &mut state, &consumer).map(|_| state.summary);
-        }
-        let wait = {
-            let state = shared.state.lock().unwrap();
-            match state.started {
-                Some(s) => config
-                    .commit_interval
-                    .saturating_sub(s.elapsed())
-                    .min(Duration::from_millis(100)),
-                None => Duration::from_millis(100),
+        InputMode::Range { partitions, .. } => {
+            let mut tpl = TopicPartitionList::new();
+            for r in partitions {
+                tpl.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.start))
+                    .expect("a valid offset");
             }
-        };
-        // the rebalance callback may run inside poll: no lock is held here
-        let polled = consumer.poll(wait);
-        let mut state = shared.state.lock().unwrap();
-        if let Some(e) = state.fatal.take() {
-            break Err(e);
-        }
-        match polled {
-            None => {}
-            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-            Some(Ok(msg)) => {
-                last_activity = Instant::now();
-                state.summary.first_record.get_or_insert(last_activity);
-                state.summary.last_record = Some(last_activity);
-                if !state.open {
-                    if let Err(e) = shared.producer.begin_transaction() {
-                        break Err(fatal(&config, "begin", e));
-                    }
-                    state.open = true;
-                    state.started = Some(Instant::now());
-                }
-                let origin = origin_of(&msg);
-                let key = (origin.topic.clone(), origin.partition);
-                let next = origin.offset + 1;
-                if let Some(ts) = origin.timestamp {
-                    state.timestamps.push(ts);
-                }
-                drop(msg);
-                fates.clear();
-                pipeline.process(origin, &mut fates);
-                let mut failed = None;
-                for fate in &fates {
-                    if let Some(r) = &fate.record {
-                        if let Err(e) = send(&shared.producer, r) {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                if let Some(e) = failed {
-                    tracing::warn!(error = %e, "send failed: aborting the transaction");
-                    if let Err(e) = abort(&shared, &mut state) {
-                        break Err(e);
-                    }
-                } else {
-                    state.offsets.insert(key, next);
-                    state.records += 1;
-                    state.summary.records += 1;
-                }
-            }
-        }
-        let due = state.open
-            && (state.records >= config.commit_max_records
-                || state
-                    .started
-                    .is_some_and(|s| s.elapsed() >= config.commit_interval));
-        if due {
-            if let Err(e) = commit(&shared, &mut state, &consumer) {
-                break Err(e);
-            }
-        }
-        if state.rewind {
-            state.rewind = false;
-            drop(state);
-            if let Err(e) = rewind(&consumer) {
-                tracing::warn!(error = %e, "rewind failed: retrying on the next abort");
-            }
+            consumer.assign(&tpl)
         }
     };
-    consumer.unsubscribe();
+    subscribed.map_err(|source| EngineError::Subscribe {
+        topics: topics.to_vec(),
+        source,
+    })?;
+    tracing::info!(transactional_id = %id, ?topics, "exactly-once loop started");
+
+    let mut engine = Loop {
+        job,
+        shared: shared.clone(),
+        shutdown: shutdown.clone(),
+        refusals: std::mem::take(refusals),
+        out: Vec::with_capacity(4),
+        settling: Vec::new(),
+        fruitless_aborts: 0,
+        range: HashMap::new(),
+    };
+    if let InputMode::Range { partitions, .. } = &config.input {
+        for r in partitions {
+            let t = engine.topic_index(&r.topic);
+            engine
+                .range
+                .insert((t, r.partition), (r.end, r.start >= r.end));
+        }
+    }
+    let mut last_activity = Instant::now();
+    let result = loop {
+        if let Step::Stop(r) = engine.step(&consumer, &mut last_activity) {
+            break r;
+        }
+    };
+    *refusals = std::mem::take(&mut engine.refusals);
+    let summary = shared.state.lock().unwrap().summary;
+    total.records += summary.records;
+    total.committed_transactions += summary.committed_transactions;
+    total.aborted_transactions += summary.aborted_transactions;
+    total.refused += summary.refused;
+    if total.first_record.is_none() {
+        total.first_record = summary.first_record;
+    }
+    total.last_record = summary.last_record.or(total.last_record);
+    if matches!(config.input, InputMode::Group) {
+        consumer.unsubscribe();
+    }
     tracing::info!(?result, "exactly-once loop stopped");
-    result
+    result.map(|_| ())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn transactional_ids_name_application_subtopology_and_instance() {
-        let cfg = EngineConfig {
+    fn config(input: InputMode) -> EngineConfig {
+        EngineConfig {
             application_id: "users".into(),
             instance: "a".into(),
             subtopology: 0,
@@ -611,7 +1378,66 @@ mod tests {
             commit_max_records: 10,
             transaction_timeout: Duration::from_secs(10),
             stop_when_idle: None,
+            rewind_limit: Duration::from_secs(60),
+            input,
+        }
+    }
+
+    #[test]
+    fn transactional_ids_name_application_subtopology_and_instance() {
+        assert_eq!(config(InputMode::Group).transactional_id(), "users-0-a");
+        let range = InputMode::Range {
+            transactional_id: "users-dlq-replay".into(),
+            group_id: "g".into(),
+            partitions: Vec::new(),
         };
-        assert_eq!(cfg.transactional_id(), "users-0-a");
+        assert_eq!(config(range).transactional_id(), "users-dlq-replay");
+    }
+
+    #[test]
+    fn a_failing_rewind_is_retried_with_backoff_and_then_given_up_never_skipped() {
+        let stop = AtomicBool::new(false);
+        // fails twice, then works: retried until it works
+        let mut calls = 0;
+        let r = retry_bounded("seek", Duration::from_secs(5), &stop, || {
+            calls += 1;
+            if calls < 3 {
+                Err("broker down")
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!((r, calls), (Ok(()), 3));
+        // fails for ever: given up within the limit, with the error
+        let started = Instant::now();
+        let mut calls = 0;
+        let r = retry_bounded("seek", Duration::from_millis(700), &stop, || {
+            calls += 1;
+            Err("broker down")
+        });
+        assert_eq!(r, Err("broker down"));
+        assert!(calls >= 3, "retried: {calls}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn refusals_name_too_large_records_and_other_refusals() {
+        let r = Refusal::new(RDKafkaErrorCode::MessageSizeTooLarge, "dlq", 1_040_500, "x");
+        assert_eq!(r.reason, "record.too_large");
+        assert!(r.message.contains("1040500 bytes"), "{}", r.message);
+        assert_eq!(
+            Refusal::new(RDKafkaErrorCode::InvalidRecord, "dlq", 1, "x").reason,
+            "produce.refused"
+        );
+        assert!(is_refusal(RDKafkaErrorCode::MessageSizeTooLarge));
+        assert!(!is_refusal(RDKafkaErrorCode::RequestTimedOut));
+        assert!(!is_refusal(RDKafkaErrorCode::TopicAuthorizationFailed));
+    }
+
+    #[test]
+    fn delivery_opaques_carry_the_transaction_and_the_record() {
+        let o = opaque(7, 4999);
+        assert_eq!(o >> GENERATION_SHIFT, 7);
+        assert_eq!(o & ((1 << GENERATION_SHIFT) - 1), 4999);
     }
 }

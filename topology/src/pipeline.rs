@@ -8,9 +8,10 @@ use prometheus::IntCounter;
 
 use crate::component::NodeKind;
 use crate::config::Topology;
+use crate::engine::{Refusal, REFUSED_PREVIEW_BYTES};
 use crate::graph::SubTopology;
 use crate::metrics::Metrics;
-use crate::record::{Body, Envelope, Origin};
+use crate::record::{Body, Envelope, Failure, Origin};
 
 /// A node that transforms records. It pushes zero or more `(output, record)` pairs, where
 /// `None` is the default output and `Some("invalid")` a named one.
@@ -24,7 +25,8 @@ pub struct OutRecord {
     pub topic: String,
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Headers in order; a header may have no value.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// Milliseconds since the epoch; downstream records keep the input record's timestamp.
     pub timestamp: Option<i64>,
 }
@@ -32,6 +34,11 @@ pub struct OutRecord {
 /// A sink that writes a Kafka topic inside the sub-topology's transaction.
 pub trait SinkEncoder: Send {
     fn encode(&self, record: &Envelope) -> OutRecord;
+    /// True for a dead-letter sink: it takes failed records, including those whose output
+    /// the broker refused.
+    fn dead_letters(&self) -> bool {
+        false
+    }
 }
 
 /// What a node turns into when its sub-topology runs.
@@ -76,6 +83,8 @@ enum Stage {
 
 struct Compiled {
     name: String,
+    /// The topic a topic sink writes.
+    topic: Option<String>,
     stage: Stage,
     /// (output, downstream node indexes)
     routes: Vec<(Option<&'static str>, Vec<usize>)>,
@@ -154,6 +163,9 @@ impl Pipeline {
             }
             nodes.push(Compiled {
                 name: name.clone(),
+                topic: (node.kind == NodeKind::Sink)
+                    .then(|| node.config.topic().map(str::to_owned))
+                    .flatten(),
                 stage,
                 routes,
                 records_in: metrics.map(|m| m.records_in.with_label_values(&[name.as_str()])),
@@ -173,6 +185,44 @@ impl Pipeline {
         let mut t: Vec<String> = self.sources.keys().cloned().collect();
         t.sort();
         t
+    }
+
+    /// The dead letter of a record whose output the broker refused: written by the first
+    /// dead-letter sink of the sub-topology, with the value cut to a preview and headers that
+    /// give its size and SHA-256. `None` when the sub-topology has no dead-letter sink.
+    pub fn refusal(&self, origin: Origin, refusal: &Refusal) -> Option<OutRecord> {
+        let sink = self.nodes.iter().find_map(|n| match &n.stage {
+            Stage::Topic(e) if e.dead_letters() => Some(e),
+            _ => None,
+        })?;
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.topic.as_deref() == Some(refusal.topic.as_str()))
+            .map_or("engine", |n| n.name.as_str());
+        let value = origin.value.unwrap_or_default();
+        let (preview, headers) = refused_value(&value);
+        let key = origin.key.map(|k| refused_value(&k).0);
+        let envelope = Envelope {
+            origin: Origin {
+                key,
+                value: Some(preview),
+                headers: Vec::new(),
+                ..origin
+            },
+            body: Body::Failed(Failure {
+                reasons: vec![refusal.reason.to_owned()],
+                message: format!(
+                    "the record could not be written: {}; the dead letter keeps the first {} bytes of its {}-byte value",
+                    refusal.message,
+                    REFUSED_PREVIEW_BYTES.min(value.len()),
+                    value.len()
+                ),
+                node: node.to_owned(),
+                headers,
+            }),
+        };
+        Some(sink.encode(&envelope))
     }
 
     /// Pushes one raw record from `origin.topic` through the graph; appends every fate.
@@ -235,5 +285,55 @@ impl Pipeline {
                 }),
             }
         }
+    }
+}
+
+/// A refused record's bytes cut to [`REFUSED_PREVIEW_BYTES`] (at a character boundary when
+/// they are text), and the headers that describe the original: its size and SHA-256.
+pub fn refused_value(bytes: &[u8]) -> (Vec<u8>, Vec<(String, String)>) {
+    use sha2::{Digest, Sha256};
+    let mut cut = bytes.len().min(REFUSED_PREVIEW_BYTES);
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+    }
+    let sha: String = Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    (
+        bytes[..cut].to_vec(),
+        vec![
+            ("weir.errors.value.size".to_owned(), bytes.len().to_string()),
+            ("weir.errors.value.sha256".to_owned(), sha),
+            (
+                "weir.errors.value.truncated".to_owned(),
+                (cut < bytes.len()).to_string(),
+            ),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_value_keeps_a_preview_its_size_and_digest() {
+        let big = "é".repeat(REFUSED_PREVIEW_BYTES);
+        let (preview, headers) = refused_value(big.as_bytes());
+        assert_eq!(preview.len(), REFUSED_PREVIEW_BYTES);
+        assert!(std::str::from_utf8(&preview).is_ok(), "cut at a character");
+        assert_eq!(headers[0].1, (2 * REFUSED_PREVIEW_BYTES).to_string());
+        assert_eq!(headers[1].1.len(), 64);
+        assert_eq!(headers[2].1, "true");
+        let (preview, headers) = refused_value(b"abc");
+        assert_eq!(preview, b"abc");
+        assert_eq!(
+            headers[1].1,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(headers[2].1, "false");
     }
 }

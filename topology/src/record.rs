@@ -14,6 +14,8 @@ pub struct Origin {
     pub timestamp: Option<i64>,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
+    /// The record's headers, in order (a header may have no value).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// How many times this record has been replayed from the dead-letter topic.
     pub replay_count: u32,
 }
@@ -57,7 +59,7 @@ pub struct CleanRecord {
 }
 
 /// Why a record could not go on: every violated rule as a reason code, and a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     /// Reason codes such as `email.invalid` or `field.missing:name.first`.
     pub reasons: Vec<String>,
@@ -65,6 +67,9 @@ pub struct Failure {
     pub message: String,
     /// The node that failed the record.
     pub node: String,
+    /// More dead-letter headers (`weir.errors.value.size` of a refused record, …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
 }
 
 /// What a record is at a point in the graph.

@@ -72,6 +72,7 @@ impl Decode {
             reasons: vec![reason.to_owned()],
             message,
             node: self.node.clone(),
+            ..Failure::default()
         })
     }
 

@@ -11,6 +11,11 @@
 //! | `weir.errors.application.id` | the application |
 //! | `weir.errors.failed.at` | when it failed, milliseconds since the epoch |
 //! | `weir.replay.count` | how often the record was replayed from this topic |
+//! | `weir.errors.value.size` / `.sha256` / `.truncated` | a refused record's value, cut to a preview |
+//!
+//! The source record's own headers come first, unchanged (as Kafka Connect's dead letters
+//! keep them), so a replay can restore them; stale `weir.errors.*` headers of an earlier
+//! failure are dropped.
 
 use std::any::Any;
 
@@ -30,6 +35,10 @@ pub const OFFSET: &str = "weir.errors.offset";
 pub const TIMESTAMP: &str = "weir.errors.timestamp";
 pub const APPLICATION: &str = "weir.errors.application.id";
 pub const FAILED_AT: &str = "weir.errors.failed.at";
+/// Every header a dead letter adds starts with this.
+pub const ERRORS_PREFIX: &str = "weir.errors.";
+/// Present (`true`) when the value is a preview of a refused record, not the record.
+pub const TRUNCATED: &str = "weir.errors.value.truncated";
 
 /// Writes failed records, unchanged, to a dead-letter topic.
 #[derive(Debug, Clone, Deserialize)]
@@ -84,13 +93,23 @@ impl DeadLetterEncoder {
 }
 
 impl SinkEncoder for DeadLetterEncoder {
+    fn dead_letters(&self) -> bool {
+        true
+    }
+
     fn encode(&self, record: &Envelope) -> OutRecord {
-        let (reasons, message, node) = match &record.body {
-            Body::Failed(f) => (f.reasons.join(","), f.message.clone(), f.node.clone()),
+        let (reasons, message, node, extra) = match &record.body {
+            Body::Failed(f) => (
+                f.reasons.join(","),
+                f.message.clone(),
+                f.node.clone(),
+                f.headers.as_slice(),
+            ),
             _ => (
                 "internal.not_failed".to_owned(),
                 "a record that did not fail reached the dead-letter sink".to_owned(),
                 String::new(),
+                &[][..],
             ),
         };
         let o = &record.origin;
@@ -98,22 +117,27 @@ impl SinkEncoder for DeadLetterEncoder {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        let mut headers: Vec<(String, Vec<u8>)> = vec![
-            (REASONS.into(), reasons.into_bytes()),
-            (MESSAGE.into(), message.into_bytes()),
-            (NODE.into(), node.into_bytes()),
-            (TOPIC.into(), o.topic.clone().into_bytes()),
-            (PARTITION.into(), o.partition.to_string().into_bytes()),
-            (OFFSET.into(), o.offset.to_string().into_bytes()),
-            (APPLICATION.into(), self.application_id.clone().into_bytes()),
-            (FAILED_AT.into(), now.to_string().into_bytes()),
-            (
-                REPLAY_COUNT_HEADER.into(),
-                o.replay_count.to_string().into_bytes(),
-            ),
-        ];
+        let mut headers: Vec<(String, Option<Vec<u8>>)> = o
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with(ERRORS_PREFIX) && k != REPLAY_COUNT_HEADER)
+            .cloned()
+            .collect();
+        let mut add = |k: &str, v: String| headers.push((k.to_owned(), Some(v.into_bytes())));
+        add(REASONS, reasons);
+        add(MESSAGE, message);
+        add(NODE, node);
+        add(TOPIC, o.topic.clone());
+        add(PARTITION, o.partition.to_string());
+        add(OFFSET, o.offset.to_string());
+        add(APPLICATION, self.application_id.clone());
+        add(FAILED_AT, now.to_string());
+        add(REPLAY_COUNT_HEADER, o.replay_count.to_string());
         if let Some(ts) = o.timestamp {
-            headers.push((TIMESTAMP.into(), ts.to_string().into_bytes()));
+            add(TIMESTAMP, ts.to_string());
+        }
+        for (k, v) in extra {
+            add(k, v.clone());
         }
         OutRecord {
             topic: self.topic.clone(),
@@ -141,12 +165,19 @@ mod tests {
                 timestamp: Some(1_700_000_000_123),
                 key: Some(b"k".to_vec()),
                 value: Some(b"\xff{not json".to_vec()),
+                headers: vec![
+                    ("weir.ingest.source".into(), Some(b"synthetic".to_vec())),
+                    ("empty".into(), None),
+                    (REASONS.into(), Some(b"stale.reason".to_vec())),
+                    (REPLAY_COUNT_HEADER.into(), Some(b"2".to_vec())),
+                ],
                 replay_count: 2,
             },
             body: Body::Failed(Failure {
                 reasons: vec!["utf8.invalid".into(), "x.y".into()],
                 message: "bad".into(),
                 node: "raw".into(),
+                ..Failure::default()
             }),
         };
         let r = e.encode(&env);
@@ -158,8 +189,22 @@ mod tests {
             r.headers
                 .iter()
                 .find(|(n, _)| n == k)
-                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+                .map(|(_, v)| String::from_utf8(v.clone().unwrap()).unwrap())
         };
+        // the source record's headers first, unchanged; stale failure headers dropped
+        assert_eq!(
+            r.headers[0],
+            ("weir.ingest.source".into(), Some(b"synthetic".to_vec()))
+        );
+        assert_eq!(r.headers[1], ("empty".into(), None));
+        assert_eq!(r.headers.iter().filter(|(k, _)| k == REASONS).count(), 1);
+        assert_eq!(
+            r.headers
+                .iter()
+                .filter(|(k, _)| k == REPLAY_COUNT_HEADER)
+                .count(),
+            1
+        );
         assert_eq!(h(REASONS).as_deref(), Some("utf8.invalid,x.y"));
         assert_eq!(h(PARTITION).as_deref(), Some("3"));
         assert_eq!(h(OFFSET).as_deref(), Some("17"));

@@ -442,7 +442,7 @@ pub fn run(
                     timestamp: Some(r.timestamp),
                     key: r.key.clone(),
                     value: Some(r.raw.clone()),
-                    replay_count: 0,
+                    ..Origin::default()
                 },
                 body: Body::Failed(Failure {
                     reasons: vec!["window.sealed".into()],
@@ -453,6 +453,7 @@ pub fn run(
                             .unwrap_or_default()
                     ),
                     node: node.clone(),
+                    ..Failure::default()
                 }),
             };
             let out = encoder.encode(&env);
@@ -460,7 +461,7 @@ pub fn run(
             for (k, v) in &out.headers {
                 headers = headers.insert(rdkafka::message::Header {
                     key: k,
-                    value: Some(v),
+                    value: v.as_deref(),
                 });
             }
             let mut rec = BaseRecord::<[u8], [u8]>::to(&out.topic)

@@ -70,7 +70,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
                 timestamp: None,
                 key: None,
                 value: Some(line.clone()),
-                replay_count: 0,
+                ..Origin::default()
             },
             &mut fates,
         );

@@ -153,6 +153,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         commit_max_records: s.commit_max_records,
         transaction_timeout: args.transaction_timeout,
         stop_when_idle: args.stop_when_idle,
+        rewind_limit: std::time::Duration::from_secs(60),
+        input: engine::InputMode::Group,
     };
     let web = if args.no_http {
         None
@@ -201,7 +203,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(
             std::thread::Builder::new()
                 .name(format!("weir-eos-{}", sub.id))
-                .spawn(move || engine::run(pipeline, config, metrics, shutdown))?,
+                .spawn(move || {
+                    let job = engine::PipelineJob::new(pipeline);
+                    let topics = job.topics();
+                    engine::run(job, topics, config, metrics, shutdown)
+                })?,
         )
     } else {
         None
@@ -255,6 +261,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Err(e @ EngineError::Fenced { .. }) => {
             eprintln!("weir run: {e}");
             Err(Exit(3).into())
+        }
+        Err(e @ EngineError::NoFate { .. }) => {
+            eprintln!("weir run: {e}");
+            Err(Exit(4).into())
         }
         Err(e) => Err(anyhow::Error::new(e).context("the exactly-once loop stopped")),
     }

@@ -65,6 +65,11 @@ pub mod kafka {
     pub const TIMEOUT: Duration = Duration::from_secs(30);
 
     pub fn create_topics(names: &[&str], partitions: i32) {
+        create_topics_with(names, partitions, &[]);
+    }
+
+    /// Creates topics with topic configs (`max.message.bytes`, …).
+    pub fn create_topics_with(names: &[&str], partitions: i32, configs: &[(&str, &str)]) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", super::bootstrap())
             .create()
@@ -75,7 +80,12 @@ pub mod kafka {
             .unwrap();
         let topics: Vec<NewTopic> = names
             .iter()
-            .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+            .map(|n| {
+                configs.iter().fold(
+                    NewTopic::new(n, partitions, TopicReplication::Fixed(1)),
+                    |t, (k, v)| t.set(k, v),
+                )
+            })
             .collect();
         let results = rt
             .block_on(admin.create_topics(
@@ -526,5 +536,193 @@ pub mod weir {
             );
             (stdout, stderr)
         }
+    }
+}
+
+pub mod users {
+    //! Raw randomuser-shaped records for tests that run the users topology.
+
+    /// A valid raw user `i`, in many scripts, with a numeric postcode for even `i`.
+    pub fn valid_user(i: usize) -> String {
+        const FIRST: &[&str] = &[
+            "ana",
+            "Zoryana",
+            "  ÉLODIE ",
+            "پارسا",
+            "o'neil",
+            "Mary-Jane",
+            "Jürgen",
+            "Леся",
+        ];
+        const LAST: &[&str] = &[
+            "li",
+            "Kovalenko",
+            "d'arc",
+            "نکو نظر",
+            "SMITH-JONES",
+            "Müller",
+            "Українка",
+        ];
+        let first = FIRST[i % FIRST.len()];
+        let last = LAST[i % LAST.len()];
+        let postcode = if i % 2 == 0 {
+            serde_json::json!(10000 + i)
+        } else {
+            serde_json::json!(format!("PC {i}"))
+        };
+        serde_json::json!({
+            "gender": if i % 2 == 0 { "female" } else { "male" },
+            "name": {"title": "Ms", "first": first, "last": last},
+            "location": {"street": {"number": i, "name": "Main Street"}, "city": "Kyiv",
+                         "state": "Kyivska", "country": "Ukraine", "postcode": postcode,
+                         "coordinates": {"latitude": "1.0", "longitude": "2.0"},
+                         "timezone": {"offset": "+2:00", "description": "Kyiv"}},
+            "email": format!("User.{i}@Example.com"),
+            "login": {"uuid": format!("00000000-0000-4000-8000-{i:012}"), "username": format!("user{i}")},
+            "dob": {"date": "1993-07-20T09:44:18.674Z", "age": 31},
+            "registered": {"date": "2015-06-21T11:04:38.419Z", "age": 9},
+            "phone": "(097) 555-12-34", "cell": "+380 97 555 1234",
+            "id": {"name": "", "value": null},
+            "picture": {"large": "l", "medium": "m", "thumbnail": "t"},
+            "nat": "UA"
+        })
+        .to_string()
+    }
+
+    /// Raw record `i`: every tenth is bad in one of eight ways; the reason its dead letter
+    /// must give comes with it.
+    pub fn raw_record(i: usize) -> (Vec<u8>, Option<&'static str>) {
+        if i % 10 != 0 {
+            return (valid_user(i).into_bytes(), None);
+        }
+        let user = valid_user(i);
+        let mut v: serde_json::Value = serde_json::from_str(&user).unwrap();
+        match (i / 10) % 8 {
+            0 => (
+                user.as_bytes()[..user.len() / 2].to_vec(),
+                Some("json.malformed"),
+            ),
+            1 => {
+                let mut b = user.into_bytes();
+                b.insert(20, 0xff);
+                (b, Some("utf8.invalid"))
+            }
+            2 => {
+                v["name"].as_object_mut().unwrap().remove("first");
+                (v.to_string().into_bytes(), Some("field.missing:name.first"))
+            }
+            3 => {
+                v["email"] = "not-an-email".into();
+                (v.to_string().into_bytes(), Some("email.invalid"))
+            }
+            4 => (b"[1,2,3]".to_vec(), Some("record.not_object")),
+            5 => {
+                v["dob"]["age"] = "thirty".into();
+                (v.to_string().into_bytes(), Some("field.type:dob.age"))
+            }
+            6 => {
+                v["location"]["city"] = "x".repeat(150).into();
+                (
+                    v.to_string().into_bytes(),
+                    Some("field.too_long:location.city"),
+                )
+            }
+            _ => {
+                v["dob"]["date"] = "31/02/1990".into();
+                (v.to_string().into_bytes(), Some("date.invalid:dob.date"))
+            }
+        }
+    }
+}
+
+pub mod fates {
+    //! What became of every raw record: its fates in the clean and dead-letter topics, by
+    //! the source coordinates they carry.
+
+    use std::collections::HashMap;
+
+    use rdkafka::message::OwnedMessage;
+    use rdkafka::Message;
+
+    /// One fate of a raw record.
+    pub enum Fate {
+        Clean(serde_json::Value),
+        Dead(OwnedMessage),
+    }
+
+    impl Fate {
+        pub fn dead(&self) -> Option<&OwnedMessage> {
+            match self {
+                Fate::Dead(m) => Some(m),
+                Fate::Clean(_) => None,
+            }
+        }
+
+        /// The reason codes of a dead letter (empty for a clean record).
+        pub fn reasons(&self) -> String {
+            self.dead()
+                .and_then(|m| super::kafka::header(m, "weir.errors.reasons"))
+                .map(|r| String::from_utf8_lossy(r).into_owned())
+                .unwrap_or_default()
+        }
+    }
+
+    /// Every fate of the records of `raw`, by (partition, offset): the committed clean records
+    /// and the committed dead letters whose source is `raw`.
+    pub fn of(
+        raw: &str,
+        clean: &str,
+        dlq: &str,
+        partitions: i32,
+    ) -> HashMap<(i32, i64), Vec<Fate>> {
+        let mut fates: HashMap<(i32, i64), Vec<Fate>> = HashMap::new();
+        for m in super::kafka::read_all(clean, partitions, "read_committed") {
+            let v: serde_json::Value =
+                serde_json::from_slice(m.payload().unwrap_or_default()).expect("clean JSON");
+            if v["source"]["topic"] != raw {
+                continue;
+            }
+            let key = (
+                v["source"]["partition"].as_i64().unwrap() as i32,
+                v["source"]["offset"].as_i64().unwrap(),
+            );
+            fates.entry(key).or_default().push(Fate::Clean(v));
+        }
+        for m in super::kafka::read_all(dlq, partitions, "read_committed") {
+            let h = |k: &str| {
+                super::kafka::header(&m, k).map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            if h("weir.errors.topic").as_deref() != Some(raw) {
+                continue;
+            }
+            let key = (
+                h("weir.errors.partition").unwrap().parse().unwrap(),
+                h("weir.errors.offset").unwrap().parse().unwrap(),
+            );
+            fates.entry(key).or_default().push(Fate::Dead(m));
+        }
+        fates
+    }
+
+    /// Panics unless every offset below `ends[p]` of each partition has exactly one fate.
+    pub fn assert_exactly_once(fates: &HashMap<(i32, i64), Vec<Fate>>, ends: &[i64]) {
+        let duplicates: Vec<_> = fates
+            .iter()
+            .filter(|(_, f)| f.len() > 1)
+            .map(|(k, _)| *k)
+            .take(5)
+            .collect();
+        let missing: Vec<(i32, i64)> = (0..ends.len() as i32)
+            .flat_map(|p| (0..ends[p as usize]).map(move |o| (p, o)))
+            .filter(|k| !fates.contains_key(k))
+            .take(5)
+            .collect();
+        let total: i64 = ends.iter().sum();
+        assert!(
+            duplicates.is_empty() && missing.is_empty() && fates.len() as i64 == total,
+            "exactly once broken: {} raw records, {} with a fate; more than one fate: {duplicates:?}; no fate: {missing:?}",
+            total,
+            fates.len()
+        );
     }
 }
