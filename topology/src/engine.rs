@@ -59,6 +59,11 @@ pub trait Job: Send {
     /// The dead letter that replaces a record's outputs when the broker refused one of them;
     /// `None` when the job has nowhere to send it (the engine then stops).
     fn refusal(&mut self, input: &BorrowedMessage<'_>, refusal: &Refusal) -> Option<OutRecord>;
+    /// Called once the producer holds its transactional id (an earlier run's open
+    /// transaction is aborted by then), before the first record; again after a restart.
+    fn on_start(&mut self) -> Result<(), String> {
+        Ok(())
+    }
     /// The open transaction committed: what the job did since the last call is settled.
     fn on_commit(&mut self) {}
     /// The open transaction aborted: what the job did since the last commit is undone, and
@@ -200,6 +205,8 @@ pub enum EngineError {
     },
     #[error("could not rewind to the aborted transaction's first offsets within {limit:?} ({source}); stopping rather than reading on past records that were not committed")]
     Rewind { limit: Duration, source: KafkaError },
+    #[error("the job could not start: {0}")]
+    Start(String),
     #[error("record {topic}/{partition}@{offset} has no possible fate: {why}")]
     NoFate {
         topic: String,
@@ -408,7 +415,10 @@ fn producer_config(cfg: &EngineConfig) -> ClientConfig {
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
-        .set("compression.type", "lz4");
+        .set("compression.type", "lz4")
+        // as Kafka's Java producer and `weir ingest`: a key lands where Kafka Streams would
+        // put it, and a replayed record goes back to its original partition
+        .set("partitioner", "murmur2_random");
     for (k, v) in &cfg.options {
         c.set(k, v);
     }
@@ -1215,7 +1225,7 @@ impl Job for PipelineJob {
 /// from the committed offsets, as Kafka Streams does for a migrated task (at most 5 times in
 /// 10 minutes). A consumer fenced by another member with the same instance id ends it.
 pub fn run<J: Job>(
-    mut job: J,
+    job: &mut J,
     topics: Vec<String>,
     config: EngineConfig,
     metrics: Metrics,
@@ -1235,7 +1245,7 @@ pub fn run<J: Job>(
     let mut restarts: Vec<Instant> = Vec::new();
     loop {
         let result = run_once(
-            &mut job,
+            job,
             &topics,
             &config,
             &metrics,
@@ -1287,6 +1297,7 @@ fn run_once<J: Job>(
             id: id.clone(),
             source,
         })?;
+    job.on_start().map_err(EngineError::Start)?;
     let shared = Arc::new(Shared {
         producer,
         state: Mutex::new(TxnState::default()),

@@ -25,6 +25,7 @@ use weir_topology::pipeline::{BuildContext, Built, OutRecord, SinkEncoder};
 use weir_topology::{Body, DataType, Envelope, NodeConfig, OutputSpec};
 
 pub mod reader;
+pub mod replay;
 
 pub const REASONS: &str = "weir.errors.reasons";
 pub const MESSAGE: &str = "weir.errors.message";

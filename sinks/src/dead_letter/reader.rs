@@ -13,7 +13,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use weir_topology::engine::REPLAY_COUNT_HEADER;
 
-use super::{APPLICATION, FAILED_AT, MESSAGE, NODE, OFFSET, PARTITION, REASONS, TIMESTAMP, TOPIC};
+use super::{
+    APPLICATION, FAILED_AT, MESSAGE, NODE, OFFSET, PARTITION, REASONS, TIMESTAMP, TOPIC, TRUNCATED,
+};
 
 /// A dead letter as read from its topic.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -41,6 +43,10 @@ pub struct DeadLetter {
     /// The original key and bytes, unchanged.
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
+    /// Every header as read: the source record's own, then the dead letter's.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The value is a preview of a record the broker refused, not the record.
+    pub truncated: bool,
 }
 
 impl DeadLetter {
@@ -57,6 +63,8 @@ impl DeadLetter {
         };
         if let Some(headers) = m.headers() {
             for h in headers.iter() {
+                d.headers
+                    .push((h.key.to_owned(), h.value.map(<[u8]>::to_vec)));
                 let Some(v) = h.value.and_then(|v| std::str::from_utf8(v).ok()) else {
                     continue;
                 };
@@ -77,6 +85,7 @@ impl DeadLetter {
                     APPLICATION => d.application_id = Some(v.to_owned()),
                     FAILED_AT => d.failed_at = v.parse().ok(),
                     REPLAY_COUNT_HEADER => d.replay_count = v.parse().unwrap_or(0),
+                    TRUNCATED => d.truncated = v == "true",
                     _ => {}
                 }
             }

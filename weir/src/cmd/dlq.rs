@@ -1,6 +1,7 @@
 //! `weir dlq tail|stats|replay`: see every dead letter with why and whence, count them, and
-//! send them back once the cause is fixed — exactly once, in Kafka transactions that carry the
-//! replay group's offsets, with a loop guard on the replay count.
+//! send them back once the cause is fixed — exactly once, on the engine's transaction loop
+//! with a ledger of replayed dead letters (`weir_sinks::dead_letter::replay`), with a loop
+//! guard on the replay count.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
@@ -10,21 +11,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use weir_sinks::dead_letter::reader::{escape, DeadLetter, Extent, Reader, Start};
+use weir_sinks::dead_letter::replay::{
+    ensure_ledger, ledger_topic, read_ledger, Decision, ReplayJob, ReplayRules, Tally,
+};
 use weir_sinks::dead_letter::DeadLetterConfig;
 use weir_sinks::postgres::config::LatePolicy;
 use weir_sinks::postgres::PostgresSinkConfig;
-use weir_topology::engine::REPLAY_COUNT_HEADER;
+use weir_topology::engine::{self, EngineConfig, InputMode, PartitionRange};
 use weir_topology::Topology;
 
 use super::{parse_since, Exit};
-
-/// Header on a replayed record: the dead letter it came from (`topic/partition@offset`).
-pub const REPLAYED_FROM_HEADER: &str = "weir.replay.from";
 
 /// Options every `weir dlq` command takes.
 #[derive(Debug, clap::Args)]
@@ -77,8 +76,9 @@ pub struct StatsArgs {
 /// Options of `weir dlq replay`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Replays each dead letter at most once per replay group (default: one group per reason): \
-a rerun after a crash or a later run resumes where the last one committed.\n\nExamples:\n  weir dlq replay --reason email.invalid --dry-run\n  weir dlq replay --reason email.invalid"
+    after_help = "Replays each dead letter at most once, whatever the reason asked for: a ledger topic records \
+every replayed dead letter in the same transaction, so a rerun after a crash, or a later run for another reason, \
+sends only what was never sent. Dead letters skipped, refused or unroutable now stay for a later run.\n\nExamples:\n  weir dlq replay --reason email.invalid --dry-run\n  weir dlq replay --reason email.invalid"
 )]
 pub struct ReplayArgs {
     #[command(flatten)]
@@ -95,9 +95,10 @@ pub struct ReplayArgs {
     /// Refuse records already replayed this many times (the loop guard).
     #[arg(long, default_value_t = 3)]
     pub max_replays: u32,
-    /// The replay's consumer group (default: `<application id>.dlq-replay.<reason>`).
+    /// The ledger of replayed dead letters (default: `<application id>-dlq-replay-ledger`,
+    /// created compacted when missing).
     #[arg(long)]
-    pub group: Option<String>,
+    pub ledger: Option<String>,
     /// Records per transaction.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,
@@ -110,10 +111,13 @@ struct Target {
 }
 
 fn target(c: &Common) -> anyhow::Result<Target> {
-    let t = super::load(&c.topology)?;
+    target_of(&super::load(&c.topology)?, c)
+}
+
+fn target_of(t: &Topology, c: &Common) -> anyhow::Result<Target> {
     let topics = match &c.topic {
         Some(topic) => vec![topic.clone()],
-        None => dead_letter_topics(&t),
+        None => dead_letter_topics(t),
     };
     if topics.is_empty() {
         anyhow::bail!(
@@ -322,176 +326,43 @@ pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The counts a replay reports.
-#[derive(Debug, Default)]
-struct Tally {
-    examined: u64,
-    replayed: u64,
-    refused: u64,
-    skipped: u64,
-    unroutable: u64,
-}
-
 pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
-    let target = target(&args.common)?;
-    let group = args.group.clone().unwrap_or_else(|| {
-        format!(
-            "{}.dlq-replay.{}",
-            target.application_id,
-            args.reason.replace(
-                |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
-                "_"
-            )
-        )
-    });
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &target.bootstrap)
-        .set("group.id", &group)
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "100")
-        .set_log_level(RDKafkaLogLevel::Warning)
-        .create()
-        .context("creating the replay consumer")?;
-    // fence and abort a killed replay of this group first: its open transaction holds the
-    // group's offsets
-    let producer: Option<ThreadedProducer<rdkafka::producer::DefaultProducerContext>> =
-        if args.dry_run {
-            None
-        } else {
-            let p: ThreadedProducer<_> = ClientConfig::new()
-                .set("bootstrap.servers", &target.bootstrap)
-                .set("transactional.id", format!("weir-{group}"))
-                .set("enable.idempotence", "true")
-                .set("acks", "all")
-                .set("linger.ms", "5")
-                // a replay killed mid-transaction holds the group's offsets until then
-                .set("transaction.timeout.ms", "10000")
-                .set_log_level(RDKafkaLogLevel::Warning)
-                .create()
-                .context("creating the replay producer")?;
-            p.init_transactions(Duration::from_secs(30))
-                .context("initialising transactions (fences an earlier replay of this group)")?;
-            Some(p)
-        };
-    // start at the group's committed offsets, read up to today's end
-    let extent = Extent::of(&consumer, &target.topics)
-        .with_context(|| format!("reading the partitions of {}", target.topics.join(", ")))?;
-    let mut wanted = TopicPartitionList::new();
-    for (topic, p, _, _) in &extent.partitions {
-        wanted.add_partition(topic, *p);
-    }
-    let committed = consumer
-        .committed_offsets(wanted, Duration::from_secs(30))
-        .context("reading the replay group's offsets")?;
-    let mut assignment = TopicPartitionList::new();
-    let mut total: i64 = 0;
-    for (topic, p, low, end) in &extent.partitions {
-        let start = committed
-            .find_partition(topic, *p)
-            .and_then(|e| e.offset().to_raw())
-            .filter(|o| *o >= 0);
-        total += end - start.unwrap_or(*low).max(*low);
-        assignment.add_partition_offset(
-            topic,
-            *p,
-            start.map_or(Offset::Beginning, Offset::Offset),
-        )?;
-    }
-    consumer.assign(&assignment)?;
-
+    let t = super::load(&args.common.topology)?;
+    let target = target_of(&t, &args.common)?;
+    let rules = ReplayRules {
+        reason: args.reason.clone(),
+        since: args.common.since,
+        max_replays: args.max_replays,
+        to: args.to.clone(),
+    };
+    let ledger = args
+        .ledger
+        .clone()
+        .unwrap_or_else(|| ledger_topic(&target.application_id));
+    let options: Vec<(String, String)> = t
+        .settings
+        .kafka
+        .options
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let shutdown = weir::signals::shutdown_flag()?;
-    let mut tally = Tally::default();
-    let mut progress = Progress::new(total.max(0) as u64);
-    let caught_up = |c: &BaseConsumer| extent.reached(c);
-    let mut last_progress = Instant::now();
-    while !caught_up(&consumer) && !shutdown.load(Ordering::Relaxed) {
-        if last_progress.elapsed() > STALL {
-            eprintln!("\nweir dlq replay: no progress for {STALL:?}; stopping (an open transaction on the dead-letter topic holds back its end)");
-            break;
-        }
-        if let Some(p) = &producer {
-            p.begin_transaction().context("beginning a transaction")?;
-        }
-        let mut next_offsets: HashMap<(String, i32), i64> = HashMap::new();
-        let batch_start = Instant::now();
-        let mut n = 0;
-        while n < args.batch && batch_start.elapsed() < Duration::from_secs(1) {
-            let Some(m) = consumer.poll(Duration::from_millis(100)) else {
-                if caught_up(&consumer) {
-                    break;
-                }
-                continue;
-            };
-            let m = m.context("reading the dead-letter topic")?;
-            let d = DeadLetter::from_message(&m);
-            n += 1;
-            last_progress = Instant::now();
-            tally.examined += 1;
-            next_offsets.insert((d.topic.clone(), d.partition), d.offset + 1);
-            if !matches(&d, Some(&args.reason), args.common.since) {
-                tally.skipped += 1;
-                continue;
-            }
-            if d.replay_count >= args.max_replays {
-                tally.refused += 1;
-                continue;
-            }
-            let Some(to) = args.to.as_ref().or(d.source_topic.as_ref()) else {
-                tally.unroutable += 1;
-                continue;
-            };
-            tally.replayed += 1;
-            let Some(p) = &producer else { continue };
-            let count = (d.replay_count + 1).to_string();
-            let from = format!("{}/{}@{}", d.topic, d.partition, d.offset);
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: REPLAY_COUNT_HEADER,
-                    value: Some(count.as_bytes()),
-                })
-                .insert(Header {
-                    key: REPLAYED_FROM_HEADER,
-                    value: Some(from.as_bytes()),
-                });
-            let mut record = BaseRecord::to(to).payload(&d.value).headers(headers);
-            if let Some(k) = &d.key {
-                record = record.key(k);
-            }
-            loop {
-                match p.send(record) {
-                    Ok(()) => break,
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull,
-                        ),
-                        r,
-                    )) => {
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err((e, _)) => return Err(e).with_context(|| format!("sending to {to}")),
-                }
+    let tally = if args.dry_run {
+        dry_run(&target, &rules, &ledger, &options)?
+    } else {
+        ensure_ledger(&target.bootstrap, &options, &ledger)
+            .with_context(|| format!("creating the replay ledger topic {ledger}"))?;
+        let mut tally = Tally::default();
+        for topic in &target.topics {
+            tally = replay_topic(
+                args, &t, &target, topic, &rules, &ledger, &options, &shutdown, tally,
+            )?;
+            if shutdown.load(Ordering::Relaxed) {
+                break;
             }
         }
-        if let Some(p) = &producer {
-            if !next_offsets.is_empty() {
-                let mut offsets = TopicPartitionList::new();
-                for ((t, part), o) in &next_offsets {
-                    offsets.add_partition_offset(t, *part, Offset::Offset(*o))?;
-                }
-                let meta = consumer
-                    .group_metadata()
-                    .context("the replay consumer has no group metadata")?;
-                p.send_offsets_to_transaction(&offsets, &meta, Duration::from_secs(30))
-                    .context("adding the replay group's offsets to the transaction")?;
-            }
-            p.commit_transaction(Duration::from_secs(60))
-                .context("committing the replay transaction")?;
-        }
-        progress.show(&tally);
-    }
-    progress.done();
+        tally
+    };
     let verb = if args.dry_run {
         "would replay"
     } else {
@@ -504,20 +375,130 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         args.reason,
         args.to.as_deref().unwrap_or("their source topics"),
         if args.dry_run {
-            " (dry run: nothing sent, no offsets committed)"
+            " (dry run: nothing sent, nothing written to the ledger)"
         } else {
             ""
         }
     );
     println!(
-        "  examined {}, skipped {} (other reasons or before --since), refused {} (replayed {} times already: the loop guard, --max-replays), no source topic {}; replay group {group}",
-        tally.examined, tally.skipped, tally.refused, args.max_replays, tally.unroutable
+        "  examined {}, already replayed {} (in the ledger {ledger}), skipped {} (other reasons or before --since), refused {} (replayed {} times already: the loop guard, --max-replays), previews of refused records {}, no source topic {}",
+        tally.examined,
+        tally.already,
+        tally.skipped,
+        tally.refused,
+        args.max_replays,
+        tally.truncated,
+        tally.unroutable
     );
     if shutdown.load(Ordering::Relaxed) {
         eprintln!("interrupted: the committed part is kept; run again to go on");
         return Err(Exit(130).into());
     }
     Ok(())
+}
+
+/// What a replay would do, from the ledger and the dead letters; sends nothing.
+fn dry_run(
+    target: &Target,
+    rules: &ReplayRules,
+    ledger: &str,
+    options: &[(String, String)],
+) -> anyhow::Result<Tally> {
+    let replayed = match read_ledger(&target.bootstrap, options, ledger) {
+        Ok(keys) => keys,
+        // no ledger yet: nothing replayed yet
+        Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+            Default::default()
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading the replay ledger {ledger}")),
+    };
+    let mut reader = Reader::open(&target.bootstrap, &target.topics, Start::Beginning)
+        .with_context(|| format!("reading {}", target.topics.join(", ")))?;
+    let mut tally = Tally::default();
+    reader
+        .read_to_end(STALL, |d| {
+            tally.examined += 1;
+            match rules.decide(&d, &replayed) {
+                Decision::Replay(_) => tally.replayed += 1,
+                Decision::Skip => tally.skipped += 1,
+                Decision::Refuse => tally.refused += 1,
+                Decision::Truncated => tally.truncated += 1,
+                Decision::Unroutable => tally.unroutable += 1,
+                Decision::Already => tally.already += 1,
+            }
+        })
+        .context("reading the dead-letter topic")?;
+    Ok(tally)
+}
+
+/// Replays one dead-letter topic from its beginning to today's end on the engine's loop.
+#[allow(clippy::too_many_arguments)]
+fn replay_topic(
+    args: &ReplayArgs,
+    t: &Topology,
+    target: &Target,
+    topic: &str,
+    rules: &ReplayRules,
+    ledger: &str,
+    options: &[(String, String)],
+    shutdown: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    before: Tally,
+) -> anyhow::Result<Tally> {
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &target.bootstrap)
+        .set_log_level(RDKafkaLogLevel::Warning)
+        .create()
+        .context("creating a Kafka client")?;
+    let extent = Extent::of(&probe, &[topic.to_owned()])
+        .with_context(|| format!("reading the partitions of {topic}"))?;
+    let partitions: Vec<PartitionRange> = extent
+        .partitions
+        .iter()
+        .map(|(topic, p, low, high)| PartitionRange {
+            topic: topic.clone(),
+            partition: *p,
+            start: *low,
+            end: *high,
+        })
+        .collect();
+    let total: i64 = partitions.iter().map(|r| r.end - r.start).sum();
+    let app = &target.application_id;
+    let config = EngineConfig {
+        application_id: app.clone(),
+        instance: "replay".into(),
+        subtopology: 0,
+        bootstrap_servers: target.bootstrap.clone(),
+        options: t.settings.kafka.options.clone(),
+        commit_interval: Duration::from_secs(1),
+        commit_max_records: args.batch.max(1),
+        transaction_timeout: Duration::from_secs(10),
+        // an open transaction of a crashed writer holds back the end
+        stop_when_idle: Some(STALL),
+        rewind_limit: Duration::from_secs(60),
+        input: InputMode::Range {
+            // one per application: a second replay fences the first
+            transactional_id: format!("{app}-dlq-replay"),
+            group_id: format!("{app}.dlq-replay"),
+            partitions,
+        },
+    };
+    let mut job = ReplayJob::new(rules.clone(), ledger, &target.bootstrap, options.to_vec());
+    let mut progress = Progress::new(total.max(0) as u64);
+    job.on_progress = Some(Box::new(move |t: &Tally| progress.show(t)));
+    let result = engine::run(
+        &mut job,
+        Vec::new(),
+        config,
+        weir_topology::metrics::Metrics::new(),
+        shutdown.clone(),
+    );
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    result.with_context(|| format!("replaying {topic}"))?;
+    let mut tally = before;
+    tally.add(&job.tally);
+    Ok(tally)
 }
 
 /// A progress bar on a terminal, a line every few seconds elsewhere.
@@ -564,12 +545,6 @@ impl Progress {
             eprint!("\r{line}");
         } else {
             eprintln!("{line}");
-        }
-    }
-
-    fn done(&self) {
-        if self.tty {
-            eprintln!();
         }
     }
 }

@@ -204,9 +204,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             std::thread::Builder::new()
                 .name(format!("weir-eos-{}", sub.id))
                 .spawn(move || {
-                    let job = engine::PipelineJob::new(pipeline);
+                    let mut job = engine::PipelineJob::new(pipeline);
                     let topics = job.topics();
-                    engine::run(job, topics, config, metrics, shutdown)
+                    engine::run(&mut job, topics, config, metrics, shutdown)
                 })?,
         )
     } else {
