@@ -388,7 +388,7 @@ fn a_dead_letter_with_two_reasons_is_replayed_once_as_the_original_record() {
                 "x@example.com"
             },
         );
-        if i < 20 || i >= 40 {
+        if !(20..40).contains(&i) {
             v["name"].as_object_mut().unwrap().remove("first");
         }
         let key = format!("k{i}");
