@@ -8,6 +8,8 @@
 -- window_ledger  one row per applied batch slice: window, partition and offset range
 -- audits         the result of each window audit (Airflow run id included)
 -- rejects        rows that PostgreSQL refused, with the reason and the source coordinates
+-- dead_letter_outbox  dead letters of a sink's batches, written in the batch's transaction
+--                and forwarded to Kafka exactly once (then deleted)
 
 CREATE TABLE IF NOT EXISTS users (
     user_uuid             UUID         NOT NULL,
@@ -123,4 +125,20 @@ CREATE TABLE IF NOT EXISTS rejects (
     record        JSONB,
     rejected_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     CONSTRAINT rejects_source_key UNIQUE (sink, topic, partition, "offset")
+);
+
+CREATE TABLE IF NOT EXISTS dead_letter_outbox (
+    sink              TEXT    NOT NULL,
+    -- the record the dead letter is for: the sink's topic, partition and offset
+    topic             TEXT    NOT NULL,
+    partition         INTEGER NOT NULL,
+    "offset"          BIGINT  NOT NULL,
+    dead_letter_topic TEXT    NOT NULL,
+    key               BYTEA,
+    value             BYTEA   NOT NULL,
+    header_names      TEXT[]  NOT NULL,
+    header_values     BYTEA[] NOT NULL,
+    record_timestamp  BIGINT,
+    created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (sink, topic, partition, "offset")
 );

@@ -88,6 +88,7 @@ async fn a_tampered_row_fails_the_audit_with_a_clear_report() {
         bootstrap_servers: common::bootstrap(),
         topic: clean.clone(),
         slack: Duration::from_secs(3600),
+        upstream: None,
     };
     let w0 = DateTime::from_timestamp_millis(base).unwrap();
     // a window cannot be sealed before the sink reported its watermark: poll
@@ -168,9 +169,24 @@ async fn a_tampered_row_fails_the_audit_with_a_clear_report() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(reason, "window.sealed");
-    let dead = tokio::task::block_in_place(|| common::kafka::read_all(&dlq, 2, "read_committed"));
+    assert!(reason.starts_with("window.sealed: "), "{reason}");
+    // the dead letter goes through the outbox: it is in Kafka once forwarded
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dead = loop {
+        let dead =
+            tokio::task::block_in_place(|| common::kafka::read_all(&dlq, 2, "read_committed"));
+        if !dead.is_empty() || Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     assert_eq!(dead.len(), 1, "one dead letter for the late record");
+    let outbox: i64 = client
+        .query_one("SELECT count(*) FROM dead_letter_outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(outbox <= 1, "forwarded rows leave the outbox");
     assert_eq!(
         common::kafka::header(&dead[0], "weir.errors.reasons"),
         Some(&b"window.sealed"[..])

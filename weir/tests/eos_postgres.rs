@@ -329,6 +329,7 @@ async fn a_hundred_thousand_records_exactly_once_into_postgres_despite_sigkill_a
         bootstrap_servers: common::bootstrap(),
         topic: clean.clone(),
         slack: Duration::from_secs(3600),
+        upstream: None,
     };
     let mut total_sealed = 0;
     for w in 0..WINDOWS {

@@ -6,9 +6,10 @@
 //! the window sealed with its final counts, atomically and idempotently: sealing twice
 //! returns the same result.
 //!
-//! Auditing compares the clean topic's committed records whose timestamps fall in the window
-//! with the ledger, the window's counts and the table's rows — column by column — and stores
-//! the verdict in `audits`.
+//! Auditing reconciles a window end to end and stores the verdict in `audits`: every raw
+//! record of the window upstream has exactly one fate — a clean record or a dead letter —
+//! per raw partition; and the clean topic's committed records whose timestamps fall in the
+//! window match the ledger, the window's counts and the table's rows, column by column.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -274,7 +275,7 @@ pub async fn seal(
     })
 }
 
-/// Where the audit reads the clean topic.
+/// Where the audit reads the clean topic, and what is upstream of it.
 #[derive(Debug, Clone)]
 pub struct TopicSource {
     pub bootstrap_servers: String,
@@ -282,6 +283,26 @@ pub struct TopicSource {
     /// How far before the window's start to begin reading each partition: records are in
     /// offset order, their timestamps only roughly so.
     pub slack: Duration,
+    /// The raw topics and dead-letter topics of the application that writes `topic`: the
+    /// window is then reconciled from the raw records on.
+    pub upstream: Option<super::upstream::UpstreamSpec>,
+}
+
+/// The raw records of one raw partition in the window, and their fates.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RawPartition {
+    pub topic: String,
+    pub partition: i32,
+    /// Committed raw records with a timestamp in the window.
+    pub raw: i64,
+    /// Of them, those with a clean record.
+    pub clean: i64,
+    /// Of them, those with a dead letter.
+    pub dead_letters: i64,
+    /// Raw offsets with no fate (the first few).
+    pub without_fate: Vec<i64>,
+    /// Raw offsets with more than one fate (the first few).
+    pub more_than_one: Vec<i64>,
 }
 
 /// A committed record of the clean topic inside the window.
@@ -311,6 +332,8 @@ pub struct AuditReport {
     pub late_dropped: i64,
     pub late_accepted: i64,
     pub rows_checked: usize,
+    /// The end-to-end check per raw partition (empty when the topology names no upstream).
+    pub raw_partitions: Vec<RawPartition>,
     pub passed: bool,
     /// Every mismatch found, one sentence each.
     pub problems: Vec<String>,
@@ -336,18 +359,42 @@ fn scan(
     start: Millis,
     end: Millis,
 ) -> Result<HashMap<(i32, i64), Scanned>, String> {
+    let mut found = HashMap::new();
+    scan_topic(source, &source.topic, start, end, |m| {
+        let t = m.timestamp().to_millis().unwrap_or(0);
+        let record = m.payload().and_then(|p| serde_json::from_slice(p).ok());
+        found.insert(
+            (m.partition(), m.offset()),
+            Scanned {
+                timestamp: t,
+                record,
+            },
+        );
+    })?;
+    Ok(found)
+}
+
+/// Calls `each` with every committed record of `topic` whose timestamp is in
+/// `[start, end)`, reading every partition from `slack` before `start` to its end.
+fn scan_topic(
+    source: &TopicSource,
+    topic: &str,
+    start: Millis,
+    end: Millis,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<(), String> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &source.bootstrap_servers)
         .set("group.id", format!("weir-audit-{}", std::process::id()))
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        .set("enable.partition.eof", "true")
         .set_log_level(RDKafkaLogLevel::Warning)
         .create()
         .map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(30);
     let metadata = consumer
-        .fetch_metadata(Some(&source.topic), timeout)
+        .fetch_metadata(Some(topic), timeout)
         .map_err(|e| e.to_string())?;
     let partitions: Vec<i32> = metadata
         .topics()
@@ -356,76 +403,122 @@ fn scan(
         .collect();
     if partitions.is_empty() {
         return Err(format!(
-            "topic \"{}\" has no partitions (does it exist?)",
-            source.topic
+            "topic \"{topic}\" has no partitions (does it exist?)"
         ));
     }
     let from = start - source.slack.as_millis() as i64;
     let mut times = TopicPartitionList::new();
     for p in &partitions {
         times
-            .add_partition_offset(&source.topic, *p, Offset::Offset(from.max(0)))
+            .add_partition_offset(topic, *p, Offset::Offset(from.max(0)))
             .map_err(|e| e.to_string())?;
     }
     let starts = consumer
         .offsets_for_times(times, timeout)
         .map_err(|e| e.to_string())?;
-    let mut ends = HashMap::new();
+    let mut open = HashSet::new();
     let mut assign = TopicPartitionList::new();
     for e in starts.elements() {
         let (_, high) = consumer
-            .fetch_watermarks(&source.topic, e.partition(), timeout)
+            .fetch_watermarks(topic, e.partition(), timeout)
             .map_err(|e| e.to_string())?;
         let offset = match e.offset() {
             Offset::Offset(o) => o,
             _ => high,
         };
         if offset < high {
-            ends.insert(e.partition(), high);
+            open.insert(e.partition());
             assign
-                .add_partition_offset(&source.topic, e.partition(), Offset::Offset(offset))
+                .add_partition_offset(topic, e.partition(), Offset::Offset(offset))
                 .map_err(|e| e.to_string())?;
         }
     }
-    let mut found = HashMap::new();
     if assign.count() == 0 {
-        return Ok(found);
+        return Ok(());
     }
     consumer.assign(&assign).map_err(|e| e.to_string())?;
     let mut last_progress = std::time::Instant::now();
-    loop {
-        let positions = consumer.position().map_err(|e| e.to_string())?;
-        let done = ends.iter().all(|(p, high)| {
-            positions
-                .find_partition(&source.topic, *p)
-                .and_then(|e| e.offset().to_raw())
-                .is_some_and(|pos| pos >= *high)
-        });
-        // an open transaction holds the committed end below the high watermark: what
-        // follows it is not committed, so it is not counted
-        if done || last_progress.elapsed() > Duration::from_secs(5) {
-            break;
-        }
+    // the end of each partition (past transaction markers) ends its read; an open
+    // transaction holds the committed end back: what follows it is not committed, so after
+    // a while without progress it is not counted
+    while !open.is_empty() && last_progress.elapsed() < Duration::from_secs(5) {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 last_progress = std::time::Instant::now();
                 let t = m.timestamp().to_millis().unwrap_or(0);
                 if t >= start && t < end {
-                    let record = m.payload().and_then(|p| serde_json::from_slice(p).ok());
-                    found.insert(
-                        (m.partition(), m.offset()),
-                        Scanned {
-                            timestamp: t,
-                            record,
-                        },
-                    );
+                    each(&m);
                 }
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
             }
             Some(Err(e)) => return Err(e.to_string()),
             None => {}
         }
     }
-    Ok(found)
+    Ok(())
+}
+
+/// The end-to-end check: each raw record of the window has exactly one fate, a clean record
+/// (`clean`, by its source coordinates) or a dead letter of the upstream application.
+fn reconcile_raw(
+    source: &TopicSource,
+    up: &super::upstream::UpstreamSpec,
+    clean: &HashMap<(i32, i64), Scanned>,
+    start: Millis,
+    end: Millis,
+) -> Result<Vec<RawPartition>, String> {
+    // (raw topic, partition, offset) → fates
+    let mut fates: HashMap<(String, i32, i64), (i64, i64)> = HashMap::new();
+    for s in clean.values() {
+        let Some(src) = s.record.as_ref().and_then(|r| r.get("source")) else {
+            continue;
+        };
+        if let (Some(t), Some(p), Some(o)) = (
+            src.get("topic").and_then(|v| v.as_str()),
+            src.get("partition").and_then(|v| v.as_i64()),
+            src.get("offset").and_then(|v| v.as_i64()),
+        ) {
+            fates.entry((t.to_owned(), p as i32, o)).or_default().0 += 1;
+        }
+    }
+    for dlq in &up.dead_letter_topics {
+        scan_topic(source, dlq, start, end, |m| {
+            let d = crate::dead_letter::reader::DeadLetter::from_message(m);
+            if let (Some(t), Some(p), Some(o)) =
+                (d.source_topic, d.source_partition, d.source_offset)
+            {
+                if up.topics.contains(&t) {
+                    fates.entry((t, p, o)).or_default().1 += 1;
+                }
+            }
+        })?;
+    }
+    let mut by_partition: BTreeMap<(String, i32), RawPartition> = BTreeMap::new();
+    for raw in &up.topics {
+        scan_topic(source, raw, start, end, |m| {
+            let key = (raw.clone(), m.partition(), m.offset());
+            let part = by_partition
+                .entry((raw.clone(), m.partition()))
+                .or_insert_with(|| RawPartition {
+                    topic: raw.clone(),
+                    partition: m.partition(),
+                    ..RawPartition::default()
+                });
+            part.raw += 1;
+            let (c, d) = fates.get(&key).copied().unwrap_or((0, 0));
+            part.clean += c.min(1);
+            part.dead_letters += d.min(1);
+            if c + d == 0 && part.without_fate.len() < 10 {
+                part.without_fate.push(m.offset());
+            }
+            if c + d > 1 && part.more_than_one.len() < 10 {
+                part.more_than_one.push(m.offset());
+            }
+        })?;
+    }
+    Ok(by_partition.into_values().collect())
 }
 
 fn select_expr(c: &Column) -> String {
@@ -503,7 +596,31 @@ pub async fn audit(
         .map_err(|e| AuditError::Kafka(e.to_string()))?
         .map_err(AuditError::Kafka)?;
 
+    let raw_partitions = match &source.upstream {
+        Some(up) => {
+            let (source2, up) = (source.clone(), up.clone());
+            let clean = scanned.clone();
+            tokio::task::spawn_blocking(move || {
+                reconcile_raw(&source2, &up, &clean, start_ms, end_ms)
+            })
+            .await
+            .map_err(|e| AuditError::Kafka(e.to_string()))?
+            .map_err(AuditError::Kafka)?
+        }
+        None => Vec::new(),
+    };
     let mut problems = Vec::new();
+    for p in &raw_partitions {
+        if !p.without_fate.is_empty()
+            || !p.more_than_one.is_empty()
+            || p.raw != p.clean + p.dead_letters
+        {
+            problems.push(format!(
+                "raw partition {}/{}: {} records in the window, {} clean and {} dead letters; without a fate: {:?}; with more than one: {:?}",
+                p.topic, p.partition, p.raw, p.clean, p.dead_letters, p.without_fate, p.more_than_one
+            ));
+        }
+    }
     let info = window(client, spec, start).await?;
     let (status, window_records, late_dl, late_drop, late_acc) = match &info {
         Some(w) => (
@@ -588,6 +705,7 @@ pub async fn audit(
         late_dropped: late_drop,
         late_accepted: late_acc,
         rows_checked,
+        raw_partitions: raw_partitions.clone(),
         passed: problems.is_empty(),
         problems,
         run_id: run_id.map(str::to_owned),

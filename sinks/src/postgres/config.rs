@@ -65,12 +65,19 @@ pub struct PostgresSinkConfig {
     /// What to do with a record for a sealed window.
     #[serde(default)]
     pub late_policy: LatePolicy,
-    /// The dead-letter topic for late records (policy `dead_letter`).
+    /// The sink's dead-letter topic: late records (policy `dead_letter`), records PostgreSQL
+    /// refuses, records with a time beyond `max_clock_skew` or outside years 1 to 9999. Their
+    /// dead letters go through the `dead_letter_outbox` table, exactly once.
     #[serde(default = "default_late_topic")]
     pub late_topic: String,
-    /// A partition with no records for this long advances the watermark with the clock.
+    /// A partition read to its end with no records for this long advances the watermark with
+    /// the clock — once the application upstream has processed all of its input.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Duration,
+    /// A record timed further than this ahead of the clock is a dead letter
+    /// (`timestamp.future`), not a watermark mover.
+    #[serde(default = "default_max_clock_skew")]
+    pub max_clock_skew: Duration,
 }
 
 fn default_key() -> String {
@@ -90,6 +97,9 @@ fn default_flush_interval() -> Duration {
 }
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_late_topic() -> String {
     std::env::var("WEIR_TOPIC_DLQ").unwrap_or_else(|_| "randomuser-topic-dlq".into())

@@ -19,6 +19,10 @@ pub struct SinkMetrics {
     pub late_records: IntCounterVec,
     pub watermark_lag: Gauge,
     pub degraded: IntGauge,
+    /// Dead letters the sink wrote into its outbox.
+    pub dead_letters: IntCounter,
+    /// Records PostgreSQL refused even alone, by SQLSTATE.
+    pub unwritable: IntCounterVec,
 }
 
 impl SinkMetrics {
@@ -64,6 +68,19 @@ impl SinkMetrics {
             "sink_degraded",
             "1 while the sink cannot write to PostgreSQL",
         )))?;
+        let dead_letters = IntCounter::with_opts(l(Opts::new(
+            "sink_dead_letters_total",
+            "Dead letters a PostgreSQL sink wrote into its outbox (late, refused, bad times)",
+        )))?;
+        let unwritable = IntCounterVec::new(
+            l(Opts::new(
+                "sink_unwritable_records_total",
+                "Records PostgreSQL refused even when written alone, by SQLSTATE: kept in rejects and the dead-letter topic",
+            )),
+            &["sqlstate"],
+        )?;
+        registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(unwritable.clone()))?;
         registry.register(Box::new(records.clone()))?;
         registry.register(Box::new(rows_written.clone()))?;
         registry.register(Box::new(rejects.clone()))?;
@@ -81,6 +98,8 @@ impl SinkMetrics {
             late_records,
             watermark_lag,
             degraded,
+            dead_letters,
+            unwritable,
         })
     }
 
@@ -93,6 +112,7 @@ impl SinkMetrics {
         self.records.inc_by(o.records);
         self.rows_written.inc_by(o.rows_written);
         self.rejects.inc_by(o.rejected);
+        self.dead_letters.inc_by(o.dead_letters);
         if o.records > 0 {
             self.batch_latency.observe(latency.as_secs_f64());
         }

@@ -4,13 +4,17 @@
 //! - [`window`]: window arithmetic and the watermark, as pure logic.
 //! - [`writer`]: one batch in one transaction — rows, ledger, window counts, rejects, offsets.
 //! - [`sink`]: the consumer loop that feeds the writer and seeks to the stored offsets.
+//! - [`outbox`]: the sink's dead letters, forwarded from PostgreSQL to Kafka exactly once.
+//! - [`upstream`]: whether the application upstream has processed its input (seal safety).
 //! - [`admin`]: seal and audit a window (the calls behind the HTTP API and `weir audit`).
 //! - [`metrics`]: the sink's Prometheus metrics.
 
 pub mod admin;
 pub mod config;
 pub mod metrics;
+pub mod outbox;
 pub mod sink;
+pub mod upstream;
 pub mod window;
 pub mod writer;
 

@@ -15,19 +15,20 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_postgres::NoTls;
-use weir_topology::pipeline::SinkEncoder;
-use weir_topology::{Body, Envelope, Failure, Origin};
 
-use super::config::{LatePolicy, PostgresSinkConfig};
+use super::config::PostgresSinkConfig;
 use super::metrics::SinkMetrics;
-use super::window::{window_start, Millis, Watermarks};
+use super::outbox::{self, OutboxSettings};
+use super::upstream::{UpstreamCheck, UpstreamSpec};
+use super::window::{time_problem, window_start, Millis, Upstream, Watermarks};
 use super::writer::{
-    load_offsets, raw_field, write_batch, OffsetMove, Row, SinkIdent, Table, WriteError,
+    load_offsets, raw_field, write_batch, write_unwritable, DeadLetters, ErrorKind, OffsetMove,
+    Outcome, Row, SinkIdent, Table, WriteError,
 };
 use crate::dead_letter::DeadLetterEncoder;
 
@@ -46,6 +47,9 @@ pub struct SinkSettings {
     pub kafka_options: std::collections::HashMap<String, String>,
     /// PostgreSQL URL (a secret: never logged).
     pub database_url: String,
+    /// The application that writes the topic, when the topology names it: idle partitions
+    /// follow the clock only once it has processed its input.
+    pub upstream: Option<UpstreamSpec>,
 }
 
 impl SinkSettings {
@@ -96,6 +100,14 @@ pub enum SinkError {
     Table(String),
     #[error("could not start the sink's runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("record {topic}/{partition}@{offset} has no possible fate: PostgreSQL refused it alone ({first}) and refused its reject too ({then})")]
+    NoFate {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        first: String,
+        then: String,
+    },
 }
 
 /// Counts of a finished run.
@@ -105,6 +117,8 @@ pub struct SinkSummary {
     pub rows_written: u64,
     pub batches: u64,
     pub fenced: u64,
+    /// Records given up because PostgreSQL refused them alone.
+    pub unwritable: u64,
 }
 
 #[derive(Default)]
@@ -268,9 +282,14 @@ fn pool(url: &str) -> Result<Pool, SinkError> {
 }
 
 /// Turns a clean-topic record into a row.
-fn row_of<M: Message>(msg: &M, table: &Table, window_ms: i64) -> Row {
+fn row_of<M: Message>(msg: &M, table: &Table, window_ms: i64, max_skew_ms: i64) -> Row {
     let timestamp = msg.timestamp().to_millis().unwrap_or_else(now_ms);
-    let window = window_start(timestamp, window_ms);
+    let time_problem = time_problem(timestamp, now_ms(), max_skew_ms);
+    let window = if time_problem.is_none() {
+        window_start(timestamp, window_ms)
+    } else {
+        0
+    };
     let payload = msg.payload().unwrap_or_default();
     // one level deep: nested values stay raw JSON, no tree is built
     let parsed = std::str::from_utf8(payload)
@@ -314,13 +333,49 @@ fn row_of<M: Message>(msg: &M, table: &Table, window_ms: i64) -> Row {
         window_start: window,
         values,
         undecodable,
+        time_problem,
         key: msg.key().map(<[u8]>::to_vec),
         raw: payload.to_vec(),
     }
 }
 
-/// Runs the sink until `shutdown` is set. Blocks: run it on a thread of its own.
+/// Runs the sink until `shutdown` is set. Blocks: run it on a thread of its own. The
+/// sink's dead-letter outbox is forwarded by a thread it starts and stops.
 pub fn run(
+    settings: SinkSettings,
+    metrics: SinkMetrics,
+    health: Arc<Health>,
+    shutdown: Arc<AtomicBool>,
+) -> Result<SinkSummary, SinkError> {
+    let stop_outbox = Arc::new(AtomicBool::new(false));
+    let forwarder = {
+        let outbox = OutboxSettings {
+            sink_id: settings.sink_id(),
+            topic: settings.topic.clone(),
+            bootstrap_servers: settings.bootstrap_servers.clone(),
+            kafka_options: settings.kafka_options.clone(),
+            database_url: settings.database_url.clone(),
+        };
+        let stop = stop_outbox.clone();
+        std::thread::Builder::new()
+            .name(format!("weir-outbox-{}", settings.node))
+            .spawn(move || outbox::run(outbox, stop))
+            .map_err(SinkError::Runtime)?
+    };
+    let result = consume(settings, metrics, health, shutdown);
+    stop_outbox.store(true, Ordering::SeqCst);
+    let _ = forwarder.join();
+    result
+}
+
+/// How a batch ended.
+enum Written {
+    Done(Outcome),
+    /// Another instance owns a partition (or the sink stops): start again from the store.
+    Fenced(String),
+}
+
+fn consume(
     settings: SinkSettings,
     metrics: SinkMetrics,
     health: Arc<Health>,
@@ -384,6 +439,8 @@ pub fn run(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // the end of a partition (past transaction markers) is what makes it idle
+        .set("enable.partition.eof", "true")
         .set("session.timeout.ms", "10000")
         .set("max.poll.interval.ms", "600000")
         .set("fetch.wait.max.ms", "50")
@@ -407,75 +464,24 @@ pub fn run(
             what: "subscription",
             source,
         })?;
-
-    // late records under the dead-letter policy go to the dead-letter topic
-    let late_producer: Option<ThreadedProducer<DefaultProducerContext>> =
-        if cfg.late_policy == LatePolicy::DeadLetter {
-            Some(
-                ClientConfig::new()
-                    .set("bootstrap.servers", &settings.bootstrap_servers)
-                    .set("enable.idempotence", "true")
-                    .set("acks", "all")
-                    .set_log_level(RDKafkaLogLevel::Warning)
-                    .create()
-                    .map_err(|source| SinkError::Kafka {
-                        what: "dead-letter producer",
-                        source,
-                    })?,
+    let mut upstream = match &settings.upstream {
+        Some(spec) => Some(
+            UpstreamCheck::new(
+                spec.clone(),
+                &settings.bootstrap_servers,
+                &settings.kafka_options,
             )
-        } else {
-            None
-        };
+            .map_err(|source| SinkError::Kafka {
+                what: "upstream check",
+                source,
+            })?,
+        ),
+        None => None,
+    };
     let encoder = DeadLetterEncoder::new(&cfg.late_topic, &settings.application_id);
-    let node = settings.node.clone();
-    let window_ms = ident.window_ms;
-    let mut send_late = |rows: &[&Row]| -> Result<(), String> {
-        let Some(p) = &late_producer else {
-            return Ok(());
-        };
-        for r in rows {
-            let env = Envelope {
-                origin: Origin {
-                    topic: ident.topic.clone(),
-                    partition: r.partition,
-                    offset: r.offset,
-                    timestamp: Some(r.timestamp),
-                    key: r.key.clone(),
-                    value: Some(r.raw.clone()),
-                    ..Origin::default()
-                },
-                body: Body::Failed(Failure {
-                    reasons: vec!["window.sealed".into()],
-                    message: format!(
-                        "the window starting {} was sealed before this record arrived",
-                        chrono::DateTime::from_timestamp_millis(r.window_start)
-                            .map(|d| d.to_rfc3339())
-                            .unwrap_or_default()
-                    ),
-                    node: node.clone(),
-                    ..Failure::default()
-                }),
-            };
-            let out = encoder.encode(&env);
-            let mut headers = rdkafka::message::OwnedHeaders::new();
-            for (k, v) in &out.headers {
-                headers = headers.insert(rdkafka::message::Header {
-                    key: k,
-                    value: v.as_deref(),
-                });
-            }
-            let mut rec = BaseRecord::<[u8], [u8]>::to(&out.topic)
-                .payload(&out.value)
-                .headers(headers);
-            if let Some(k) = &out.key {
-                rec = rec.key(k);
-            }
-            if let Some(t) = out.timestamp {
-                rec = rec.timestamp(t);
-            }
-            p.send(rec).map_err(|(e, _)| e.to_string())?;
-        }
-        p.flush(Duration::from_secs(30)).map_err(|e| e.to_string())
+    let dead = DeadLetters {
+        encoder: &encoder,
+        node: &settings.node,
     };
 
     tracing::info!(sink = %ident.id, topic = %settings.topic, table = %table.name, "PostgreSQL sink started");
@@ -483,23 +489,36 @@ pub fn run(
     let batch_size = cfg.batch_size.max(1);
     let flush_interval = cfg.flush_interval.as_std();
     let idle_ms = cfg.idle_timeout.as_millis() as i64;
+    let skew_ms = cfg.max_clock_skew.as_millis() as i64;
+    let window_ms = ident.window_ms;
     let heartbeat = Duration::from_secs(1);
     loop {
         let stopping = shutdown.load(Ordering::Relaxed);
         if !stopping {
-            if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(50)) {
-                let row = row_of(&msg, &table, window_ms);
-                let mut state = shared.state.lock().unwrap();
-                // a record of a partition no longer held (revoked meanwhile) is skipped
-                if let Some(next) = state.next.get_mut(&row.partition) {
-                    *next = row.offset + 1;
-                    state
-                        .watermarks
-                        .observe(row.partition, row.timestamp, now_ms());
-                    state.first_pending.get_or_insert_with(Instant::now);
-                    state.pending.push(row);
-                    summary.records += 1;
+            match consumer.poll(Duration::from_millis(50)) {
+                Some(Ok(msg)) => {
+                    let row = row_of(&msg, &table, window_ms, skew_ms);
+                    let mut state = shared.state.lock().unwrap();
+                    // a record of a partition no longer held (revoked meanwhile) is skipped
+                    if let Some(next) = state.next.get_mut(&row.partition) {
+                        *next = row.offset + 1;
+                        if row.time_problem.is_some() {
+                            state.watermarks.touch(row.partition, now_ms());
+                        } else {
+                            state
+                                .watermarks
+                                .observe(row.partition, row.timestamp, now_ms());
+                        }
+                        state.first_pending.get_or_insert_with(Instant::now);
+                        state.pending.push(row);
+                        summary.records += 1;
+                    }
                 }
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    shared.state.lock().unwrap().watermarks.at_end(p);
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "consumer error"),
+                None => {}
             }
         }
         let mut state = shared.state.lock().unwrap();
@@ -513,6 +532,18 @@ pub fn run(
             || stopping;
         if due && !state.expected.is_empty() {
             let now = now_ms();
+            // an idle partition follows the clock only when nothing is upstream
+            let quiet = match &mut upstream {
+                _ if !state.watermarks.wants_upstream(now, idle_ms) => Upstream::Busy,
+                Some(check) => {
+                    if check.caught_up() {
+                        Upstream::Quiet
+                    } else {
+                        Upstream::Busy
+                    }
+                }
+                None => Upstream::Quiet,
+            };
             let moves: Vec<OffsetMove> = state
                 .expected
                 .iter()
@@ -520,51 +551,23 @@ pub fn run(
                     partition: *p,
                     expected: *expected,
                     next: state.next.get(p).copied().unwrap_or(*expected),
-                    watermark: state.watermarks.partition(*p, now, idle_ms),
+                    watermark: state.watermarks.partition(*p, now, idle_ms, quiet),
                 })
                 .collect();
             let rows = std::mem::take(&mut state.pending);
             state.first_pending = None;
             let started = Instant::now();
-            let mut attempt = 0u32;
-            let result = loop {
-                let r = shared.rt.block_on(async {
-                    let mut client = shared.pool.get().await.map_err(|e| e.to_string())?;
-                    write_batch(&mut client, &table, &ident, &rows, &moves, &mut send_late)
-                        .await
-                        .map_err(|e| {
-                            if e.is_transient() {
-                                e.to_string()
-                            } else {
-                                format!("!{e}")
-                            }
-                        })
-                });
-                match r {
-                    Ok(outcome) => break Ok(outcome),
-                    Err(e) if e.starts_with('!') => break Err(e[1..].to_owned()),
-                    Err(e) => {
-                        attempt += 1;
-                        health.set(Some(format!("writing a batch: {e}")));
-                        metrics.degraded.set(1);
-                        let wait = Duration::from_millis((200u64 << attempt.min(5)).min(5_000));
-                        tracing::warn!(error = %e, attempt, rows = rows.len(), "writing a batch failed; retrying in {wait:?} with the same batch (nothing is lost)");
-                        if shutdown.load(Ordering::Relaxed) && attempt >= 3 {
-                            break Err(format!("giving up at shutdown: {e}"));
-                        }
-                        std::thread::sleep(wait);
-                    }
-                }
-            };
+            let result = write(&shared, &table, &ident, &rows, &moves, &dead, &metrics);
             match result {
-                Ok(outcome) => {
+                Ok(Written::Done(outcome)) => {
                     health.set(None);
                     metrics.degraded.set(0);
                     metrics.observe(&outcome, started.elapsed());
+                    summary.unwritable += outcome.unwritable;
                     for m in &moves {
                         state.expected.insert(m.partition, m.next);
                     }
-                    if let Some(w) = state.watermarks.min(now, idle_ms) {
+                    if let Some(w) = state.watermarks.min(now, idle_ms, quiet) {
                         metrics.watermark_lag.set((now - w) as f64 / 1000.0);
                     }
                     state.last_heartbeat = Some(Instant::now());
@@ -583,7 +586,7 @@ pub fn run(
                         let _ = consumer.commit(&tpl, CommitMode::Async);
                     }
                 }
-                Err(e) => {
+                Ok(Written::Fenced(e)) => {
                     summary.fenced += 1;
                     tracing::warn!(error = %e, "batch not written: rewinding to the offsets stored in PostgreSQL");
                     // another instance owns a partition, or shutdown: start again from the store
@@ -608,6 +611,11 @@ pub fn run(
                     }
                     continue;
                 }
+                Err(e) => {
+                    drop(state);
+                    consumer.unsubscribe();
+                    return Err(e);
+                }
             }
         } else if due && state.expected.is_empty() {
             state.last_heartbeat = Some(Instant::now());
@@ -619,4 +627,180 @@ pub fn run(
     consumer.unsubscribe();
     tracing::info!(?summary, "PostgreSQL sink stopped");
     Ok(summary)
+}
+
+/// Writes a batch: retries what is transient (with the same batch), finds and gives up a
+/// record PostgreSQL refuses alone, stops on what the table cannot take.
+fn write(
+    shared: &Shared,
+    table: &Table,
+    ident: &SinkIdent,
+    rows: &[Row],
+    moves: &[OffsetMove],
+    dead: &DeadLetters<'_>,
+    metrics: &SinkMetrics,
+) -> Result<Written, SinkError> {
+    match attempt(shared, rows.len(), || {
+        shared.rt.block_on(async {
+            let mut client = shared.pool.get().await.map_err(pool_error)?;
+            write_batch(&mut client, table, ident, rows, moves, dead).await
+        })
+    }) {
+        Ok(Attempt::Done(o)) => Ok(Written::Done(o)),
+        Ok(Attempt::Fenced(e)) => Ok(Written::Fenced(e)),
+        Ok(Attempt::Data(e)) => {
+            tracing::warn!(error = %e, rows = rows.len(), "a record of the batch cannot be written: writing the batch one record at a time to find it");
+            isolate(shared, table, ident, rows, moves, dead, metrics)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What one write came to after its transient errors were retried.
+enum Attempt {
+    Done(Outcome),
+    Fenced(String),
+    Data(WriteError),
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> WriteError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => WriteError::Postgres(e),
+        other => WriteError::Pool(other.to_string()),
+    }
+}
+
+/// Runs `call` until it succeeds or fails for a reason a retry cannot fix; degraded while
+/// PostgreSQL fails. At shutdown it gives up after three tries (nothing is lost: the
+/// offsets did not move).
+fn attempt(
+    shared: &Shared,
+    rows: usize,
+    mut call: impl FnMut() -> Result<Outcome, WriteError>,
+) -> Result<Attempt, SinkError> {
+    let mut tries = 0u32;
+    loop {
+        let e = match call() {
+            Ok(o) => return Ok(Attempt::Done(o)),
+            Err(e) => e,
+        };
+        match e.kind() {
+            ErrorKind::Fenced => return Ok(Attempt::Fenced(e.to_string())),
+            ErrorKind::Data => return Ok(Attempt::Data(e)),
+            ErrorKind::Table => return Err(SinkError::Table(e.to_string())),
+            ErrorKind::Transient => {}
+        }
+        tries += 1;
+        shared.health.set(Some(format!("writing a batch: {e}")));
+        let wait = Duration::from_millis((200u64 << tries.min(5)).min(5_000));
+        tracing::warn!(error = %e, attempt = tries, rows, "writing a batch failed; retrying in {wait:?} with the same batch (nothing is lost)");
+        if shared.shutdown.load(Ordering::Relaxed) && tries >= 3 {
+            return Ok(Attempt::Fenced(format!("giving up at shutdown: {e}")));
+        }
+        std::thread::sleep(wait);
+    }
+}
+
+/// After a data error: the batch one record at a time, each with its partition's offset
+/// move; a record refused alone is given up into `rejects` and the dead-letter outbox.
+fn isolate(
+    shared: &Shared,
+    table: &Table,
+    ident: &SinkIdent,
+    rows: &[Row],
+    moves: &[OffsetMove],
+    dead: &DeadLetters<'_>,
+    metrics: &SinkMetrics,
+) -> Result<Written, SinkError> {
+    let mut at: BTreeMap<i32, i64> = moves.iter().map(|m| (m.partition, m.expected)).collect();
+    let watermark = |p: i32| {
+        moves
+            .iter()
+            .find(|m| m.partition == p)
+            .and_then(|m| m.watermark)
+    };
+    let mut total = Outcome::default();
+    for row in rows {
+        let step = OffsetMove {
+            partition: row.partition,
+            expected: at.get(&row.partition).copied().unwrap_or(row.offset),
+            next: row.offset + 1,
+            watermark: watermark(row.partition),
+        };
+        let one = std::slice::from_ref(row);
+        let alone = attempt(shared, 1, || {
+            shared.rt.block_on(async {
+                let mut client = shared.pool.get().await.map_err(pool_error)?;
+                write_batch(&mut client, table, ident, one, &[step], dead).await
+            })
+        })?;
+        match alone {
+            Attempt::Done(o) => add(&mut total, &o),
+            Attempt::Fenced(e) => return Ok(Written::Fenced(e)),
+            Attempt::Data(first) => {
+                tracing::warn!(error = %first, partition = row.partition, offset = row.offset, "PostgreSQL refuses this record alone: it goes to rejects and the dead-letter topic");
+                let given_up = attempt(shared, 1, || {
+                    shared.rt.block_on(async {
+                        let mut client = shared.pool.get().await.map_err(pool_error)?;
+                        write_unwritable(&mut client, ident, row, &step, &first, dead).await?;
+                        Ok(Outcome {
+                            records: 1,
+                            dead_letters: 1,
+                            unwritable: 1,
+                            ..Outcome::default()
+                        })
+                    })
+                })?;
+                match given_up {
+                    Attempt::Done(o) => {
+                        metrics
+                            .unwritable
+                            .with_label_values(&[first.sqlstate().as_deref().unwrap_or("unknown")])
+                            .inc();
+                        add(&mut total, &o);
+                    }
+                    Attempt::Fenced(e) => return Ok(Written::Fenced(e)),
+                    Attempt::Data(then) => {
+                        return Err(SinkError::NoFate {
+                            topic: ident.topic.clone(),
+                            partition: row.partition,
+                            offset: row.offset,
+                            first: first.to_string(),
+                            then: then.to_string(),
+                        })
+                    }
+                }
+            }
+        }
+        at.insert(row.partition, step.next);
+    }
+    // the offsets past the batch's last records (transaction markers), and the watermarks
+    let rest: Vec<OffsetMove> = moves
+        .iter()
+        .map(|m| OffsetMove {
+            expected: at.get(&m.partition).copied().unwrap_or(m.expected),
+            ..*m
+        })
+        .collect();
+    match attempt(shared, 0, || {
+        shared.rt.block_on(async {
+            let mut client = shared.pool.get().await.map_err(pool_error)?;
+            write_batch(&mut client, table, ident, &[], &rest, dead).await
+        })
+    })? {
+        Attempt::Done(_) => Ok(Written::Done(total)),
+        Attempt::Fenced(e) => Ok(Written::Fenced(e)),
+        Attempt::Data(e) => Err(SinkError::Table(e.to_string())),
+    }
+}
+
+fn add(total: &mut Outcome, o: &Outcome) {
+    total.records += o.records;
+    total.rows_written += o.rows_written;
+    total.rejected += o.rejected;
+    total.late_dead_letter += o.late_dead_letter;
+    total.late_dropped += o.late_dropped;
+    total.late_accepted += o.late_accepted;
+    total.dead_letters += o.dead_letters;
+    total.unwritable += o.unwritable;
 }

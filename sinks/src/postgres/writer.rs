@@ -11,6 +11,16 @@
 //!    each) and the rejected rows go to `rejects` with their SQLSTATE — never lost, never
 //!    blocking the partition.
 //! 4. Ledger slices per window and partition, window counts, commit.
+//!
+//! Every record the batch cannot apply — late for a sealed window (dead-letter policy), a
+//! time beyond the clock or outside years 1 to 9999, not a clean record, refused by
+//! PostgreSQL — gets its dead letter in the outbox, in the same transaction
+//! ([`super::outbox`] forwards it to Kafka exactly once), and a row in `rejects`.
+//!
+//! Errors are classified ([`ErrorKind`]): a lost connection or a failed transaction is
+//! retried with the same batch; a data error in a statement the batch cannot split is found
+//! by writing the batch one record at a time, and a record that fails alone is given up with
+//! [`write_unwritable`] (rejects and a dead letter, the offsets moved past it).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,6 +32,7 @@ use tokio_postgres::{Client, Transaction};
 
 use super::config::{LatePolicy, PostgresSinkConfig};
 use super::window::Millis;
+use weir_topology::pipeline::OutRecord;
 
 /// One clean record on its way to the table.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +46,8 @@ pub struct Row {
     pub values: Vec<Option<String>>,
     /// Why the record could not be read as a clean record, if it could not.
     pub undecodable: Option<String>,
+    /// Why its time keeps it out of the windows (reason code, sentence), if it does.
+    pub time_problem: Option<(&'static str, String)>,
     /// The Kafka key and value as read, for a dead letter.
     pub key: Option<Vec<u8>>,
     pub raw: Vec<u8>,
@@ -83,16 +96,63 @@ pub enum WriteError {
     /// PostgreSQL could not be reached or failed the transaction; retry the same batch.
     #[error("PostgreSQL: {}", describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("the late dead letters could not be sent: {0}")]
-    DeadLetter(String),
     #[error("table \"{table}\" cannot take the mapping: {message}")]
     Table { table: String, message: String },
+    /// No connection could be had from the pool: PostgreSQL is away.
+    #[error("no PostgreSQL connection: {0}")]
+    Pool(String),
+}
+
+/// What to do about a failed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A lost connection, a failed or cancelled transaction, a server short of resources:
+    /// retry the same batch.
+    Transient,
+    /// Another instance owns a partition: start again from the stored offsets.
+    Fenced,
+    /// The table or the database does not fit the sink (class 42 and the like): stop.
+    Table,
+    /// The data: some record of the batch cannot be written; find it, give it up.
+    Data,
 }
 
 impl WriteError {
-    /// A lost connection or a failed transaction: the batch can be retried as it is.
-    pub fn is_transient(&self) -> bool {
-        !matches!(self, WriteError::Fenced { .. } | WriteError::Table { .. })
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            WriteError::Fenced { .. } => ErrorKind::Fenced,
+            WriteError::Table { .. } => ErrorKind::Table,
+            WriteError::Pool(_) => ErrorKind::Transient,
+            WriteError::Postgres(e) => classify(e),
+        }
+    }
+
+    /// The SQLSTATE, when PostgreSQL gave one.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            WriteError::Postgres(e) => e.code().map(|c| c.code().to_owned()),
+            _ => None,
+        }
+    }
+}
+
+/// Classifies a PostgreSQL error by its SQLSTATE class.
+pub fn classify(e: &tokio_postgres::Error) -> ErrorKind {
+    let Some(code) = e.code() else {
+        // no SQLSTATE: the connection, not the data
+        return ErrorKind::Transient;
+    };
+    let code = code.code();
+    match &code[..2] {
+        // connection, transaction rollback (serialization, deadlock), resources, operator
+        // intervention (shutdown, cancel), system error, internal error
+        "08" | "40" | "53" | "57" | "58" | "XX" => ErrorKind::Transient,
+        // lock not available, object in use
+        "55" if code == "55P03" || code == "55006" => ErrorKind::Transient,
+        // syntax or access: the table, a column, a privilege
+        "42" | "28" | "3D" | "3F" | "0A" => ErrorKind::Table,
+        // data exceptions, constraints, a trigger that raises, and the rest
+        _ => ErrorKind::Data,
     }
 }
 
@@ -292,6 +352,48 @@ pub struct SinkIdent {
     pub late_policy: LatePolicy,
 }
 
+/// Makes the sink's dead letters: the clean record's bytes, with why.
+pub struct DeadLetters<'a> {
+    pub encoder: &'a crate::dead_letter::DeadLetterEncoder,
+    /// The sink node's name.
+    pub node: &'a str,
+}
+
+impl DeadLetters<'_> {
+    pub fn of(&self, topic: &str, row: &Row, reason: &str, message: String) -> OutRecord {
+        use weir_topology::pipeline::SinkEncoder;
+        self.encoder.encode(&weir_topology::Envelope {
+            origin: weir_topology::Origin {
+                topic: topic.to_owned(),
+                partition: row.partition,
+                offset: row.offset,
+                timestamp: Some(row.timestamp),
+                key: row.key.clone(),
+                value: Some(row.raw.clone()),
+                ..weir_topology::Origin::default()
+            },
+            body: weir_topology::Body::Failed(weir_topology::Failure {
+                reasons: vec![reason.to_owned()],
+                message,
+                node: self.node.to_owned(),
+                ..weir_topology::Failure::default()
+            }),
+        })
+    }
+}
+
+/// A record's reject and dead letter: its reason code, SQLSTATE and sentence (`rejects.reason`
+/// holds `code: sentence`).
+struct Refused<'r> {
+    row: &'r Row,
+    /// The reason code of the dead letter (`window.sealed`, `postgres.rejected:22021`, …).
+    code: String,
+    sqlstate: Option<String>,
+    message: String,
+    /// Counted in its window's `rejected` and the ledger.
+    counted: bool,
+}
+
 /// Where a partition's offset moves in this batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OffsetMove {
@@ -313,6 +415,10 @@ pub struct Outcome {
     pub late_dead_letter: u64,
     pub late_dropped: u64,
     pub late_accepted: u64,
+    /// Dead letters written into the outbox (late, refused, undecodable, bad times).
+    pub dead_letters: u64,
+    /// Records given up because PostgreSQL refused them alone.
+    pub unwritable: u64,
 }
 
 fn ts(ms: Millis) -> DateTime<Utc> {
@@ -332,21 +438,15 @@ struct WindowTally {
     late_accepted: i64,
 }
 
-fn is_row_error(e: &tokio_postgres::Error) -> bool {
-    // class 22 (data exception) and 23 (integrity constraint violation): this row's fault
-    e.code()
-        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
-}
-
-/// Writes one batch in one transaction. `late` receives the records for sealed windows
-/// under the dead-letter policy before the commit, so none is lost if the commit fails.
+/// Writes one batch in one transaction: rows, rejects, dead letters (into the outbox),
+/// ledger, window counts and offsets commit together or not at all.
 pub async fn write_batch(
     client: &mut Client,
     table: &Table,
     sink: &SinkIdent,
     rows: &[Row],
     offsets: &[OffsetMove],
-    late: &mut dyn FnMut(&[&Row]) -> Result<(), String>,
+    dead: &DeadLetters<'_>,
 ) -> Result<Outcome, WriteError> {
     let tx = client.transaction().await?;
     cas_offsets(&tx, sink, offsets).await?;
@@ -359,43 +459,72 @@ pub async fn write_batch(
         return Ok(outcome);
     }
 
+    // records whose time keeps them out of every window: refused, not counted anywhere
+    let mut refused: Vec<Refused> = Vec::new();
+    let windowed: Vec<&Row> = rows
+        .iter()
+        .filter(|row| match &row.time_problem {
+            Some((code, message)) => {
+                refused.push(Refused {
+                    row,
+                    code: (*code).to_owned(),
+                    sqlstate: None,
+                    message: message.clone(),
+                    counted: false,
+                });
+                false
+            }
+            None => true,
+        })
+        .collect();
+
     // windows: create the missing ones, lock them all, learn which are sealed
-    let mut windows: Vec<Millis> = rows.iter().map(|r| r.window_start).collect();
+    let mut windows: Vec<Millis> = windowed.iter().map(|r| r.window_start).collect();
     windows.sort_unstable();
     windows.dedup();
     let starts: Vec<DateTime<Utc>> = windows.iter().map(|w| ts(*w)).collect();
     let ends: Vec<DateTime<Utc>> = windows.iter().map(|w| ts(*w + sink.window_ms)).collect();
-    tx.execute(
-        "INSERT INTO windows (sink, window_start, window_end) \
-         SELECT $1, s, e FROM unnest($2::timestamptz[], $3::timestamptz[]) AS w(s, e) \
-         ON CONFLICT (sink, window_start) DO NOTHING",
-        &[&sink.id, &starts, &ends],
-    )
-    .await?;
-    let sealed: Vec<Millis> = tx
-        .query(
-            "SELECT (extract(epoch FROM window_start)*1000)::int8, status FROM windows \
-             WHERE sink = $1 AND window_start = ANY($2) ORDER BY window_start FOR UPDATE",
-            &[&sink.id, &starts],
+    let mut sealed: Vec<Millis> = Vec::new();
+    if !windows.is_empty() {
+        tx.execute(
+            "INSERT INTO windows (sink, window_start, window_end) \
+             SELECT $1, s, e FROM unnest($2::timestamptz[], $3::timestamptz[]) AS w(s, e) \
+             ON CONFLICT (sink, window_start) DO NOTHING",
+            &[&sink.id, &starts, &ends],
         )
-        .await?
-        .iter()
-        .filter(|r| r.get::<_, String>(1) == "sealed")
-        .map(|r| r.get(0))
-        .collect();
+        .await?;
+        sealed = tx
+            .query(
+                "SELECT (extract(epoch FROM window_start)*1000)::int8, status FROM windows \
+                 WHERE sink = $1 AND window_start = ANY($2) ORDER BY window_start FOR UPDATE",
+                &[&sink.id, &starts],
+            )
+            .await?
+            .iter()
+            .filter(|r| r.get::<_, String>(1) == "sealed")
+            .map(|r| r.get(0))
+            .collect();
+    }
 
     let mut tally: BTreeMap<Millis, WindowTally> = BTreeMap::new();
-    let mut apply: Vec<&Row> = Vec::with_capacity(rows.len());
-    let mut rejects: Vec<(&Row, Option<String>, String)> = Vec::new();
-    let mut late_rows: Vec<&Row> = Vec::new();
-    for row in rows {
+    let mut apply: Vec<&Row> = Vec::with_capacity(windowed.len());
+    for row in &windowed {
+        let row: &Row = row;
         let t = tally.entry(row.window_start).or_default();
         if sealed.contains(&row.window_start) {
             match sink.late_policy {
                 LatePolicy::DeadLetter => {
                     t.late_dead_letter += 1;
-                    late_rows.push(row);
-                    rejects.push((row, None, "window.sealed".into()));
+                    refused.push(Refused {
+                        row,
+                        code: "window.sealed".into(),
+                        sqlstate: None,
+                        message: format!(
+                            "the window starting {} was sealed before this record arrived",
+                            ts(row.window_start).to_rfc3339()
+                        ),
+                        counted: false,
+                    });
                     continue;
                 }
                 LatePolicy::Drop => {
@@ -410,86 +539,34 @@ pub async fn write_batch(
             t.last = Some(t.last.map_or(row.timestamp, |l| l.max(row.timestamp)));
         }
         match &row.undecodable {
-            Some(why) => rejects.push((row, None, why.clone())),
+            Some(why) => {
+                let (code, message) = why.split_once(": ").unwrap_or(("record.undecodable", why));
+                refused.push(Refused {
+                    row,
+                    code: code.to_owned(),
+                    sqlstate: None,
+                    message: message.to_owned(),
+                    counted: true,
+                })
+            }
             // PostgreSQL's text cannot hold NUL: refuse it here rather than fail the COPY
-            None if row.values.iter().flatten().any(|v| v.contains('\0')) => rejects.push((
-                row,
-                Some("22021".into()),
-                "text contains a NUL character (0x00), which PostgreSQL text cannot store".into(),
-            )),
+            None if row.values.iter().flatten().any(|v| v.contains('\0')) => {
+                refused.push(Refused {
+                    row,
+                    code: "postgres.rejected:22021".into(),
+                    sqlstate: Some("22021".into()),
+                    message:
+                        "text contains a NUL character (0x00), which PostgreSQL text cannot store"
+                            .into(),
+                    counted: true,
+                })
+            }
             None => apply.push(row),
         }
     }
 
     // stage and merge
-    let mut written: Vec<Millis> = Vec::new();
-    if !apply.is_empty() {
-        tx.batch_execute(&table.stage_sql).await?;
-        let seqs: Vec<i64> = (0..apply.len() as i64).collect();
-        tx.batch_execute("SAVEPOINT merge").await?;
-        let bulk = async {
-            let sink_copy = tx.copy_in(&table.copy_sql).await?;
-            let mut types = vec![Type::INT8, Type::INT4, Type::INT8, Type::INT8];
-            types.extend(std::iter::repeat_n(Type::TEXT, table.columns.len()));
-            let writer = BinaryCopyInWriter::new(sink_copy, &types);
-            pin_mut!(writer);
-            let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(types.len());
-            for (i, row) in apply.iter().enumerate() {
-                values.clear();
-                values.push(&seqs[i]);
-                values.push(&row.partition);
-                values.push(&row.offset);
-                values.push(&row.timestamp);
-                for v in &row.values {
-                    values.push(v);
-                }
-                writer.as_mut().write(&values).await?;
-            }
-            writer.finish().await?;
-            tx.query(&table.merge_sql, &[]).await
-        };
-        match bulk.await {
-            Ok(returned) => {
-                written.extend(returned.iter().map(|r| r.get::<_, i64>(0)));
-                tx.batch_execute("RELEASE SAVEPOINT merge").await?;
-            }
-            Err(e) if is_row_error(&e) => {
-                tracing::warn!(error = %describe(&e), rows = apply.len(), "PostgreSQL refused a row of the batch: writing it row by row");
-                tx.batch_execute("ROLLBACK TO SAVEPOINT merge").await?;
-                // row by row, in offset order: each row its own savepoint
-                for (i, row) in apply.iter().enumerate() {
-                    tx.batch_execute("SAVEPOINT r").await?;
-                    let mut values: Vec<&(dyn ToSql + Sync)> =
-                        vec![&seqs[i], &row.partition, &row.offset, &row.timestamp];
-                    for v in &row.values {
-                        values.push(v);
-                    }
-                    let one = async {
-                        tx.execute(&table.insert_one_sql, &values).await?;
-                        tx.query(&table.merge_one_sql, &[&seqs[i]]).await
-                    };
-                    match one.await {
-                        Ok(returned) => {
-                            written.extend(returned.iter().map(|r| r.get::<_, i64>(0)));
-                            tx.batch_execute("RELEASE SAVEPOINT r").await?;
-                        }
-                        Err(e) if is_row_error(&e) => {
-                            tx.batch_execute("ROLLBACK TO SAVEPOINT r").await?;
-                            let db = e.as_db_error();
-                            rejects.push((
-                                row,
-                                db.map(|d| d.code().code().to_owned()),
-                                db.map(|d| d.message().to_owned())
-                                    .unwrap_or_else(|| e.to_string()),
-                            ));
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let written = merge(&tx, table, &apply, &mut refused).await?;
     outcome.rows_written = written.len() as u64;
     for w in &written {
         // rows are attributed to the window of the record that wrote them
@@ -498,23 +575,21 @@ pub async fn write_batch(
         }
     }
 
-    // rejects, in the same transaction
-    for (row, sqlstate, reason) in &rejects {
-        if reason != "window.sealed" {
+    // rejects and dead letters, in the same transaction
+    for r in &refused {
+        if r.counted {
             outcome.rejected += 1;
-            tally.entry(row.window_start).or_default().rejected += 1;
+            tally.entry(r.row.window_start).or_default().rejected += 1;
         }
-        tx.execute(
-            "INSERT INTO rejects (sink, topic, partition, \"offset\", window_start, sqlstate, reason, record) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (sink, topic, partition, \"offset\") DO NOTHING",
-            &[&sink.id, &sink.topic, &row.partition, &row.offset, &ts(row.window_start), sqlstate, reason, &storable(&row.raw)],
-        )
-        .await?;
+        put_refused(&tx, sink, r, dead).await?;
+        if r.code != "window.sealed" || sink.late_policy == LatePolicy::DeadLetter {
+            outcome.dead_letters += 1;
+        }
     }
 
     // the ledger: a slice per window and partition of the records applied (rows or rejects)
     let mut slices: BTreeMap<(Millis, i32), (i64, i64, i64)> = BTreeMap::new();
-    for row in rows {
+    for row in &windowed {
         let late_not_applied =
             sealed.contains(&row.window_start) && sink.late_policy != LatePolicy::Accept;
         if late_not_applied {
@@ -558,12 +633,147 @@ pub async fn write_batch(
             .await?;
         }
     }
-
-    if !late_rows.is_empty() {
-        late(&late_rows).map_err(WriteError::DeadLetter)?;
-    }
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// Stages `apply` with binary COPY and merges it; when PostgreSQL refuses a row, merges row
+/// by row (a savepoint each) and adds the refused rows to `refused`. Returns the window of
+/// every row written.
+async fn merge<'r>(
+    tx: &Transaction<'_>,
+    table: &Table,
+    apply: &[&'r Row],
+    refused: &mut Vec<Refused<'r>>,
+) -> Result<Vec<Millis>, WriteError> {
+    let mut written: Vec<Millis> = Vec::new();
+    if apply.is_empty() {
+        return Ok(written);
+    }
+    tx.batch_execute(&table.stage_sql).await?;
+    let seqs: Vec<i64> = (0..apply.len() as i64).collect();
+    tx.batch_execute("SAVEPOINT merge").await?;
+    let bulk = async {
+        let sink_copy = tx.copy_in(&table.copy_sql).await?;
+        let mut types = vec![Type::INT8, Type::INT4, Type::INT8, Type::INT8];
+        types.extend(std::iter::repeat_n(Type::TEXT, table.columns.len()));
+        let writer = BinaryCopyInWriter::new(sink_copy, &types);
+        pin_mut!(writer);
+        let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(types.len());
+        for (i, row) in apply.iter().enumerate() {
+            values.clear();
+            values.push(&seqs[i]);
+            values.push(&row.partition);
+            values.push(&row.offset);
+            values.push(&row.timestamp);
+            for v in &row.values {
+                values.push(v);
+            }
+            writer.as_mut().write(&values).await?;
+        }
+        writer.finish().await?;
+        tx.query(&table.merge_sql, &[]).await
+    };
+    match bulk.await {
+        Ok(returned) => {
+            written.extend(returned.iter().map(|r| r.get::<_, i64>(0)));
+            tx.batch_execute("RELEASE SAVEPOINT merge").await?;
+        }
+        Err(e) if classify(&e) == ErrorKind::Data => {
+            tracing::warn!(error = %describe(&e), rows = apply.len(), "PostgreSQL refused a row of the batch: writing it row by row");
+            tx.batch_execute("ROLLBACK TO SAVEPOINT merge").await?;
+            // row by row, in offset order: each row its own savepoint
+            for (i, row) in apply.iter().enumerate() {
+                tx.batch_execute("SAVEPOINT r").await?;
+                let mut values: Vec<&(dyn ToSql + Sync)> =
+                    vec![&seqs[i], &row.partition, &row.offset, &row.timestamp];
+                for v in &row.values {
+                    values.push(v);
+                }
+                let one = async {
+                    tx.execute(&table.insert_one_sql, &values).await?;
+                    tx.query(&table.merge_one_sql, &[&seqs[i]]).await
+                };
+                match one.await {
+                    Ok(returned) => {
+                        written.extend(returned.iter().map(|r| r.get::<_, i64>(0)));
+                        tx.batch_execute("RELEASE SAVEPOINT r").await?;
+                    }
+                    Err(e) if classify(&e) == ErrorKind::Data => {
+                        tx.batch_execute("ROLLBACK TO SAVEPOINT r").await?;
+                        let code = e.code().map(|c| c.code().to_owned());
+                        refused.push(Refused {
+                            row,
+                            code: format!(
+                                "postgres.rejected:{}",
+                                code.as_deref().unwrap_or("unknown")
+                            ),
+                            sqlstate: code,
+                            message: e
+                                .as_db_error()
+                                .map(|d| d.message().to_owned())
+                                .unwrap_or_else(|| e.to_string()),
+                            counted: true,
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(written)
+}
+
+/// A refused record's row in `rejects` and its dead letter in the outbox.
+async fn put_refused(
+    tx: &Transaction<'_>,
+    sink: &SinkIdent,
+    r: &Refused<'_>,
+    dead: &DeadLetters<'_>,
+) -> Result<(), WriteError> {
+    let row = r.row;
+    let window = r.row.time_problem.is_none().then(|| ts(row.window_start));
+    tx.execute(
+        "INSERT INTO rejects (sink, topic, partition, \"offset\", window_start, sqlstate, reason, record) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (sink, topic, partition, \"offset\") DO NOTHING",
+        &[&sink.id, &sink.topic, &row.partition, &row.offset, &window, &r.sqlstate, &format!("{}: {}", r.code, r.message), &storable(&row.raw)],
+    )
+    .await?;
+    let late_kept = r.code == "window.sealed" && sink.late_policy != LatePolicy::DeadLetter;
+    if !late_kept {
+        let dl = dead.of(&sink.topic, row, &r.code, r.message.clone());
+        super::outbox::put(tx, &sink.id, &sink.topic, row.partition, row.offset, &dl).await?;
+    }
+    Ok(())
+}
+
+/// Gives up one record PostgreSQL refused when it was written alone: moves the offsets past
+/// it and keeps it in `rejects` with its dead letter in the outbox, in one transaction.
+pub async fn write_unwritable(
+    client: &mut Client,
+    sink: &SinkIdent,
+    row: &Row,
+    offset: &OffsetMove,
+    error: &WriteError,
+    dead: &DeadLetters<'_>,
+) -> Result<(), WriteError> {
+    let tx = client.transaction().await?;
+    cas_offsets(&tx, sink, std::slice::from_ref(offset)).await?;
+    let sqlstate = error.sqlstate();
+    let refused = Refused {
+        row,
+        code: format!(
+            "postgres.rejected:{}",
+            sqlstate.as_deref().unwrap_or("unknown")
+        ),
+        sqlstate: sqlstate.clone(),
+        message: format!("PostgreSQL refused the record even alone: {error}"),
+        counted: false,
+    };
+    put_refused(&tx, sink, &refused, dead).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Moves each partition's stored offset from `expected` to `next`, or fails fenced.

@@ -67,6 +67,7 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<()> {
         bootstrap_servers: settings.bootstrap_servers.clone(),
         topic: settings.topic.clone(),
         slack: args.slack,
+        upstream: settings.upstream.clone(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

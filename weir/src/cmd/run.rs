@@ -13,11 +13,13 @@ use weir_topology::engine::{self, EngineConfig, EngineError};
 use weir_topology::graph::sub_topologies;
 use weir_topology::metrics::Metrics;
 use weir_topology::pipeline::Pipeline;
-use weir_topology::{Node, Topology};
+use weir_topology::{Node, NodeKind, Topology};
 
+use weir_sinks::dead_letter::DeadLetterConfig;
 use weir_sinks::postgres::admin::{TopicSource, WindowSpec};
 use weir_sinks::postgres::metrics::SinkMetrics;
 use weir_sinks::postgres::sink::{self as postgres_sink, Health, SinkSettings};
+use weir_sinks::postgres::upstream::UpstreamSpec;
 use weir_sinks::postgres::PostgresSinkConfig;
 use weir_sinks::websocket::WebsocketSinkConfig;
 
@@ -173,6 +175,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                         bootstrap_servers: settings.bootstrap_servers.clone(),
                         topic: settings.topic.clone(),
                         slack: std::time::Duration::from_secs(3600),
+                        upstream: settings.upstream.clone(),
                     },
                     vec![health.clone()],
                 )?
@@ -342,15 +345,40 @@ pub fn postgres_settings(
             )
         })?,
     };
+    let topic = input_topic(t, node)?;
     Ok(SinkSettings {
         application_id: t.settings.application_id.clone(),
         node: node.name.clone(),
         instance: instance.to_owned(),
         config: cfg.clone(),
-        topic: input_topic(t, node)?,
+        upstream: upstream_of(t, &topic),
+        topic,
         bootstrap_servers: t.settings.kafka.bootstrap_servers.clone(),
         kafka_options: t.settings.kafka.options.clone(),
         database_url,
+    })
+}
+
+/// The application upstream of `topic` in this topology: the sub-topology whose topic sink
+/// writes it, read by the application's consumer group from its sources' topics.
+pub fn upstream_of(t: &Topology, topic: &str) -> Option<UpstreamSpec> {
+    let writer = t
+        .nodes
+        .iter()
+        .find(|n| n.kind == NodeKind::Sink && n.config.topic() == Some(topic))?;
+    let sub = sub_topologies(t)
+        .into_iter()
+        .find(|s| s.nodes.contains(&writer.name))?;
+    let dead_letter_topics = sub
+        .nodes
+        .iter()
+        .filter_map(|n| t.node(n)?.config::<DeadLetterConfig>())
+        .map(|c| c.topic.clone())
+        .collect();
+    (!sub.source_topics.is_empty()).then(|| UpstreamSpec {
+        group: t.settings.application_id.clone(),
+        topics: sub.source_topics,
+        dead_letter_topics,
     })
 }
 
