@@ -28,13 +28,7 @@ const RECORDS: usize = 2_000;
 
 /// Topics of their own; the dead-letter topic with `dlq_configs`.
 fn topics(prefix: &str, dlq_configs: &[(&str, &str)]) -> Topics {
-    let t = Topics {
-        raw: common::unique(&format!("{prefix}-raw")),
-        clean: common::unique(&format!("{prefix}-clean")),
-        dlq: common::unique(&format!("{prefix}-dlq")),
-        app: common::unique(&format!("{prefix}-app")),
-        partitions: PARTITIONS,
-    };
+    let t = Topics::named(prefix, PARTITIONS);
     create_topics_with(&[&t.raw, &t.clean], PARTITIONS, &[]);
     create_topics_with(&[&t.dlq], PARTITIONS, dlq_configs);
     t

@@ -8,63 +8,16 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::api::Http;
+
 const TOKEN: &str = "test-admin-token-1234";
-
-struct Http {
-    base: String,
-    agent: ureq::Agent,
-}
-
-impl Http {
-    fn call(&self, method: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
-        let url = format!("{}{path}", self.base);
-        let mut response = match (method, token) {
-            ("GET", None) => self.agent.get(&url).call(),
-            ("GET", Some(t)) => self
-                .agent
-                .get(&url)
-                .header("Authorization", &format!("Bearer {t}"))
-                .call(),
-            ("POST", None) => self.agent.post(&url).send_empty(),
-            ("POST", Some(t)) => self
-                .agent
-                .post(&url)
-                .header("Authorization", &format!("Bearer {t}"))
-                .send_empty(),
-            _ => unreachable!(),
-        }
-        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = response.status().as_u16();
-        let body = response.body_mut().read_to_string().unwrap();
-        (
-            status,
-            serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
-        )
-    }
-
-    fn text(&self, path: &str) -> (u16, String) {
-        let mut r = self
-            .agent
-            .get(&format!("{}{path}", self.base))
-            .call()
-            .unwrap();
-        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
-    }
-}
 
 #[test]
 fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
     let t = common::weir::Topics::create("weir-web", 2);
     let raw = t.raw.clone();
     let (mut child, port) = t.serve_fresh("web", &[("WEIR_ADMIN_TOKEN", TOKEN)]);
-    let http = Http {
-        base: format!("http://127.0.0.1:{port}"),
-        agent: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into(),
-    };
+    let http = Http::local(port);
     let deadline = Instant::now() + Duration::from_secs(60);
     while ureq::get(&format!("{}/healthz", http.base)).call().is_err() {
         assert!(Instant::now() < deadline, "the HTTP server never answered");

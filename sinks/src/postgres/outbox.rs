@@ -308,7 +308,27 @@ async fn waiting(
         .collect())
 }
 
+/// Sends a dead letter; one the producer refuses as too large goes as a preview (its value
+/// cut, with the original's size and SHA-256), as the engine does.
 fn send(producer: &Producer_, r: &OutRecord) -> Result<(), KafkaError> {
+    match send_as_is(producer, r) {
+        Err(e)
+            if e.rdkafka_error_code()
+                .is_some_and(weir_topology::engine::is_refusal) =>
+        {
+            let (preview, described) = weir_topology::pipeline::refused_value(&r.value);
+            let mut cut = r.clone();
+            cut.value = preview;
+            cut.headers
+                .extend(described.into_iter().map(|(k, v)| (k, Some(v.into_bytes()))));
+            tracing::warn!(error = %e, topic = %r.topic, "a dead letter was refused: sending a preview of it");
+            send_as_is(producer, &cut)
+        }
+        other => other,
+    }
+}
+
+fn send_as_is(producer: &Producer_, r: &OutRecord) -> Result<(), KafkaError> {
     let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
     for (k, v) in &r.headers {
         headers = headers.insert(Header {

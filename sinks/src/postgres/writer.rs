@@ -742,7 +742,12 @@ async fn put_refused(
     .await?;
     let late_kept = r.code == "window.sealed" && sink.late_policy != LatePolicy::DeadLetter;
     if !late_kept {
-        let dl = dead.of(&sink.topic, row, &r.code, r.message.clone());
+        let mut dl = dead.of(&sink.topic, row, &r.code, r.message.clone());
+        if row.time_problem.is_some() {
+            // a broker refuses records too far in the future: the dead letter is stamped
+            // when it failed; `weir.errors.timestamp` keeps the record's own time
+            dl.timestamp = None;
+        }
         super::outbox::put(tx, &sink.id, &sink.topic, row.partition, row.offset, &dl).await?;
     }
     Ok(())

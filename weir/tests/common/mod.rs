@@ -447,15 +447,20 @@ pub mod weir {
     impl Topics {
         /// Creates the three topics.
         pub fn create(prefix: &str, partitions: i32) -> Self {
-            let t = Topics {
+            let t = Self::named(prefix, partitions);
+            super::kafka::create_topics(&[&t.raw, &t.clean, &t.dlq], partitions);
+            t
+        }
+
+        /// Fresh names, no topics yet (for topics with configs of their own).
+        pub fn named(prefix: &str, partitions: i32) -> Self {
+            Topics {
                 raw: super::unique(&format!("{prefix}-raw")),
                 clean: super::unique(&format!("{prefix}-clean")),
                 dlq: super::unique(&format!("{prefix}-dlq")),
                 app: super::unique(&format!("{prefix}-app")),
                 partitions,
-            };
-            super::kafka::create_topics(&[&t.raw, &t.clean, &t.dlq], partitions);
-            t
+            }
         }
 
         /// `weir ARGS` with this test's topics, application id and the local broker.
@@ -724,5 +729,73 @@ pub mod fates {
             total,
             fates.len()
         );
+    }
+}
+
+pub mod api {
+    //! Weir's HTTP API from a test.
+
+    /// Weir's HTTP API at `base` (`http://127.0.0.1:PORT`).
+    pub struct Http {
+        pub base: String,
+        pub agent: ureq::Agent,
+    }
+
+    impl Http {
+        /// A JSON call; the status and the body (as a JSON string when it is not JSON).
+        pub fn call(
+            &self,
+            method: &str,
+            path: &str,
+            token: Option<&str>,
+        ) -> (u16, serde_json::Value) {
+            let url = format!("{}{path}", self.base);
+            let mut response = match (method, token) {
+                ("GET", None) => self.agent.get(&url).call(),
+                ("GET", Some(t)) => self
+                    .agent
+                    .get(&url)
+                    .header("Authorization", &format!("Bearer {t}"))
+                    .call(),
+                ("POST", None) => self.agent.post(&url).send_empty(),
+                ("POST", Some(t)) => self
+                    .agent
+                    .post(&url)
+                    .header("Authorization", &format!("Bearer {t}"))
+                    .send_empty(),
+                _ => unreachable!(),
+            }
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            let status = response.status().as_u16();
+            let body = response.body_mut().read_to_string().unwrap();
+            (
+                status,
+                serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+            )
+        }
+
+        /// A GET of text.
+        pub fn text(&self, path: &str) -> (u16, String) {
+            let mut r = self
+                .agent
+                .get(&format!("{}{path}", self.base))
+                .call()
+                .unwrap();
+            (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+        }
+    }
+
+    impl Http {
+        /// The API of a server on this machine's `port`.
+        pub fn local(port: u16) -> Self {
+            Self {
+                base: format!("http://127.0.0.1:{port}"),
+                agent: ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(std::time::Duration::from_secs(60)))
+                    .build()
+                    .into(),
+            }
+        }
     }
 }
