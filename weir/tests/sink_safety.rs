@@ -285,7 +285,7 @@ fn records_postgres_cannot_take_become_rejects_and_dead_letters_without_a_loop()
     });
     let base = (now_ms() - 3_600_000) / WINDOW_MS * WINDOW_MS;
     let p = producer();
-    let mut send = |i: usize, email: &str, ts: i64| {
+    let send = |i: usize, email: &str, ts: i64| {
         p.send(
             BaseRecord::to(&t.clean)
                 .partition((i % 2) as i32)
