@@ -189,17 +189,21 @@ impl TestCase {
 }
 
 fn decode_hex(text: &str) -> Result<Vec<u8>, String> {
-    let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    let digits: Vec<char> = text.chars().filter(|c| !c.is_whitespace()).collect();
+    if let Some(bad) = digits.iter().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(format!("invalid hex digit {bad:?} in \"{text}\""));
+    }
     if digits.len() % 2 != 0 {
         return Err(format!("odd number of hex digits in \"{text}\""));
     }
-    (0..digits.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&digits[i..i + 2], 16)
-                .map_err(|_| format!("invalid hex \"{}\" in \"{text}\"", &digits[i..i + 2]))
+    Ok(digits
+        .chunks(2)
+        .map(|pair| {
+            let hi = pair[0].to_digit(16).unwrap_or(0);
+            let lo = pair[1].to_digit(16).unwrap_or(0);
+            (hi * 16 + lo) as u8
         })
-        .collect()
+        .collect())
 }
 
 /// A topology file, loaded and checked.
@@ -815,5 +819,15 @@ mod tests {
         assert_eq!(decode_hex("ff fe 00").unwrap(), vec![0xff, 0xfe, 0]);
         assert!(decode_hex("f").is_err());
         assert!(decode_hex("zz").is_err());
+        // characters of more than one byte are errors, not a panic
+        assert_eq!(
+            decode_hex("ä1").unwrap_err(),
+            "invalid hex digit 'ä' in \"ä1\""
+        );
+        assert!(decode_hex("1ä").is_err());
+        assert!(
+            decode_hex("\u{3000}ff").is_ok(),
+            "any white space is skipped"
+        );
     }
 }

@@ -150,6 +150,24 @@ fn a_failing_test_case_fails_weir_test() {
     );
 }
 
+#[test]
+fn a_non_ascii_hex_input_is_a_diagnostic_not_a_panic() {
+    let dir = tempdir("hex-input");
+    let topology = std::fs::read_to_string(fixtures().join("minimal.toml")).unwrap()
+        + "\n[[tests]]\nname = \"hex\"\ninput_hex = \"ä1\"\nexpect_output = \"dlq\"\n";
+    std::fs::write(dir.join("t.toml"), topology).unwrap();
+    for cmd in ["check", "test"] {
+        let out = weir(&dir, &[cmd, "t.toml"], None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "weir {cmd}: {stderr}");
+        assert!(
+            stderr.contains("t.toml:")
+                && stderr.contains("test \"hex\": invalid hex digit 'ä' in \"ä1\""),
+            "weir {cmd}: {stderr}"
+        );
+    }
+}
+
 fn tempdir(name: &str) -> PathBuf {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("weir-{name}-{}", std::process::id()));

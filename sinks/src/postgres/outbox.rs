@@ -319,8 +319,11 @@ fn send(producer: &Producer_, r: &OutRecord) -> Result<(), KafkaError> {
             let (preview, described) = weir_topology::pipeline::refused_value(&r.value);
             let mut cut = r.clone();
             cut.value = preview;
-            cut.headers
-                .extend(described.into_iter().map(|(k, v)| (k, Some(v.into_bytes()))));
+            cut.headers.extend(
+                described
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v.into_bytes()))),
+            );
             tracing::warn!(error = %e, topic = %r.topic, "a dead letter was refused: sending a preview of it");
             send_as_is(producer, &cut)
         }
