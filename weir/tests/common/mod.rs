@@ -792,10 +792,290 @@ pub mod api {
                 base: format!("http://127.0.0.1:{port}"),
                 agent: ureq::Agent::config_builder()
                     .http_status_as_error(false)
-                    .timeout_global(Some(std::time::Duration::from_secs(60)))
+                    .timeout_global(Some(std::time::Duration::from_secs(600)))
                     .build()
                     .into(),
             }
+        }
+    }
+}
+
+pub mod stack {
+    //! A Kafka broker and a PostgreSQL cluster of a test's own, which it may kill, pause and
+    //! restart without disturbing the shared stack: the broker from the jars `deploy/dev`
+    //! fetched (`WEIR_KAFKA_LIBS`) with `deploy/kafka/server.properties`, PostgreSQL from the
+    //! system's binaries (`WEIR_PG_BIN_DIR`).
+
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    fn wait_port(port: u16, what: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn signal(pid: u32, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// A one-node Kafka (KRaft) on free ports, data in `dir`.
+    pub struct Kafka {
+        pub port: u16,
+        dir: PathBuf,
+        child: Option<super::Guard>,
+        starts: usize,
+    }
+
+    impl Kafka {
+        pub fn start(dir: &Path) -> Self {
+            let libs = super::env("WEIR_KAFKA_LIBS");
+            let (port, controller) = (super::free_port(), super::free_port());
+            let data = dir.join("kafka-data");
+            std::fs::create_dir_all(&data).unwrap();
+            let props = std::fs::read_to_string(repo().join("deploy/kafka/server.properties"))
+                .unwrap()
+                .replace("@HOST@", "127.0.0.1")
+                .replace("@PORT@", &port.to_string())
+                .replace("@CONTROLLER_PORT@", &controller.to_string())
+                .replace("@DATA@", data.to_str().unwrap());
+            let props_path = dir.join("server.properties");
+            std::fs::write(&props_path, props).unwrap();
+            let tool = |args: &[&str]| {
+                let out = Command::new("java")
+                    .args(["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"])
+                    .arg(format!(
+                        "-Dlog4j2.configurationFile={}",
+                        repo()
+                            .join("deploy/kafka/log4j2-tools.properties")
+                            .display()
+                    ))
+                    .args(["-cp", &format!("{libs}/*")])
+                    .args(args)
+                    .output()
+                    .expect("run a Kafka tool");
+                assert!(
+                    out.status.success(),
+                    "{args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8(out.stdout).unwrap()
+            };
+            let id = tool(&["kafka.tools.StorageTool", "random-uuid"]);
+            tool(&[
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                id.trim(),
+                "-c",
+                props_path.to_str().unwrap(),
+            ]);
+            let mut k = Kafka {
+                port,
+                dir: dir.to_owned(),
+                child: None,
+                starts: 0,
+            };
+            k.restart();
+            k
+        }
+
+        pub fn bootstrap(&self) -> String {
+            format!("127.0.0.1:{}", self.port)
+        }
+
+        /// Starts the broker (again), and waits until it listens.
+        pub fn restart(&mut self) {
+            self.starts += 1;
+            let libs = super::env("WEIR_KAFKA_LIBS");
+            let log =
+                std::fs::File::create(self.dir.join(format!("kafka-{}.log", self.starts))).unwrap();
+            let child = Command::new("java")
+                .args([
+                    "-Xms128m",
+                    "-Xmx512m",
+                    "-XX:+UseG1GC",
+                    "-Djava.awt.headless=true",
+                ])
+                .arg(format!(
+                    "-Dlog4j2.configurationFile={}",
+                    repo().join("deploy/kafka/log4j2.properties").display()
+                ))
+                .args(["-cp", &format!("{libs}/*"), "kafka.Kafka"])
+                .arg(self.dir.join("server.properties"))
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("start the broker");
+            self.child = Some(super::Guard(child));
+            wait_port(self.port, "the broker", Duration::from_secs(90));
+        }
+
+        pub fn kill(&mut self) {
+            if let Some(mut c) = self.child.take() {
+                c.kill().unwrap();
+                c.wait().unwrap();
+            }
+        }
+
+        pub fn pause(&self) {
+            signal(self.child.as_ref().expect("running").id(), "-STOP");
+        }
+
+        pub fn resume(&self) {
+            signal(self.child.as_ref().expect("running").id(), "-CONT");
+        }
+    }
+
+    /// A PostgreSQL cluster on a free port with the `weir` database and `schema.sql`.
+    pub struct Postgres {
+        pub port: u16,
+        data: PathBuf,
+        password: String,
+        bin: String,
+    }
+
+    fn is_root() -> bool {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0\n"))
+            .unwrap_or(false)
+    }
+
+    impl Postgres {
+        /// `dir` must be reachable by the `postgres` user when the test runs as root; the
+        /// cluster then lives in `/var/lib/weir-dev/<name>`.
+        pub fn start(dir: &Path) -> Self {
+            let bin = super::env("WEIR_PG_BIN_DIR");
+            let root = is_root();
+            let home = if root {
+                let h = PathBuf::from("/var/lib/weir-dev").join(super::unique("faults-pg"));
+                std::fs::create_dir_all(&h).unwrap();
+                let ok = Command::new("chown")
+                    .args(["postgres:postgres", h.to_str().unwrap()])
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "chown the test cluster's folder");
+                h
+            } else {
+                dir.join("pg")
+            };
+            let password = super::unique("pw");
+            let pwfile = home.join("pwfile");
+            std::fs::write(&pwfile, &password).unwrap();
+            if root {
+                Command::new("chown")
+                    .args(["postgres:postgres", pwfile.to_str().unwrap()])
+                    .status()
+                    .unwrap();
+            }
+            let pg = Postgres {
+                port: super::free_port(),
+                data: home.join("data"),
+                password,
+                bin,
+            };
+            let ok = pg
+                .command("initdb")
+                .args([
+                    "-D",
+                    pg.data.to_str().unwrap(),
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                ])
+                .args([
+                    "--no-locale",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                ])
+                .arg(format!("--pwfile={}", pwfile.display()))
+                .stdout(Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "initdb");
+            std::fs::remove_file(&pwfile).ok();
+            pg.ctl(&["start"]);
+            pg
+        }
+
+        fn command(&self, program: &str) -> Command {
+            let path = format!("{}/{program}", self.bin);
+            let mut c = if is_root() {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--", &path]);
+                c
+            } else {
+                Command::new(path)
+            };
+            c.current_dir("/");
+            c
+        }
+
+        fn ctl(&self, args: &[&str]) {
+            let socket = self.data.parent().unwrap();
+            let ok = self
+                .command("pg_ctl")
+                .args(["-D", self.data.to_str().unwrap(), "-w", "-t", "60"])
+                .args(["-l", socket.join("postgres.log").to_str().unwrap()])
+                .args([
+                    "-o",
+                    &format!(
+                        "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+                        self.port,
+                        socket.display()
+                    ),
+                ])
+                .args(args)
+                .stdout(Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "pg_ctl {args:?}");
+        }
+
+        /// The superuser's URL for database `db`.
+        pub fn url(&self, db: &str) -> String {
+            format!(
+                "postgres://postgres:{}@127.0.0.1:{}/{db}",
+                self.password, self.port
+            )
+        }
+
+        /// Shuts down at once (no checkpoint, like a crash), then starts again.
+        pub fn crash_and_restart(&self) {
+            self.ctl(&["-m", "immediate", "stop"]);
+            self.ctl(&["start"]);
+        }
+    }
+
+    impl Drop for Postgres {
+        /// Stops the cluster and removes its files, whether the test passed or not.
+        fn drop(&mut self) {
+            let _ = self
+                .command("pg_ctl")
+                .args(["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_dir_all(self.data.parent().unwrap());
         }
     }
 }
