@@ -1,6 +1,7 @@
 //! The `weir` command line: one subcommand per job, each in its own module under `cmd/`.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage error, 3 fenced by another instance,
+//! 4 a record had no possible fate (its output and then its dead letter were refused),
 //! 78 a configuration error (as `vector validate`), 130 interrupted (`dlq replay`).
 
 mod cmd;
