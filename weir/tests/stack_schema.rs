@@ -48,6 +48,7 @@ async fn schema_applies_twice_to_an_empty_database() {
         tables,
         [
             "audits",
+            "dead_letter_outbox",
             "rejects",
             "sink_offsets",
             "users",
