@@ -1,24 +1,147 @@
-//! The `clean` processor: turns a validated randomuser.me record into the flat
-//! [`CleanRecord`]. Text is NFC with white space collapsed; names are title case in any
-//! script; the email is lower case; phones keep digits and a leading `+`; the postcode is
-//! text whatever its JSON type; dates are dates. Cleaning never fails: what validation let
-//! through and is absent becomes empty or null.
+//! The `clean` processor: turns a validated record into a clean row whose fields the topology
+//! file declares. Each field comes from a path of the raw record (or `@name`, a field
+//! declared above it), or several joined with a space, and goes through a short list of
+//! operations. The declaration is compiled once into a plan that runs on the fields the
+//! source read (no DOM) and writes the row's JSON straight into its buffer: the fields in
+//! their order, then `source` (the raw record's topic, partition, offset and timestamp).
+//! Cleaning never fails: a field with no value is null (or its `missing` text).
 
 use std::any::Any;
+use std::io::Write;
 
 use serde::Deserialize;
-use serde_json::Value;
+use weir_topology::fields::{write_json_str, Field, FieldPlan, Parsed};
 use weir_topology::pipeline::{BuildContext, Built, Processor};
-use weir_topology::{Body, CleanRecord, DataType, Envelope, NodeConfig, OutputSpec};
+use weir_topology::schema::{FieldType, Schema, SchemaField};
+use weir_topology::{Body, CleanRow, DataType, Envelope, NodeConfig, OutputSpec};
 
-use crate::lookup;
-use crate::text::{clean_text, phone_digits, title_case};
-use crate::validate::parse_date;
+use crate::text::{is_squished, nfc, phone_digits_into, squish_into, title_case_into};
+use crate::validate::{canonical_time, parse_date};
 
-/// Flattens and cleans validated randomuser.me records.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Flattens and cleans validated records into rows with the declared fields.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CleanConfig {}
+pub struct CleanConfig {
+    /// The row's fields, in order. Each reads `from` and goes through `ops`.
+    pub fields: Vec<FieldSpec>,
+}
+
+/// One field of a clean row.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldSpec {
+    /// The field's name in the row.
+    pub name: String,
+    /// A dotted path of the raw record (`name.first`), or `@field` for a field declared above,
+    /// or a list of them: those with a value are joined with one space before the operations.
+    /// A string is taken as it is, a number or a boolean as its JSON text; anything else
+    /// has no value.
+    pub from: Sources,
+    /// What is done to the value, in order: `nfc` (Unicode NFC), `trim` (trim and collapse
+    /// white space), `title` (title case in any script, also after `-` and `'`), `lower`,
+    /// `upper`, `digits` (digits only, a leading `+` kept), `date` (`YYYY-MM-DD` from a date
+    /// or an RFC 3339 time), `timestamp` (RFC 3339 in UTC with milliseconds), `integer` (a
+    /// number, or a string that is one). Text that ends up empty has no value.
+    #[serde(default)]
+    pub ops: Vec<Op>,
+    /// The text a field with no value gets (default: null).
+    #[serde(default)]
+    pub missing: Option<String>,
+}
+
+/// One source path, or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Sources {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Sources {
+    fn list(&self) -> Vec<&str> {
+        match self {
+            Sources::One(s) => vec![s],
+            Sources::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// An operation on a field's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Nfc,
+    Trim,
+    Title,
+    Lower,
+    Upper,
+    Digits,
+    Date,
+    Timestamp,
+    Integer,
+}
+
+impl FieldSpec {
+    /// The type the field's value has after its operations.
+    fn ty(&self) -> FieldType {
+        self.ops
+            .iter()
+            .rev()
+            .find_map(|op| match op {
+                Op::Integer => Some(FieldType::Integer),
+                Op::Date => Some(FieldType::Date),
+                Op::Timestamp => Some(FieldType::Timestamp),
+                _ => None,
+            })
+            .unwrap_or(FieldType::Text)
+    }
+}
+
+impl CleanConfig {
+    /// Problems a file can have: duplicate names, unknown `@` fields, misplaced `integer`.
+    fn check(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, f) in self.fields.iter().enumerate() {
+            if f.name == "source" {
+                out.push(
+                    "field \"source\" is the raw record's coordinates: choose another name".into(),
+                );
+            }
+            if self.fields[..i].iter().any(|g| g.name == f.name) {
+                out.push(format!("field \"{}\" is declared twice", f.name));
+            }
+            let sources = f.from.list();
+            if sources.is_empty() {
+                out.push(format!("field \"{}\" reads from nothing", f.name));
+            }
+            for s in &sources {
+                if let Some(name) = s.strip_prefix('@') {
+                    if !self.fields[..i].iter().any(|g| g.name == name) {
+                        out.push(format!(
+                            "field \"{}\" reads \"@{name}\", which is not a field declared above it",
+                            f.name
+                        ));
+                    }
+                } else if s.is_empty() || s.split('.').any(str::is_empty) {
+                    out.push(format!("field \"{}\" reads an empty path", f.name));
+                }
+            }
+            if f.ops.contains(&Op::Integer) && (f.ops.len() != 1 || sources.len() != 1) {
+                out.push(format!(
+                    "field \"{}\": `integer` reads one source and is the only operation",
+                    f.name
+                ));
+            }
+            if f.ty() != FieldType::Text && f.missing.is_some() {
+                out.push(format!(
+                    "field \"{}\": `missing` is text, for text fields only",
+                    f.name
+                ));
+            }
+        }
+        out
+    }
+}
 
 impl NodeConfig for CleanConfig {
     fn accepts(&self) -> &'static [DataType] {
@@ -32,8 +155,43 @@ impl NodeConfig for CleanConfig {
         }]
     }
 
-    fn build(&self, _ctx: &BuildContext) -> Result<Built, String> {
-        Ok(Built::Processor(Box::new(Clean)))
+    fn detail(&self) -> String {
+        format!("{} fields", self.fields.len())
+    }
+
+    fn problems(&self) -> Vec<String> {
+        self.check()
+    }
+
+    fn fields(&self) -> Vec<String> {
+        self.fields
+            .iter()
+            .flat_map(|f| f.from.list())
+            .filter(|s| !s.starts_with('@'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn schema(&self, _input: Option<&Schema>) -> Option<Schema> {
+        Some(Schema {
+            fields: self
+                .fields
+                .iter()
+                .map(|f| SchemaField {
+                    name: f.name.clone(),
+                    ty: f.ty(),
+                    nullable: f.missing.is_none(),
+                })
+                .collect(),
+        })
+    }
+
+    fn build(&self, ctx: &BuildContext) -> Result<Built, String> {
+        let problems = self.check();
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        Ok(Built::Processor(Box::new(Clean::new(self, ctx.plan)?)))
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -41,93 +199,347 @@ impl NodeConfig for CleanConfig {
     }
 }
 
-/// The running clean processor.
-pub struct Clean;
-
-fn text_at(v: &Value, path: &str) -> Option<String> {
-    let s = match lookup(v, path)? {
-        Value::String(s) => clean_text(s),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        _ => return None,
-    };
-    (!s.is_empty()).then_some(s)
+/// Where a field's value comes from, compiled.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// The index of a raw path in the plan.
+    Path(usize),
+    /// The index of a field declared above.
+    Field(usize),
 }
 
-/// Cleans one validated record.
-pub fn clean(v: &Value, source: weir_topology::record::SourceCoordinates) -> CleanRecord {
-    let first_name = text_at(v, "name.first")
-        .map(|s| title_case(&s))
-        .unwrap_or_default();
-    let last_name = text_at(v, "name.last")
-        .map(|s| title_case(&s))
-        .unwrap_or_default();
-    let full_name = clean_text(&format!("{first_name} {last_name}"));
-    let street_address = {
-        let number = text_at(v, "location.street.number");
-        let name = text_at(v, "location.street.name");
-        match (number, name) {
-            (Some(n), Some(s)) => Some(format!("{n} {s}")),
-            (n, s) => n.or(s),
+#[derive(Debug, Clone)]
+struct Compiled {
+    /// The field's name as JSON (`"first_name":`), written as is.
+    key: Vec<u8>,
+    /// A field below reads this one (`@name`): its value is kept for it.
+    referenced: bool,
+    sources: Vec<Source>,
+    ops: Vec<Op>,
+    integer: bool,
+    missing: Option<String>,
+}
+
+/// The running clean processor.
+pub struct Clean {
+    fields: Vec<Compiled>,
+    /// This record's field values, one after another in `arena`.
+    values: Vec<Option<(usize, usize)>>,
+    arena: String,
+    scratch: String,
+    other: String,
+    /// What a raw record's row usually measures, to size the next one.
+    row_size: usize,
+}
+
+impl Clean {
+    pub fn new(config: &CleanConfig, plan: &FieldPlan) -> Result<Self, String> {
+        let mut fields = Vec::new();
+        for (i, f) in config.fields.iter().enumerate() {
+            let mut sources = Vec::new();
+            for s in f.from.list() {
+                sources.push(match s.strip_prefix('@') {
+                    Some(name) => Source::Field(
+                        config.fields[..i]
+                            .iter()
+                            .position(|g| g.name == name)
+                            .ok_or_else(|| format!("no field \"{name}\" above \"{}\"", f.name))?,
+                    ),
+                    None => Source::Path(
+                        plan.index(s)
+                            .ok_or_else(|| format!("the source does not read {s}"))?,
+                    ),
+                });
+            }
+            let mut key = serde_json::to_vec(&f.name).expect("a string");
+            key.push(b':');
+            fields.push(Compiled {
+                key,
+                referenced: config.fields[i + 1..].iter().any(|g| {
+                    g.from
+                        .list()
+                        .iter()
+                        .any(|s| s.strip_prefix('@') == Some(&f.name))
+                }),
+                sources,
+                integer: f.ops.contains(&Op::Integer),
+                ops: f.ops.clone(),
+                missing: f.missing.clone(),
+            });
         }
-    };
-    let registered_at = text_at(v, "registered.date").and_then(|s| {
-        chrono::DateTime::parse_from_rfc3339(&s)
-            .ok()
-            .map(|d| {
-                d.with_timezone(&chrono::Utc)
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            })
-            .or_else(|| parse_date(&s).map(|d| format!("{d}T00:00:00.000Z")))
-    });
-    let age = match lookup(v, "dob.age") {
-        Some(Value::Number(n)) => n.as_i64(),
-        Some(Value::String(s)) => s.trim().parse().ok(),
-        _ => None,
-    };
-    CleanRecord {
-        user_uuid: text_at(v, "login.uuid").map(|s| s.to_lowercase()),
-        title: text_at(v, "name.title").map(|s| title_case(&s)),
-        first_name,
-        last_name,
-        full_name,
-        gender: text_at(v, "gender").map(|s| s.to_lowercase()),
-        email: text_at(v, "email")
-            .map(|s| s.to_lowercase())
-            .unwrap_or_default(),
-        street_address,
-        city: text_at(v, "location.city").unwrap_or_default(),
-        state: text_at(v, "location.state"),
-        country: text_at(v, "location.country").unwrap_or_default(),
-        postcode: text_at(v, "location.postcode"),
-        phone: text_at(v, "phone")
-            .map(|s| phone_digits(&s))
-            .filter(|s| !s.is_empty()),
-        cell: text_at(v, "cell")
-            .map(|s| phone_digits(&s))
-            .filter(|s| !s.is_empty()),
-        dob: text_at(v, "dob.date")
-            .and_then(|s| parse_date(&s))
-            .map(|d| d.to_string()),
-        age,
-        registered_at,
-        picture_thumbnail: text_at(v, "picture.thumbnail"),
-        nat: text_at(v, "nat").map(|s| s.to_uppercase()),
-        source,
+        Ok(Self {
+            values: Vec::with_capacity(fields.len()),
+            fields,
+            arena: String::new(),
+            scratch: String::new(),
+            other: String::new(),
+            row_size: 512,
+        })
     }
+
+    /// The clean row of a validated record: its fields read from `text`, then `source`.
+    pub fn row(&mut self, text: &str, parsed: &Parsed, envelope: &Envelope) -> CleanRow {
+        let mut out = Vec::with_capacity(self.row_size);
+        out.push(b'{');
+        self.values.clear();
+        self.arena.clear();
+        for i in 0..self.fields.len() {
+            let f = &self.fields[i];
+            out.extend_from_slice(&f.key);
+            if f.integer {
+                match integer(parsed, text, &f.sources) {
+                    Some(n) => {
+                        let _ = write!(out, "{n}");
+                    }
+                    None => out.extend_from_slice(b"null"),
+                }
+                self.values.push(None);
+            } else {
+                let value = self.text_value(i, text, parsed);
+                let f = &self.fields[i];
+                let v: Option<&str> = match value {
+                    Value::Slice(s) => Some(s),
+                    Value::Scratch => Some(&self.scratch),
+                    Value::None => f.missing.as_deref(),
+                };
+                match v {
+                    Some(v) => write_json_str(&mut out, v),
+                    None => out.extend_from_slice(b"null"),
+                }
+                let kept = match (f.referenced, value) {
+                    (true, Value::Slice(s)) => Some(s),
+                    (true, Value::Scratch) => Some(self.scratch.as_str()),
+                    _ => None,
+                }
+                .map(|v| {
+                    let at = self.arena.len();
+                    self.arena.push_str(v);
+                    (at, self.arena.len())
+                });
+                self.values.push(kept);
+            }
+            out.push(b',');
+        }
+        let o = &envelope.origin;
+        out.extend_from_slice(b"\"source\":{\"topic\":");
+        serde_json::to_writer(&mut out, &o.topic).expect("in memory");
+        let _ = write!(
+            out,
+            ",\"partition\":{},\"offset\":{},\"timestamp\":",
+            o.partition, o.offset
+        );
+        match o.timestamp {
+            Some(t) => {
+                let _ = write!(out, "{t}");
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}}");
+        self.row_size = self.row_size.max(out.len());
+        CleanRow { json: out }
+    }
+
+    /// Field `i`'s text: its sources joined, then its operations. A single string source
+    /// that no operation changes stays where it is in the record; otherwise the text is
+    /// made in `scratch`.
+    fn text_value<'t>(&mut self, i: usize, text: &'t str, parsed: &'t Parsed) -> Value<'t> {
+        let f = &self.fields[i];
+        let mut ops = f.ops.iter().peekable();
+        if let [Source::Path(p)] = f.sources.as_slice() {
+            if let Some(Field::Str(std::borrow::Cow::Borrowed(mut s))) = parsed.get(text, *p) {
+                // in place while nothing changes
+                while let Some(op) = ops.peek() {
+                    match unchanged(**op, s) {
+                        Some(same) => {
+                            s = same;
+                            ops.next();
+                        }
+                        None => break,
+                    }
+                }
+                if ops.peek().is_none() {
+                    return if s.is_empty() {
+                        Value::None
+                    } else {
+                        Value::Slice(s)
+                    };
+                }
+                self.scratch.clear();
+                self.scratch.push_str(s);
+                return finish(&mut self.scratch, &mut self.other, ops);
+            }
+        }
+        let s = &mut self.scratch;
+        s.clear();
+        for source in &f.sources {
+            let start = s.len();
+            if start > 0 {
+                s.push(' ');
+            }
+            let pushed = match source {
+                Source::Path(p) => push_text(parsed.get(text, *p), s),
+                Source::Field(j) => match self.values[*j] {
+                    Some((a, b)) => {
+                        s.push_str(&self.arena[a..b]);
+                        true
+                    }
+                    None => false,
+                },
+            };
+            if !pushed {
+                s.truncate(start);
+            }
+        }
+        finish(&mut self.scratch, &mut self.other, ops)
+    }
+}
+
+/// The rest of the operations on `scratch`.
+fn finish<'t>(
+    scratch: &mut String,
+    other: &mut String,
+    ops: impl Iterator<Item = &'t Op>,
+) -> Value<'static> {
+    for op in ops {
+        if !apply(*op, scratch, other) {
+            return Value::None;
+        }
+    }
+    if scratch.is_empty() {
+        Value::None
+    } else {
+        Value::Scratch
+    }
+}
+
+/// Where a field's text ended up.
+#[derive(Clone, Copy)]
+enum Value<'t> {
+    None,
+    /// In the record, as it was.
+    Slice(&'t str),
+    /// In the processor's scratch buffer.
+    Scratch,
+}
+
+/// What `op` leaves of `s` when that is a part of `s` itself (nothing to copy), else `None`.
+fn unchanged(op: Op, s: &str) -> Option<&str> {
+    match op {
+        Op::Nfc => matches!(nfc(s), std::borrow::Cow::Borrowed(_)).then_some(s),
+        Op::Trim => is_squished(s).then_some(s),
+        Op::Lower => (s.is_ascii() && !s.bytes().any(|b| b.is_ascii_uppercase())).then_some(s),
+        Op::Upper => (s.is_ascii() && !s.bytes().any(|b| b.is_ascii_lowercase())).then_some(s),
+        Op::Date => canonical_time(s).map(|_| &s[..10]),
+        Op::Timestamp => canonical_time(s).filter(|_| s.len() == 24).map(|_| s),
+        Op::Title | Op::Digits | Op::Integer => None,
+    }
+}
+
+/// A value as text: a string as it is, a number or boolean as JSON text.
+fn push_text(v: Option<Field<'_>>, out: &mut String) -> bool {
+    match v {
+        Some(Field::Str(s)) => out.push_str(&s),
+        Some(Field::Number(n)) => {
+            let _ = std::fmt::Write::write_fmt(out, format_args!("{n}"));
+        }
+        Some(Field::Bool(b)) => out.push_str(if b { "true" } else { "false" }),
+        _ => return false,
+    }
+    true
+}
+
+/// A number that fits i64, or a string that parses as one (trimmed).
+fn integer(parsed: &Parsed, text: &str, sources: &[Source]) -> Option<i64> {
+    let Some(Source::Path(p)) = sources.first() else {
+        return None;
+    };
+    match parsed.get(text, *p)? {
+        Field::Number(n) => n.as_i64(),
+        Field::Str(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Applies one operation to `s` (using `other` as scratch); false when the value is gone.
+fn apply(op: Op, s: &mut String, other: &mut String) -> bool {
+    other.clear();
+    match op {
+        Op::Nfc => match nfc(s) {
+            std::borrow::Cow::Borrowed(_) => return true,
+            std::borrow::Cow::Owned(n) => other.push_str(&n),
+        },
+        Op::Trim => {
+            if is_squished(s) {
+                return true;
+            }
+            squish_into(s, other)
+        }
+        Op::Title => title_case_into(s, other),
+        Op::Lower => {
+            if s.is_ascii() {
+                s.make_ascii_lowercase();
+                return true;
+            }
+            other.push_str(&s.to_lowercase());
+        }
+        Op::Upper => {
+            if s.is_ascii() {
+                s.make_ascii_uppercase();
+                return true;
+            }
+            other.push_str(&s.to_uppercase());
+        }
+        Op::Digits => phone_digits_into(s, other),
+        Op::Date if canonical_time(s).is_some() => {
+            s.truncate(10);
+            return true;
+        }
+        Op::Date => match parse_date(s) {
+            Some(d) => {
+                let _ = std::fmt::Write::write_fmt(other, format_args!("{d}"));
+            }
+            None => return false,
+        },
+        // already what it becomes, or without its milliseconds
+        Op::Timestamp if canonical_time(s).is_some() => {
+            if s.len() == 20 {
+                s.truncate(19);
+                s.push_str(".000Z");
+            }
+            return true;
+        }
+        Op::Timestamp => {
+            let t = chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|d| {
+                    d.with_timezone(&chrono::Utc)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                })
+                .or_else(|| parse_date(s).map(|d| format!("{d}T00:00:00.000Z")));
+            match t {
+                Some(t) => other.push_str(&t),
+                None => return false,
+            }
+        }
+        // handled before the text operations
+        Op::Integer => return true,
+    }
+    std::mem::swap(s, other);
+    true
 }
 
 impl Processor for Clean {
     fn process(&mut self, mut record: Envelope, out: &mut Vec<(Option<&'static str>, Envelope)>) {
-        let cleaned = match &record.body {
-            Body::Valid(v) | Body::Json(v) => clean(v, record.source_coordinates()),
-            _ => {
-                // the graph check makes this unreachable; never lose the record
-                out.push((None, record));
-                return;
+        let row = match &record.body {
+            Body::Valid(parsed) | Body::Json(parsed) => {
+                Some(self.row(&parsed.text, parsed, &record))
             }
+            // the graph check makes this unreachable; never lose the record
+            _ => None,
         };
-        record.body = Body::Clean(Box::new(cleaned));
+        if let Some(row) = row {
+            record.set_body(Body::Clean(row));
+        }
         out.push((None, record));
     }
 }
@@ -135,59 +547,109 @@ impl Processor for Clean {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-    use weir_topology::record::SourceCoordinates;
+    use weir_topology::Origin;
 
-    fn src() -> SourceCoordinates {
-        SourceCoordinates {
+    fn config(toml_fields: serde_json::Value) -> CleanConfig {
+        serde_json::from_value(serde_json::json!({ "fields": toml_fields })).unwrap()
+    }
+
+    fn run(config: &CleanConfig, raw: &str) -> serde_json::Value {
+        let mut plan = FieldPlan::default();
+        for p in config.fields() {
+            plan.add(&p);
+        }
+        let mut parsed = Parsed::default();
+        plan.read(raw, &mut parsed).unwrap();
+        let mut clean = Clean::new(config, &plan).unwrap();
+        let env = Envelope::raw(Origin {
             topic: "raw".into(),
             partition: 2,
             offset: 41,
             timestamp: Some(1_700_000_000_000),
-        }
-    }
-
-    #[test]
-    fn cleans_a_randomuser_record() {
-        let raw = json!({
-            "gender": "female",
-            "name": {"title": "Ms", "first": "  зоряна ", "last": "o'neil-smith"},
-            "location": {"street": {"number": 4432, "name": "  Main   Street "}, "city": "Kyiv",
-                         "state": "Kyivska", "country": "Ukraine", "postcode": 48105},
-            "email": "Zoryana.ONeil@Example.COM",
-            "login": {"uuid": "2D4B4B9E-1C1E-4A5E-9A8E-0A0B0C0D0E0F"},
-            "dob": {"date": "1993-07-20T09:44:18.674Z", "age": 31},
-            "registered": {"date": "2015-06-21T11:04:38.419+02:00", "age": 9},
-            "phone": "(097) 555-12-34", "cell": "+380 97 555 1234",
-            "picture": {"thumbnail": "https://randomuser.me/api/portraits/thumb/women/1.jpg"},
-            "nat": "ua"
+            value: Some(raw.as_bytes().to_vec()),
+            ..Origin::default()
         });
-        let c = clean(&raw, src());
-        assert_eq!(c.first_name, "Зоряна");
-        assert_eq!(c.last_name, "O'Neil-Smith");
-        assert_eq!(c.full_name, "Зоряна O'Neil-Smith");
-        assert_eq!(c.email, "zoryana.oneil@example.com");
-        assert_eq!(c.street_address.as_deref(), Some("4432 Main Street"));
-        assert_eq!(c.postcode.as_deref(), Some("48105"));
-        assert_eq!(c.phone.as_deref(), Some("0975551234"));
-        assert_eq!(c.cell.as_deref(), Some("+380975551234"));
-        assert_eq!(c.dob.as_deref(), Some("1993-07-20"));
-        assert_eq!(c.registered_at.as_deref(), Some("2015-06-21T09:04:38.419Z"));
-        assert_eq!(
-            c.user_uuid.as_deref(),
-            Some("2d4b4b9e-1c1e-4a5e-9a8e-0a0b0c0d0e0f")
-        );
-        assert_eq!(c.nat.as_deref(), Some("UA"));
-        assert_eq!(c.age, Some(31));
-        assert_eq!(c.source, src());
+        let row = clean.row(raw, &parsed, &env);
+        serde_json::from_slice(&row.json).unwrap()
     }
 
     #[test]
-    fn absent_optional_fields_become_null() {
-        let c = clean(&json!({"name": {"first": "a", "last": "b"}}), src());
-        assert_eq!(c.full_name, "A B");
-        assert_eq!(c.phone, None);
-        assert_eq!(c.street_address, None);
-        assert_eq!(c.postcode, None);
+    fn fields_come_from_paths_through_operations_in_order() {
+        let c = config(serde_json::json!([
+            {"name": "first", "from": "name.first", "ops": ["nfc", "trim", "title"], "missing": ""},
+            {"name": "last", "from": "name.last", "ops": ["nfc", "trim", "title"], "missing": ""},
+            {"name": "full", "from": ["@first", "@last"], "ops": ["nfc", "trim"], "missing": ""},
+            {"name": "street", "from": ["street.number", "street.name"], "ops": ["nfc", "trim"]},
+            {"name": "email", "from": "email", "ops": ["nfc", "trim", "lower"]},
+            {"name": "phone", "from": "phone", "ops": ["nfc", "trim", "digits"]},
+            {"name": "dob", "from": "dob", "ops": ["nfc", "trim", "date"]},
+            {"name": "at", "from": "registered", "ops": ["nfc", "trim", "timestamp"]},
+            {"name": "age", "from": "age", "ops": ["integer"]},
+            {"name": "postcode", "from": "postcode", "ops": ["nfc", "trim"]},
+            {"name": "nat", "from": "nat", "ops": ["upper"]}
+        ]));
+        let r = run(
+            &c,
+            r#"{"name":{"first":"  зоряна ","last":"o'neil-smith"},"street":{"number":4432,"name":"  Main   Street "},
+               "email":"Zoryana.ONeil@Example.COM","phone":"(097) 555-12-34","dob":"1993-07-20T09:44:18.674Z",
+               "registered":"2015-06-21T11:04:38.419+02:00","age":"31","postcode":48105,"nat":"ua"}"#,
+        );
+        assert_eq!(r["first"], "Зоряна");
+        assert_eq!(r["last"], "O'Neil-Smith");
+        assert_eq!(r["full"], "Зоряна O'Neil-Smith");
+        assert_eq!(r["street"], "4432 Main Street");
+        assert_eq!(r["email"], "zoryana.oneil@example.com");
+        assert_eq!(r["phone"], "0975551234");
+        assert_eq!(r["dob"], "1993-07-20");
+        assert_eq!(r["at"], "2015-06-21T09:04:38.419Z");
+        assert_eq!(r["age"], 31);
+        assert_eq!(r["postcode"], "48105");
+        assert_eq!(r["nat"], "UA");
+        assert_eq!(
+            r["source"],
+            serde_json::json!({"topic": "raw", "partition": 2, "offset": 41, "timestamp": 1_700_000_000_000i64})
+        );
+    }
+
+    #[test]
+    fn absent_fields_are_null_or_their_missing_text() {
+        let c = config(serde_json::json!([
+            {"name": "first", "from": "name.first", "ops": ["trim"], "missing": ""},
+            {"name": "phone", "from": "phone", "ops": ["digits"]},
+            {"name": "age", "from": "age", "ops": ["integer"]},
+            {"name": "full", "from": ["@first", "name.last"], "ops": ["trim"], "missing": ""}
+        ]));
+        let r = run(&c, r#"{"name":{"last":"b"},"phone":"call me","age":31.5}"#);
+        assert_eq!(r["first"], "");
+        assert_eq!(r["phone"], serde_json::Value::Null);
+        assert_eq!(r["age"], serde_json::Value::Null);
+        assert_eq!(r["full"], "b");
+    }
+
+    #[test]
+    fn mistakes_in_the_declaration_are_named() {
+        let c = config(serde_json::json!([
+            {"name": "a", "from": "@b"},
+            {"name": "a", "from": ""},
+            {"name": "n", "from": ["x", "y"], "ops": ["integer"]},
+            {"name": "source", "from": "x"}
+        ]));
+        let p = c.check();
+        assert!(
+            p.iter()
+                .any(|m| m.contains("\"@b\", which is not a field declared above")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|m| m.contains("declared twice")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("empty path")), "{p:?}");
+        assert!(
+            p.iter().any(|m| m.contains("`integer` reads one source")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("\"source\" is the raw record's coordinates")),
+            "{p:?}"
+        );
     }
 }

@@ -2,10 +2,11 @@
 //!
 //! - [`validate`]: checks raw JSON records against rules and sends every violation, as a
 //!   reason code, to its `invalid` output.
-//! - [`clean`]: turns a validated randomuser.me record into the flat [`CleanRecord`].
+//! - [`clean`]: turns a validated record into a clean row whose fields the topology file
+//!   declares (each from a path through a few operations).
 //! - [`text`]: the Unicode-aware text helpers both use.
 //!
-//! [`CleanRecord`]: weir_topology::CleanRecord
+//! Both read the fields the source found for their paths, with no JSON DOM per record.
 
 pub mod clean;
 pub mod text;
@@ -28,9 +29,4 @@ pub fn components() -> Vec<ComponentType> {
             parse: parse_config::<clean::CleanConfig>,
         },
     ]
-}
-
-/// Reads a dotted path (`name.first`) in a JSON value.
-pub fn lookup<'a>(value: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
-    path.split('.').try_fold(value, |v, key| v.get(key))
 }

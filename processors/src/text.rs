@@ -1,19 +1,120 @@
 //! Unicode-aware text cleaning: NFC, trimmed and collapsed white space, title case for names,
-//! phone numbers as digits.
+//! phone numbers as digits. NFC costs nothing for text that is NFC already (ASCII and most
+//! text): the quick check says so without normalising.
 
-use unicode_normalization::UnicodeNormalization;
+use std::borrow::Cow;
+
+use std::sync::OnceLock;
+
+use unicode_normalization::char::canonical_combining_class;
+use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
+
+/// `s` in NFC: itself when the quick check says it is (ASCII always is), normalised
+/// otherwise.
+pub fn nfc(s: &str) -> Cow<'_, str> {
+    if s.is_ascii() || s.chars().all(stable) || is_nfc_quick(s.chars()) == IsNormalized::Yes {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(s.nfc().collect())
+    }
+}
+
+/// True for a character of the Basic Multilingual Plane that is NFC on its own and combines
+/// with nothing before it (NFC quick check Yes, combining class 0): text made of such
+/// characters only is NFC. A table of 65,536 bits, made once from the normalisation data.
+fn stable(c: char) -> bool {
+    static TABLE: OnceLock<Box<[u64; 1024]>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = Box::new([0u64; 1024]);
+        for cp in 0..0x1_0000u32 {
+            if let Some(ch) = char::from_u32(cp) {
+                if canonical_combining_class(ch) == 0
+                    && is_nfc_quick(std::iter::once(ch)) == IsNormalized::Yes
+                {
+                    t[cp as usize / 64] |= 1 << (cp % 64);
+                }
+            }
+        }
+        t
+    });
+    let cp = c as u32;
+    cp < 0x1_0000 && table[cp as usize / 64] >> (cp % 64) & 1 == 1
+}
 
 /// NFC, trimmed, every run of white space collapsed to one space.
 pub fn clean_text(s: &str) -> String {
-    let nfc: String = s.nfc().collect();
-    let mut out = String::with_capacity(nfc.len());
-    for word in nfc.split_whitespace() {
-        if !out.is_empty() {
+    let mut out = String::with_capacity(s.len());
+    clean_into(s, &mut out);
+    out
+}
+
+/// [`clean_text`] appended to `out`.
+pub fn clean_into(s: &str, out: &mut String) {
+    let start = out.len();
+    for word in nfc(s).split_whitespace() {
+        if out.len() > start {
             out.push(' ');
         }
         out.push_str(word);
     }
-    out
+}
+
+/// True when `s` is trimmed and its only white space is single spaces between words —
+/// [`squish_into`] would copy it unchanged. Decided on the bytes; false also for text with
+/// characters that may be white space beyond ASCII (the general path decides those).
+pub fn is_squished(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut last_space = true;
+    for &c in b {
+        if c > b' ' {
+            // the lead bytes of every white space character beyond ASCII (U+0085, U+00A0,
+            // U+1680, U+2000–U+200A, U+2028, U+2029, U+202F, U+205F, U+3000): let the
+            // general path decide
+            if c == 0xc2 || (0xe1..=0xe3).contains(&c) {
+                return false;
+            }
+            last_space = false;
+        } else if c == b' ' && !last_space {
+            last_space = true;
+        } else {
+            // a leading or doubled space, a tab, a line break, a control character
+            return false;
+        }
+    }
+    !last_space || b.is_empty()
+}
+
+/// Trimmed, every run of white space collapsed to one space, appended to `out`.
+pub fn squish_into(s: &str, out: &mut String) {
+    if is_squished(s) {
+        out.push_str(s);
+        return;
+    }
+    let start = out.len();
+    for word in s.split_whitespace() {
+        if out.len() > start {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+}
+
+/// The number of characters of [`clean_text`]`(s)`, without making it when `s` is NFC.
+pub fn clean_len(s: &str) -> usize {
+    if s.is_ascii() && is_squished(s) {
+        return s.len();
+    }
+    match nfc(s) {
+        Cow::Borrowed(s) if is_squished(s) => s.chars().count(),
+        Cow::Borrowed(s) => {
+            let mut n = 0;
+            for word in s.split_whitespace() {
+                n += usize::from(n > 0) + word.chars().count();
+            }
+            n
+        }
+        Cow::Owned(s) => clean_text(&s).chars().count(),
+    }
 }
 
 /// Title case that knows scripts and name parts: every part after a space, hyphen or
@@ -21,6 +122,27 @@ pub fn clean_text(s: &str) -> String {
 /// `зоряна` → `Зоряна`; scripts without case (Persian) are unchanged.
 pub fn title_case(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    title_case_into(s, &mut out);
+    out
+}
+
+/// [`title_case`] appended to `out`.
+pub fn title_case_into(s: &str, out: &mut String) {
+    if s.is_ascii() {
+        // the same rules on bytes: no ASCII letter changes length or has a final form
+        let mut start = true;
+        out.extend(s.bytes().map(|b| {
+            let c = if start {
+                b.to_ascii_uppercase()
+            } else {
+                b.to_ascii_lowercase()
+            };
+            start = b.is_ascii_whitespace() || b == 0x0b || b == b'-' || b == b'\'';
+            c as char
+        }));
+        return;
+    }
+    let from = out.len();
     let mut start = true;
     for c in s.chars() {
         if start {
@@ -31,10 +153,11 @@ pub fn title_case(s: &str) -> String {
         start = c.is_whitespace() || matches!(c, '-' | '\'' | '’' | '‐');
     }
     // final sigma: lower-casing one character at a time cannot know the word ends
-    if out.contains('σ') {
-        out = fix_final_sigma(&out);
+    if out[from..].contains('σ') {
+        let fixed = fix_final_sigma(&out[from..]);
+        out.truncate(from);
+        out.push_str(&fixed);
     }
-    out
 }
 
 fn fix_final_sigma(s: &str) -> String {
@@ -57,8 +180,14 @@ fn fix_final_sigma(s: &str) -> String {
 /// Digits only, keeping one leading `+`: `(272) 790-0888` → `2727900888`,
 /// `+44 20 7946 0958` → `+442079460958`. Other scripts' digits become ASCII.
 pub fn phone_digits(s: &str) -> String {
-    let trimmed = s.trim_start();
     let mut out = String::with_capacity(s.len());
+    phone_digits_into(s, &mut out);
+    out
+}
+
+/// [`phone_digits`] appended to `out`.
+pub fn phone_digits_into(s: &str, out: &mut String) {
+    let trimmed = s.trim_start();
     if trimmed.starts_with('+') {
         out.push('+');
     }
@@ -69,7 +198,6 @@ pub fn phone_digits(s: &str) -> String {
             out.push(d);
         }
     }
-    out
 }
 
 /// Persian and Arabic-Indic digits as ASCII.
@@ -93,6 +221,39 @@ mod tests {
         // "e" + combining acute becomes one character
         assert_eq!(clean_text("Jose\u{301}"), "José");
         assert_eq!(clean_text("   "), "");
+        for s in ["  Ana \t  María \n", "Jose\u{301}  x", "   ", "a", "ﬁ  Σ"] {
+            assert_eq!(clean_len(s), clean_text(s).chars().count(), "{s:?}");
+        }
+        assert!(matches!(nfc("plain ascii"), Cow::Borrowed(_)));
+        for (s, squished) in [
+            ("a b", true),
+            ("", true),
+            (" a", false),
+            ("a ", false),
+            ("a  b", false),
+            ("a\tb", false),
+            ("é", true),
+            ("Леся Українка", true),
+            ("a\u{a0}b", false),
+            ("a\u{3000}", false),
+        ] {
+            assert_eq!(is_squished(s), squished, "{s:?}");
+            let mut out = String::new();
+            squish_into(s, &mut out);
+            if squished {
+                assert_eq!(out, s);
+            }
+        }
+        assert!(matches!(nfc("Jose\u{301}"), Cow::Owned(_)));
+        // the table agrees with the quick check on every character of the plane
+        for cp in 0..0x1_0000u32 {
+            if let Some(c) = char::from_u32(cp) {
+                let s = format!("a{c}");
+                if stable(c) {
+                    assert_eq!(is_nfc_quick(s.chars()), IsNormalized::Yes, "{cp:x}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -105,6 +266,27 @@ mod tests {
         assert_eq!(title_case("پارسا"), "پارسا");
         assert_eq!(title_case("ΟΔΥΣΣΕΥΣ"), "Οδυσσευς");
         assert_eq!(title_case("d’artagnan"), "D’Artagnan");
+        // the ASCII path and the general one agree
+        for s in [
+            "o'neil-smith",
+            "mary\tann",
+            "x\u{b}y",
+            "ABC def-GHI",
+            "a1b2 c",
+            "",
+        ] {
+            let mut general = String::new();
+            let mut start = true;
+            for c in s.chars() {
+                if start {
+                    general.extend(c.to_uppercase());
+                } else {
+                    general.extend(c.to_lowercase());
+                }
+                start = c.is_whitespace() || matches!(c, '-' | '\'' | '’' | '‐');
+            }
+            assert_eq!(title_case(s), general, "{s:?}");
+        }
     }
 
     #[test]

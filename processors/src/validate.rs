@@ -1,19 +1,16 @@
 //! The `validate` processor: checks each JSON record against the rules of its config and
 //! reports every violation, not only the first. Valid records leave through the default
 //! output; invalid ones through `invalid`, each reason a code such as `email.invalid`,
-//! `field.missing:name.first` or `field.too_long:location.city`.
+//! `field.missing:name.first` or `field.too_long:location.city`. It reads the fields the
+//! source found for its paths ([`weir_topology::fields`]); nothing is allocated unless a
+//! record fails.
 
+use serde::Deserialize;
 use std::any::Any;
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
-
-use regex::Regex;
-use serde::Deserialize;
-use serde_json::Value;
+use weir_topology::fields::{Field, FieldPlan, Parsed};
 use weir_topology::pipeline::{BuildContext, Built, Processor};
 use weir_topology::{Body, DataType, Envelope, Failure, NodeConfig, OutputSpec};
-
-use crate::lookup;
 
 /// Checks records against rules; sends failures, with every reason, to `invalid`.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,15 +52,18 @@ pub enum FieldType {
 }
 
 impl FieldType {
-    fn matches(self, v: &Value) -> bool {
-        match self {
-            FieldType::String => v.is_string(),
-            FieldType::Integer => v.is_i64() || v.is_u64(),
-            FieldType::Number => v.is_number(),
-            FieldType::Boolean => v.is_boolean(),
-            FieldType::Object => v.is_object(),
-            FieldType::Array => v.is_array(),
-            FieldType::StringOrInteger => v.is_string() || v.is_i64() || v.is_u64(),
+    fn matches(self, v: &Field) -> bool {
+        let int = |n: &serde_json::Number| n.is_i64() || n.is_u64();
+        match (self, v) {
+            (FieldType::String, Field::Str(_)) => true,
+            (FieldType::Integer, Field::Number(n)) => int(n),
+            (FieldType::Number, Field::Number(_)) => true,
+            (FieldType::Boolean, Field::Bool(_)) => true,
+            (FieldType::Object, Field::Object) => true,
+            (FieldType::Array, Field::Array) => true,
+            (FieldType::StringOrInteger, Field::Str(_)) => true,
+            (FieldType::StringOrInteger, Field::Number(n)) => int(n),
+            _ => false,
         }
     }
 
@@ -77,6 +77,20 @@ impl FieldType {
             FieldType::Array => "an array",
             FieldType::StringOrInteger => "a string or an integer",
         }
+    }
+}
+
+impl ValidateConfig {
+    /// Every path a rule names.
+    fn paths(&self) -> impl Iterator<Item = &str> {
+        self.required
+            .iter()
+            .chain(self.types.keys())
+            .chain(&self.email)
+            .chain(&self.dates)
+            .chain(&self.uuid)
+            .chain(self.max_lengths.keys())
+            .map(String::as_str)
     }
 }
 
@@ -110,11 +124,16 @@ impl NodeConfig for ValidateConfig {
         )
     }
 
+    fn fields(&self) -> Vec<String> {
+        self.paths().map(str::to_owned).collect()
+    }
+
     fn build(&self, ctx: &BuildContext) -> Result<Built, String> {
-        Ok(Built::Processor(Box::new(Validate {
-            config: self.clone(),
-            node: ctx.node.to_owned(),
-        })))
+        Ok(Built::Processor(Box::new(Validate::new(
+            self.clone(),
+            ctx.node,
+            ctx.plan,
+        )?)))
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -122,24 +141,89 @@ impl NodeConfig for ValidateConfig {
     }
 }
 
-fn email_regex() -> &'static Regex {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| {
-        Regex::new(r"^[a-zA-Z0-9._%+-]+@[a-zA-Z0-9.-]+\.[a-zA-Z]{2,}$").expect("email regex")
+/// `^[a-zA-Z0-9._%+-]+@[a-zA-Z0-9.-]+\.[a-zA-Z]{2,}$`, matched without a regex engine:
+/// one `@` after a non-empty local part of those characters; a domain of letters, digits,
+/// dots and hyphens whose last dot is not its first character and is followed by at least
+/// two letters to the end.
+pub fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    let local_ok = !local.is_empty()
+        && local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-'));
+    let domain_ok = domain
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    let tld_ok = domain.rfind('.').is_some_and(|dot| {
+        dot >= 1
+            && domain.len() - dot > 2
+            && domain[dot + 1..].bytes().all(|b| b.is_ascii_alphabetic())
+    });
+    local_ok && domain_ok && tld_ok
+}
+
+/// `^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`.
+pub fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+fn digits(b: &[u8]) -> Option<u32> {
+    b.iter().try_fold(0u32, |n, c| {
+        c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
     })
 }
 
-fn uuid_regex() -> &'static Regex {
-    static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| {
-        Regex::new(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-            .expect("uuid regex")
-    })
+/// The canonical RFC 3339 times randomuser.me writes, `YYYY-MM-DDTHH:MM:SS[.fff]Z`, read
+/// without chrono's general parser: the date and (hour, minute, second, milliseconds), or
+/// `None` for anything else (which chrono then reads).
+pub fn canonical_time(s: &str) -> Option<(chrono::NaiveDate, (u32, u32, u32, u32))> {
+    let b = s.as_bytes();
+    let millis = match b.len() {
+        24 if b[19] == b'.' && b[23] == b'Z' => digits(&b[20..23])?,
+        20 if b[19] == b'Z' => 0,
+        _ => return None,
+    };
+    if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let date = canonical_date(&s[..10])?;
+    let (h, m, sec) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
+    (h < 24 && m < 60 && sec < 60).then_some((date, (h, m, sec, millis)))
+}
+
+/// `YYYY-MM-DD`, a real date.
+fn canonical_date(s: &str) -> Option<chrono::NaiveDate> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    chrono::NaiveDate::from_ymd_opt(
+        digits(&b[..4])? as i32,
+        digits(&b[5..7])?,
+        digits(&b[8..10])?,
+    )
 }
 
 /// A date as randomuser.me writes it (RFC 3339) or a plain `YYYY-MM-DD`.
 pub fn parse_date(s: &str) -> Option<chrono::NaiveDate> {
     let s = s.trim();
+    if let Some((d, _)) = canonical_time(s) {
+        return Some(d);
+    }
+    if let Some(d) = canonical_date(s) {
+        return Some(d);
+    }
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|d| d.with_timezone(&chrono::Utc).date_naive())
         .ok()
@@ -155,140 +239,146 @@ fn shown(v: &str) -> String {
     format!("{s:?}")
 }
 
-/// Fields, whether a text passes, the reason code (ending in `:` to name the field), and
-/// what the text must be.
-type FormatRule<'a> = (&'a [String], fn(&str) -> bool, &'static str, &'static str);
+/// What a format rule checks: the text passes, and the reason code (ending in `:` to name
+/// the field) and what the text must be when it does not.
+type Check = (fn(&str) -> bool, &'static str, &'static str);
 
-/// The running validate processor.
+const EMAIL: Check = (is_email, "email.invalid", "an email address");
+const DATE: Check = (|t| parse_date(t).is_some(), "date.invalid:", "a date");
+const UUID: Check = (is_uuid, "uuid.invalid:", "a UUID");
+
+/// The running validate processor: every rule with the index of its path in the plan.
 pub struct Validate {
-    config: ValidateConfig,
     node: String,
+    required: Vec<(String, usize)>,
+    /// Sorted by path, as the config's map is.
+    types: Vec<(String, usize, FieldType)>,
+    /// In rule order: email, dates, UUIDs.
+    formats: Vec<(String, usize, Check)>,
+    /// Sorted by path.
+    max_lengths: Vec<(String, usize, usize)>,
 }
 
 impl Validate {
-    pub fn new(config: ValidateConfig, node: &str) -> Self {
-        Self {
-            config,
-            node: node.to_owned(),
+    /// The processor for `config`, its paths looked up in `plan` (which holds them all).
+    pub fn new(config: ValidateConfig, node: &str, plan: &FieldPlan) -> Result<Self, String> {
+        let at = |path: &String| {
+            plan.index(path)
+                .map(|i| (path.clone(), i))
+                .ok_or_else(|| format!("the source does not read {path}"))
+        };
+        let mut formats = Vec::new();
+        for (paths, check) in [
+            (&config.email, EMAIL),
+            (&config.dates, DATE),
+            (&config.uuid, UUID),
+        ] {
+            for p in paths {
+                let (p, i) = at(p)?;
+                formats.push((p, i, check));
+            }
         }
+        Ok(Self {
+            node: node.to_owned(),
+            required: config.required.iter().map(at).collect::<Result<_, _>>()?,
+            types: config
+                .types
+                .iter()
+                .map(|(p, t)| at(p).map(|(p, i)| (p, i, *t)))
+                .collect::<Result<_, _>>()?,
+            formats,
+            max_lengths: config
+                .max_lengths
+                .iter()
+                .map(|(p, m)| at(p).map(|(p, i)| (p, i, *m)))
+                .collect::<Result<_, _>>()?,
+        })
     }
 
-    /// Every violation of `record`, as (reason code, sentence) pairs, in rule order.
-    pub fn violations(&self, record: &Value) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = Vec::new();
-        if !record.is_object() {
-            let kind = match record {
-                Value::Null => "null",
-                Value::Bool(_) => "a boolean",
-                Value::Number(_) => "a number",
-                Value::String(_) => "a string",
-                Value::Array(_) => "an array",
-                Value::Object(_) => "an object",
-            };
+    /// Every violation of a record (its fields as read from `text`), as (reason code,
+    /// sentence) pairs, in rule order.
+    pub fn violations(&self, text: &str, record: &Parsed) -> Vec<(String, String)> {
+        if let Some(kind) = record.not_object {
             return vec![(
                 "record.not_object".into(),
                 format!("the record is {kind}, not a JSON object"),
             )];
         }
-        let c = &self.config;
-        let mut failed: Vec<&str> = Vec::new();
-        for path in &c.required {
-            match lookup(record, path) {
-                None | Some(Value::Null) => {
+        let mut out: Vec<(String, String)> = Vec::new();
+        // paths already reported: later rules skip them
+        let mut failed: Vec<usize> = Vec::new();
+        for (path, i) in &self.required {
+            match record.get(text, *i) {
+                None | Some(Field::Null) => {
                     out.push((
                         format!("field.missing:{path}"),
                         format!("{path} is missing"),
                     ));
-                    failed.push(path);
+                    failed.push(*i);
                 }
-                Some(Value::String(s)) if s.trim().is_empty() => {
+                Some(Field::Str(s)) if s.trim().is_empty() => {
                     out.push((format!("field.missing:{path}"), format!("{path} is blank")));
-                    failed.push(path);
+                    failed.push(*i);
                 }
-                Some(Value::String(_)) => {}
+                Some(Field::Str(_)) => {}
                 Some(_) => {
                     out.push((
                         format!("field.type:{path}"),
                         format!("{path} must be a string"),
                     ));
-                    failed.push(path);
+                    failed.push(*i);
                 }
             }
         }
-        for (path, ty) in &c.types {
-            if failed.contains(&path.as_str()) {
+        for (path, i, ty) in &self.types {
+            if failed.contains(i) {
                 continue;
             }
-            if let Some(v) = lookup(record, path).filter(|v| !v.is_null()) {
-                if !ty.matches(v) {
+            match record.get(text, *i) {
+                None | Some(Field::Null) => {}
+                Some(v) if ty.matches(&v) => {}
+                Some(_) => {
                     out.push((
                         format!("field.type:{path}"),
                         format!("{path} must be {}", ty.name()),
                     ));
-                    failed.push(path);
+                    failed.push(*i);
                 }
             }
         }
-        let present_string = |path: &str, failed: &Vec<&str>| -> Result<Option<String>, ()> {
-            if failed.contains(&path) {
-                return Ok(None);
+        for (path, i, (passes, code, what)) in &self.formats {
+            if failed.contains(i) {
+                continue;
             }
-            match lookup(record, path) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.trim().to_owned())),
-                Some(_) => Err(()),
-            }
-        };
-        // format rules: (fields, does the text pass, reason code, what the text must be)
-        let rules: [FormatRule; 3] = [
-            (
-                &c.email,
-                |t| email_regex().is_match(t),
-                "email.invalid",
-                "an email address",
-            ),
-            (
-                &c.dates,
-                |t| parse_date(t).is_some(),
-                "date.invalid:",
-                "a date",
-            ),
-            (
-                &c.uuid,
-                |t| uuid_regex().is_match(t),
-                "uuid.invalid:",
-                "a UUID",
-            ),
-        ];
-        for (paths, passes, code, what) in rules {
-            for path in paths {
-                match present_string(path, &failed) {
-                    Ok(Some(t)) if !passes(&t) => {
+            match record.get(text, *i) {
+                None | Some(Field::Null) => {}
+                Some(Field::Str(s)) => {
+                    let t = s.trim();
+                    if !passes(t) {
                         // codes ending in ':' name the field
                         let reason = match code.strip_suffix(':') {
                             Some(c) => format!("{c}:{path}"),
-                            None => code.to_owned(),
+                            None => (*code).to_owned(),
                         };
-                        out.push((reason, format!("{path} {} is not {what}", shown(&t))));
+                        out.push((reason, format!("{path} {} is not {what}", shown(t))));
                     }
-                    Err(()) => {
-                        out.push((
-                            format!("field.type:{path}"),
-                            format!("{path} must be a string"),
-                        ));
-                        failed.push(path);
-                    }
-                    _ => {}
+                }
+                Some(_) => {
+                    out.push((
+                        format!("field.type:{path}"),
+                        format!("{path} must be a string"),
+                    ));
+                    failed.push(*i);
                 }
             }
         }
-        for (path, max) in &c.max_lengths {
-            if failed.contains(&path.as_str()) {
+        for (path, i, max) in &self.max_lengths {
+            if failed.contains(i) {
                 continue;
             }
-            let len = match lookup(record, path) {
-                Some(Value::String(s)) => crate::text::clean_text(s).chars().count(),
-                Some(Value::Number(n)) => n.to_string().chars().count(),
+            let len = match record.get(text, *i) {
+                Some(Field::Str(s)) => crate::text::clean_len(&s),
+                Some(Field::Number(n)) => n.to_string().chars().count(),
                 _ => continue,
             };
             if len > *max {
@@ -304,24 +394,26 @@ impl Validate {
 
 impl Processor for Validate {
     fn process(&mut self, mut record: Envelope, out: &mut Vec<(Option<&'static str>, Envelope)>) {
-        let body = std::mem::replace(&mut record.body, Body::Raw);
-        let Body::Json(value) = body else {
-            record.body = body;
-            out.push((Some("invalid"), record));
-            return;
+        let violations = match &record.body {
+            Body::Json(parsed) => self.violations(&parsed.text, parsed),
+            _ => {
+                out.push((Some("invalid"), record));
+                return;
+            }
         };
-        let violations = self.violations(&value);
         if violations.is_empty() {
-            record.body = Body::Valid(value);
+            if let Body::Json(parsed) = std::mem::replace(&mut record.body, Body::Raw) {
+                record.body = Body::Valid(parsed);
+            }
             out.push((None, record));
         } else {
             let (reasons, sentences): (Vec<String>, Vec<String>) = violations.into_iter().unzip();
-            record.body = Body::Failed(Failure {
+            record.set_body(Body::Failed(Failure {
                 reasons,
                 message: sentences.join("; "),
                 node: self.node.clone(),
                 ..Failure::default()
-            });
+            }));
             out.push((Some("invalid"), record));
         }
     }
@@ -332,7 +424,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn seed() -> Validate {
+    /// The seed's rules, and the plan that reads their paths.
+    fn seed() -> (Validate, FieldPlan) {
         let config: ValidateConfig = serde_json::from_value(json!({
             "required": ["name.first", "name.last", "email", "location.city", "location.country"],
             "email": ["email"],
@@ -342,11 +435,84 @@ mod tests {
             "max_lengths": {"name.first": 5, "location.postcode": 4}
         }))
         .unwrap();
-        Validate::new(config, "validate")
+        let mut plan = FieldPlan::default();
+        for p in config.fields() {
+            plan.add(&p);
+        }
+        (Validate::new(config, "validate", &plan).unwrap(), plan)
     }
 
-    fn codes(v: &Validate, record: Value) -> Vec<String> {
-        v.violations(&record).into_iter().map(|(c, _)| c).collect()
+    fn codes(v: &(Validate, FieldPlan), record: serde_json::Value) -> Vec<String> {
+        let text = record.to_string();
+        let mut parsed = Parsed::default();
+        v.1.read(&text, &mut parsed).unwrap();
+        v.0.violations(&text, &parsed)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect()
+    }
+
+    #[test]
+    fn the_hand_written_matchers_are_the_regexes() {
+        let email = regex::Regex::new(r"^[a-zA-Z0-9._%+-]+@[a-zA-Z0-9.-]+\.[a-zA-Z]{2,}$").unwrap();
+        let uuid = regex::Regex::new(
+            r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        )
+        .unwrap();
+        let parts = [
+            "", "a", "A.b", "@", ".", "..", "-", "x_y%z+q", "é", "b.co", "b.c", "b.c0", "b.com",
+            "b..co", ".co", "co.", "b-c.de", "1.23", "a@b", "@b.co", "ab.CO", " ", "\n",
+        ];
+        for l in parts {
+            for d in parts {
+                let s = format!("{l}@{d}");
+                assert_eq!(is_email(&s), email.is_match(&s), "{s:?}");
+                assert_eq!(is_email(l), email.is_match(l), "{l:?}");
+            }
+        }
+        for s in [
+            "2d4b4b9e-1c1e-4a5e-9a8e-0a0b0c0d0e0f",
+            "2D4B4B9E-1C1E-4A5E-9A8E-0A0B0C0D0E0F",
+            "2d4b4b9e1c1e-4a5e-9a8e-0a0b0c0d0e0f-",
+            "2d4b4b9e-1c1e-4a5e-9a8e-0a0b0c0d0e0",
+            "2d4b4b9e-1c1e-4a5e-9a8e-0a0b0c0d0e0g",
+            "",
+            "éd4b4b9e-1c1e-4a5e-9a8e-0a0b0c0d0e0",
+        ] {
+            assert_eq!(is_uuid(s), uuid.is_match(s), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn canonical_times_read_as_chrono_reads_them() {
+        for s in [
+            "1993-07-20T09:44:18.674Z",
+            "2000-02-29T23:59:59Z",
+            "2001-02-29T00:00:00.000Z",
+            "2015-13-21T11:04:38.419Z",
+            "2015-06-21T24:04:38.419Z",
+            "2015-06-21T11:60:38.419Z",
+            "2015-06-21t11:04:38.419Z",
+            "2015-06-21T11:04:38.419+02:00",
+            "2015-06-21",
+            "2015-6-21",
+            "0000-01-01T00:00:00Z",
+        ] {
+            let chrono = chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|d| d.with_timezone(&chrono::Utc).date_naive())
+                .or_else(|| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok());
+            assert_eq!(parse_date(s), chrono, "{s:?}");
+            if let Some((d, (h, m, sec, ms))) = canonical_time(s) {
+                let c = chrono::DateTime::parse_from_rfc3339(s).unwrap();
+                assert_eq!(c.date_naive(), d);
+                use chrono::Timelike;
+                assert_eq!(
+                    (c.hour(), c.minute(), c.second(), c.nanosecond() / 1_000_000),
+                    (h, m, sec, ms)
+                );
+            }
+        }
     }
 
     #[test]

@@ -24,6 +24,10 @@ email = ["email"]
 [processors.clean]
 type = "clean"
 inputs = ["validate"]
+fields = [
+  { name = "first_name", from = "name.first", ops = ["nfc", "trim", "title"], missing = "" },
+  { name = "email", from = "email", ops = ["nfc", "trim", "lower"], missing = "" },
+]
 
 [sinks.out]
 type = "kafka"
@@ -80,7 +84,7 @@ fn records_reach_their_sinks_and_are_counted() {
     );
     p.process(origin(2, b"\xff"), &mut fates);
 
-    let sinks: Vec<&str> = fates.iter().map(|f| f.sink.as_str()).collect();
+    let sinks: Vec<&str> = fates.iter().map(|f| &*f.sink).collect();
     assert_eq!(sinks, ["out", "dlq", "dlq"]);
     let clean = fates[0].record.as_ref().unwrap();
     assert_eq!(clean.topic, "clean");

@@ -1,5 +1,6 @@
-//! The `kafka` sink: writes each record as JSON to a topic, in the sub-topology's Kafka
-//! transaction, with the input record's key and timestamp.
+//! The `kafka` sink: writes each record to a topic, in the sub-topology's Kafka transaction,
+//! with the input record's key and timestamp: a clean row as its JSON, a record that is not
+//! cleaned as the bytes it was read as.
 
 use std::any::Any;
 
@@ -58,12 +59,13 @@ pub struct TopicEncoder {
 
 impl SinkEncoder for TopicEncoder {
     fn encode(&self, record: &Envelope) -> OutRecord {
+        // a clean row as the clean step wrote it; anything else as it was read
         let value = match &record.body {
-            Body::Clean(c) => serde_json::to_vec(c),
-            Body::Json(v) | Body::Valid(v) => serde_json::to_vec(v),
-            Body::Raw | Body::Failed(_) => Ok(record.origin.value.clone().unwrap_or_default()),
-        }
-        .expect("JSON of owned values");
+            Body::Clean(row) => row.json.clone(),
+            Body::Json(_) | Body::Valid(_) | Body::Raw | Body::Failed(_) => {
+                record.value().map(<[u8]>::to_vec).unwrap_or_default()
+            }
+        };
         OutRecord {
             topic: self.topic.clone(),
             key: record.origin.key.clone(),

@@ -43,9 +43,30 @@ impl NodeConfig for WebsocketSinkConfig {
         format!("message: {:?}", self.message)
     }
 
+    fn schema_problems(&self, input: &weir_topology::schema::Schema) -> Vec<String> {
+        placeholders(&self.message)
+            .filter(|f| input.field(f).is_none())
+            .map(|f| {
+                format!(
+                    "the message names {{{f}}}, which the clean rows do not have{} (their fields: {})",
+                    weir_topology::diagnostic::did_you_mean(f, input.names()),
+                    input.names().collect::<Vec<_>>().join(", ")
+                )
+            })
+            .collect()
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
+}
+
+/// The `{field}` names of a template.
+pub fn placeholders(template: &str) -> impl Iterator<Item = &str> {
+    template
+        .split('{')
+        .skip(1)
+        .filter_map(|s| s.split_once('}').map(|(f, _)| f))
 }
 
 /// `Hello {full_name}!` with the record's fields; an unknown or null field is empty. The

@@ -90,6 +90,21 @@ pub trait NodeConfig: fmt::Debug + Send + Sync + Any {
     fn problems(&self) -> Vec<String> {
         Vec::new()
     }
+    /// The dotted paths of raw JSON records this node reads (rules, clean sources): the
+    /// source reads them all in one pass.
+    fn fields(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The schema of the clean rows this node emits, given its input's (`None`: not clean
+    /// rows, or not known). By default, what it receives.
+    fn schema(&self, input: Option<&crate::schema::Schema>) -> Option<crate::schema::Schema> {
+        input.cloned()
+    }
+    /// What does not fit the schema of the clean rows this node receives (each a sentence):
+    /// a column mapped to a field the rows lack, a template naming one.
+    fn schema_problems(&self, _input: &crate::schema::Schema) -> Vec<String> {
+        Vec::new()
+    }
     /// Turns the config into the running part: a processor, a topic encoder, or a sink
     /// with its own loop. The error names what is wrong.
     fn build(

@@ -222,6 +222,8 @@ pub struct RunSummary {
     pub records: u64,
     pub committed_transactions: u64,
     pub aborted_transactions: u64,
+    /// Time spent committing (the loop reads nothing meanwhile).
+    pub commit_time: Duration,
     /// Records whose outputs were refused and replaced by a dead letter.
     pub refused: u64,
     /// When the first and the last record of the run were read.
@@ -402,7 +404,8 @@ fn client_config(cfg: &EngineConfig) -> ClientConfig {
     c
 }
 
-fn producer_config(cfg: &EngineConfig) -> ClientConfig {
+/// The engine's transactional producer settings (also the bench's pass-through's).
+pub fn producer_config(cfg: &EngineConfig) -> ClientConfig {
     let mut c = client_config(cfg);
     c.set("transactional.id", cfg.transactional_id())
         .set("enable.idempotence", "true")
@@ -425,7 +428,8 @@ fn producer_config(cfg: &EngineConfig) -> ClientConfig {
     c
 }
 
-fn consumer_config(cfg: &EngineConfig) -> ClientConfig {
+/// The engine's consumer settings (also the bench's pass-through's).
+pub fn consumer_config(cfg: &EngineConfig) -> ClientConfig {
     let mut c = client_config(cfg);
     c.set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
@@ -545,6 +549,7 @@ fn commit(
                 e2e.observe(((now - ts).max(0) as f64) / 1000.0);
             }
             state.summary.committed_transactions += 1;
+            state.summary.commit_time += started.elapsed();
             close(state);
             Ok(Settled::Committed)
         }
@@ -1362,6 +1367,7 @@ fn run_once<J: Job>(
     total.records += summary.records;
     total.committed_transactions += summary.committed_transactions;
     total.aborted_transactions += summary.aborted_transactions;
+    total.commit_time += summary.commit_time;
     total.refused += summary.refused;
     if total.first_record.is_none() {
         total.first_record = summary.first_record;

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use crate::component::{DataType, NodeKind};
 use crate::config::{InputRef, Node, Topology};
 use crate::diagnostic::{did_you_mean, Diagnostic};
+use crate::schema::Schema;
 
 /// Every problem with the edges of the graph.
 pub fn check(t: &Topology) -> Vec<Diagnostic> {
@@ -90,7 +91,38 @@ pub fn check(t: &Topology) -> Vec<Diagnostic> {
         }
     }
     diags.extend(cycles(t));
+    // what sinks read from clean rows must be in their schema
+    for node in t.nodes.iter().filter(|n| !n.broken) {
+        let Some(input) = input_schema(t, node) else {
+            continue;
+        };
+        for problem in node.config.schema_problems(&input) {
+            diags.push(
+                t.map
+                    .at(Some(node.offset), format!("{}: {problem}", node.label())),
+            );
+        }
+    }
     diags
+}
+
+/// The schema of the clean rows `node` receives, when its input carries clean rows whose
+/// schema is known (the first input that has one).
+pub fn input_schema(t: &Topology, node: &Node) -> Option<Schema> {
+    node.inputs
+        .iter()
+        .find_map(|i| schema_of(t, &i.node, &mut Vec::new()))
+}
+
+/// The schema of what `name` emits, following its inputs (a cycle has none).
+pub fn schema_of(t: &Topology, name: &str, seen: &mut Vec<String>) -> Option<Schema> {
+    if seen.iter().any(|s| s == name) {
+        return None;
+    }
+    seen.push(name.to_owned());
+    let node = t.node(name).filter(|n| !n.broken)?;
+    let input = node.inputs.iter().find_map(|i| schema_of(t, &i.node, seen));
+    node.config.schema(input.as_ref())
 }
 
 /// The record type an input edge carries, `Ok(None)` when it cannot be known (a cycle).

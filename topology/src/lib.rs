@@ -7,7 +7,9 @@
 //!   topic) and the [`component::Registry`] the binary fills.
 //! - [`graph`]: input checks, cycles, and the split into sub-topologies at topics;
 //!   [`describe`] prints it.
-//! - [`record`]: records in flight, the clean record and failures.
+//! - [`record`]: records in flight, the clean row and failures; [`fields`] reads the fields
+//!   of a raw JSON record that the rules name, without a DOM; [`schema`] is what a clean row
+//!   holds, known when the topology is built.
 //! - [`pipeline`]: a sub-topology compiled into processors and sink encoders; the same code
 //!   runs in `weir process`, `weir test` and the engine.
 //! - [`source`]: the Kafka source component (decodes raw bytes as JSON).
@@ -24,15 +26,17 @@ pub mod describe;
 pub mod diagnostic;
 pub mod duration;
 pub mod engine;
+pub mod fields;
 pub mod graph;
 pub mod interpolate;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;
+pub mod schema;
 pub mod source;
 
 pub use component::{ComponentType, DataType, NodeConfig, NodeKind, OutputSpec, Registry};
 pub use config::{load_file, load_str, LoadError, Node, Topology};
 pub use duration::Duration;
 pub use pipeline::{Built, OutRecord, Pipeline, Processor, SinkEncoder};
-pub use record::{Body, CleanRecord, Envelope, Failure, Origin};
+pub use record::{Body, CleanRow, Envelope, Failure, Origin};

@@ -54,13 +54,16 @@ pub enum Built {
 pub struct BuildContext<'a> {
     pub application_id: &'a str,
     pub node: &'a str,
+    /// Every raw JSON path the sub-topology's nodes read: the source reads them, the others
+    /// look their values up by index.
+    pub plan: &'a std::sync::Arc<crate::fields::FieldPlan>,
 }
 
 /// Where one input record ended up.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fate {
     /// The sink node reached.
-    pub sink: String,
+    pub sink: std::sync::Arc<str>,
     /// The record as the sink received it.
     pub envelope: Envelope,
     /// What the sink writes to Kafka, for topic sinks.
@@ -82,7 +85,7 @@ enum Stage {
 }
 
 struct Compiled {
-    name: String,
+    name: std::sync::Arc<str>,
     /// The topic a topic sink writes.
     topic: Option<String>,
     stage: Stage,
@@ -99,6 +102,8 @@ pub struct Pipeline {
     sources: HashMap<String, usize>,
     metrics: Option<Metrics>,
     scratch: Vec<(Option<&'static str>, Envelope)>,
+    /// Records still to route, reused from record to record.
+    work: Vec<(usize, Envelope)>,
 }
 
 impl Pipeline {
@@ -114,6 +119,13 @@ impl Pipeline {
             .enumerate()
             .map(|(i, n)| (n.as_str(), i))
             .collect();
+        let mut plan = crate::fields::FieldPlan::default();
+        for name in &sub.nodes {
+            for path in t.node(name).expect("sub-topology node").config.fields() {
+                plan.add(&path);
+            }
+        }
+        let plan = std::sync::Arc::new(plan);
         let mut nodes = Vec::new();
         let mut sources = HashMap::new();
         for (i, name) in sub.nodes.iter().enumerate() {
@@ -121,6 +133,7 @@ impl Pipeline {
             let ctx = BuildContext {
                 application_id: &t.settings.application_id,
                 node: name,
+                plan: &plan,
             };
             let stage = match node.config.build(&ctx).map_err(|message| BuildError {
                 node: name.clone(),
@@ -162,7 +175,7 @@ impl Pipeline {
                 }
             }
             nodes.push(Compiled {
-                name: name.clone(),
+                name: name.as_str().into(),
                 topic: (node.kind == NodeKind::Sink)
                     .then(|| node.config.topic().map(str::to_owned))
                     .flatten(),
@@ -177,6 +190,7 @@ impl Pipeline {
             sources,
             metrics: metrics.cloned(),
             scratch: Vec::new(),
+            work: Vec::new(),
         })
     }
 
@@ -199,7 +213,7 @@ impl Pipeline {
             .nodes
             .iter()
             .find(|n| n.topic.as_deref() == Some(refusal.topic.as_str()))
-            .map_or("engine", |n| n.name.as_str());
+            .map_or("engine", |n| &*n.name);
         let value = origin.value.unwrap_or_default();
         let (preview, headers) = refused_value(&value);
         let key = origin.key.map(|k| refused_value(&k).0);
@@ -234,7 +248,8 @@ impl Pipeline {
         }) else {
             return;
         };
-        let mut work: Vec<(usize, Envelope)> = vec![(start, Envelope::raw(origin))];
+        let mut work = std::mem::take(&mut self.work);
+        work.push((start, Envelope::raw(origin)));
         while let Some((i, envelope)) = work.pop() {
             let node = &mut self.nodes[i];
             if let Some(c) = &node.records_in {
@@ -285,6 +300,7 @@ impl Pipeline {
                 }),
             }
         }
+        self.work = work;
     }
 }
 

@@ -1,7 +1,11 @@
 //! The records that flow through a topology: where each came from ([`Origin`]), what it is
-//! now ([`Body`]), the flat [`CleanRecord`] and the reasons a record failed ([`Failure`]).
+//! now ([`Body`]): the fields of a raw record that the rules name ([`Parsed`]), a clean row
+//! ([`CleanRow`], its fields as the topology file declares them) or the reasons it failed
+//! ([`Failure`]).
 
 use serde::{Deserialize, Serialize};
+
+use crate::fields::Parsed;
 
 /// Where a record came from: its source coordinates and its original key and bytes, kept
 /// unchanged so that a dead letter can carry them.
@@ -30,32 +34,11 @@ pub struct SourceCoordinates {
     pub timestamp: Option<i64>,
 }
 
-/// A user as the clean topic carries it: flat, typed, cleaned.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CleanRecord {
-    pub user_uuid: Option<String>,
-    pub title: Option<String>,
-    pub first_name: String,
-    pub last_name: String,
-    pub full_name: String,
-    pub gender: Option<String>,
-    pub email: String,
-    pub street_address: Option<String>,
-    pub city: String,
-    pub state: Option<String>,
-    pub country: String,
-    /// Always text: randomuser.me sends numbers for some countries.
-    pub postcode: Option<String>,
-    pub phone: Option<String>,
-    pub cell: Option<String>,
-    /// `YYYY-MM-DD`.
-    pub dob: Option<String>,
-    pub age: Option<i64>,
-    /// RFC 3339, UTC.
-    pub registered_at: Option<String>,
-    pub picture_thumbnail: Option<String>,
-    pub nat: Option<String>,
-    pub source: SourceCoordinates,
+/// A clean record as the clean topic carries it: a flat JSON object with the fields the
+/// clean step declares, in their order, then `source` (the raw record's coordinates).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CleanRow {
+    pub json: Vec<u8>,
 }
 
 /// Why a record could not go on: every violated rule as a reason code, and a message.
@@ -77,12 +60,12 @@ pub struct Failure {
 pub enum Body {
     /// Bytes as read from Kafka (the original value is in [`Origin::value`]).
     Raw,
-    /// Decoded JSON.
-    Json(serde_json::Value),
-    /// JSON that passed validation.
-    Valid(serde_json::Value),
-    /// A cleaned record.
-    Clean(Box<CleanRecord>),
+    /// A JSON record (its value in [`Origin::value`]) with the fields the rules name.
+    Json(Parsed),
+    /// A JSON record that passed validation.
+    Valid(Parsed),
+    /// A clean record.
+    Clean(CleanRow),
     /// A record that failed, bound for a dead-letter sink.
     Failed(Failure),
 }
@@ -99,6 +82,25 @@ impl Envelope {
         Self {
             origin,
             body: Body::Raw,
+        }
+    }
+
+    /// The record's value: the text a JSON record's fields were read from, else the bytes
+    /// as read.
+    pub fn value(&self) -> Option<&[u8]> {
+        match &self.body {
+            Body::Json(p) | Body::Valid(p) => Some(p.text.as_bytes()),
+            _ => self.origin.value.as_deref(),
+        }
+    }
+
+    /// Sets the body; a JSON record's text goes back to [`Origin::value`] when the record
+    /// stops being JSON (a dead letter carries the original bytes).
+    pub fn set_body(&mut self, body: Body) {
+        if let Body::Json(p) | Body::Valid(p) = std::mem::replace(&mut self.body, body) {
+            if !matches!(self.body, Body::Json(_) | Body::Valid(_)) {
+                self.origin.value = Some(p.text.into_bytes());
+            }
         }
     }
 

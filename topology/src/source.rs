@@ -1,10 +1,14 @@
-//! The `kafka` source: reads raw records from a topic and decodes their values as JSON.
+//! The `kafka` source: reads raw records from a topic and decodes their values as JSON —
+//! in one pass, keeping only the fields the sub-topology's rules name ([`FieldPlan`]).
 //! What cannot be decoded leaves through the `undecodable` output with a reason
 //! (`utf8.invalid`, `json.malformed`, `record.empty`), so no input is ever lost.
 
 use std::any::Any;
+use std::sync::Arc;
 
 use serde::Deserialize;
+
+use crate::fields::{FieldPlan, Parsed};
 
 use crate::component::{DataType, NodeConfig, OutputSpec};
 use crate::pipeline::{BuildContext, Built, Processor};
@@ -47,6 +51,7 @@ impl NodeConfig for KafkaSourceConfig {
     fn build(&self, ctx: &BuildContext) -> Result<Built, String> {
         Ok(Built::Processor(Box::new(Decode {
             node: ctx.node.to_owned(),
+            plan: ctx.plan.clone(),
         })))
     }
 
@@ -55,15 +60,17 @@ impl NodeConfig for KafkaSourceConfig {
     }
 }
 
-/// Decodes a raw value as UTF-8 JSON.
+/// Decodes a raw value as UTF-8 JSON and reads the fields of the plan.
 pub struct Decode {
     node: String,
+    plan: Arc<FieldPlan>,
 }
 
 impl Decode {
-    pub fn new(node: &str) -> Self {
+    pub fn new(node: &str, plan: Arc<FieldPlan>) -> Self {
         Self {
             node: node.to_owned(),
+            plan,
         }
     }
 
@@ -76,36 +83,43 @@ impl Decode {
         })
     }
 
-    /// The decoded body of a raw value: JSON, or a failure with its reason.
-    pub fn decode(&self, value: Option<&[u8]>) -> Body {
-        let Some(bytes) = value else {
+    /// The decoded body of a raw value: JSON (holding the value as text), or a failure with
+    /// its reason (the value stays with the caller).
+    pub fn decode(&self, value: &mut Option<Vec<u8>>) -> Body {
+        let Some(bytes) = value.take() else {
             return self.fail(
                 "record.empty",
                 "the record has no value (a tombstone)".into(),
             );
         };
-        let text = match std::str::from_utf8(bytes) {
+        let text = match String::from_utf8(bytes) {
             Ok(t) => t,
             Err(e) => {
+                let at = e.utf8_error().valid_up_to();
+                *value = Some(e.into_bytes());
                 return self.fail(
                     "utf8.invalid",
-                    format!(
-                        "the value is not UTF-8: invalid byte at offset {}",
-                        e.valid_up_to()
-                    ),
-                )
+                    format!("the value is not UTF-8: invalid byte at offset {at}"),
+                );
             }
         };
-        match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(v) => Body::Json(v),
-            Err(e) => self.fail("json.malformed", format!("the value is not JSON: {e}")),
+        let mut parsed = Parsed::default();
+        match self.plan.read(&text, &mut parsed) {
+            Ok(()) => {
+                parsed.text = text;
+                Body::Json(parsed)
+            }
+            Err(e) => {
+                *value = Some(text.into_bytes());
+                self.fail("json.malformed", format!("the value is not JSON: {e}"))
+            }
         }
     }
 }
 
 impl Processor for Decode {
     fn process(&mut self, mut record: Envelope, out: &mut Vec<(Option<&'static str>, Envelope)>) {
-        record.body = self.decode(record.origin.value.as_deref());
+        record.body = self.decode(&mut record.origin.value);
         let output = match record.body {
             Body::Failed(_) => Some("undecodable"),
             _ => None,
@@ -127,11 +141,21 @@ mod tests {
 
     #[test]
     fn decodes_json_and_names_what_is_not() {
-        let d = Decode::new("raw");
-        assert!(matches!(d.decode(Some(br#"{"a":1}"#)), Body::Json(_)));
-        assert_eq!(reasons(d.decode(Some(b"\xff\xfe"))), ["utf8.invalid"]);
-        assert_eq!(reasons(d.decode(Some(b"{\"a\":"))), ["json.malformed"]);
-        assert_eq!(reasons(d.decode(Some(b""))), ["json.malformed"]);
-        assert_eq!(reasons(d.decode(None)), ["record.empty"]);
+        let d = Decode::new("raw", Arc::new(FieldPlan::default()));
+        let decode = |v: Option<&[u8]>| {
+            let mut value = v.map(<[u8]>::to_vec);
+            let body = d.decode(&mut value);
+            // what fails keeps its bytes; JSON holds them as text
+            match &body {
+                Body::Json(p) => assert_eq!((value, p.text.as_bytes()), (None, v.unwrap())),
+                _ => assert_eq!(value.as_deref(), v),
+            }
+            body
+        };
+        assert!(matches!(decode(Some(br#"{"a":1}"#)), Body::Json(_)));
+        assert_eq!(reasons(decode(Some(b"\xff\xfe"))), ["utf8.invalid"]);
+        assert_eq!(reasons(decode(Some(b"{\"a\":"))), ["json.malformed"]);
+        assert_eq!(reasons(decode(Some(b""))), ["json.malformed"]);
+        assert_eq!(reasons(decode(None)), ["record.empty"]);
     }
 }

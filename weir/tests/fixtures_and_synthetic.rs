@@ -43,42 +43,38 @@ fn every_fixture_user_is_cleaned() {
             let fates = run(&mut p, user.to_string().as_bytes());
             assert_eq!(fates.len(), 1);
             match &fates[0].envelope.body {
-                Body::Clean(c) => cleaned.push(c.clone()),
+                Body::Clean(row) => {
+                    cleaned.push(serde_json::from_slice::<serde_json::Value>(&row.json).unwrap())
+                }
                 other => panic!("{} was not cleaned: {other:?}", user["email"]),
             }
         }
     }
     assert_eq!(cleaned.len(), 8);
-    let by_nat = |nat: &str| {
-        cleaned
-            .iter()
-            .rev()
-            .find(|c| c.nat.as_deref() == Some(nat))
-            .unwrap()
-    };
-    assert_eq!(by_nat("IR").full_name, "محمدطاها کامروا");
+    let by_nat = |nat: &str| cleaned.iter().rev().find(|c| c["nat"] == nat).unwrap();
+    assert_eq!(by_nat("IR")["full_name"], "محمدطاها کامروا");
     assert_eq!(
-        by_nat("IR").postcode.as_deref(),
+        by_nat("IR")["postcode"].as_str(),
         Some("61384"),
         "a numeric postcode becomes text"
     );
-    assert_eq!(by_nat("UA").full_name, "Зоряна Бондаренко");
+    assert_eq!(by_nat("UA")["full_name"], "Зоряна Бондаренко");
     assert_eq!(
-        by_nat("UA").phone.as_deref(),
+        by_nat("UA")["phone"].as_str(),
         Some("098972311"),
         "letters in phones are dropped"
     );
-    assert_eq!(by_nat("CA").postcode.as_deref(), Some("S4K 6Y1"));
-    assert_eq!(by_nat("CH").full_name, "Jean-Pierre D'Aubigné");
+    assert_eq!(by_nat("CA")["postcode"].as_str(), Some("S4K 6Y1"));
+    assert_eq!(by_nat("CH")["full_name"], "Jean-Pierre D'Aubigné");
     assert_eq!(
-        by_nat("CH").street_address.as_deref(),
+        by_nat("CH")["street_address"].as_str(),
         Some("7133 Rue de L'Abbé-Grégoire")
     );
-    assert_eq!(by_nat("DE").last_name, "Müller");
-    assert_eq!(by_nat("US").phone.as_deref(), Some("2727900888"));
-    assert_eq!(by_nat("US").dob.as_deref(), Some("1992-03-08"));
+    assert_eq!(by_nat("DE")["last_name"], "Müller");
+    assert_eq!(by_nat("US")["phone"].as_str(), Some("2727900888"));
+    assert_eq!(by_nat("US")["dob"].as_str(), Some("1992-03-08"));
     assert_eq!(
-        by_nat("US").user_uuid.as_deref(),
+        by_nat("US")["user_uuid"].as_str(),
         Some("7a0eed16-9430-4d68-901f-c0d4c1c3bf00")
     );
 }
@@ -94,7 +90,7 @@ fn synthetic_records_meet_the_fate_the_generator_intended() {
         let r = g.next_record();
         let fates = run(&mut p, &r.value);
         assert_eq!(fates.len(), 1, "record {i}: exactly one fate");
-        let sink = fates[0].sink.as_str();
+        let sink = &*fates[0].sink;
         match r.dirty {
             None => assert_eq!(
                 sink,

@@ -5,6 +5,9 @@
 //!   the dead-letter topic with the original bytes.
 //! - Any edit of `topology/users.toml` (characters deleted, TOML punctuation or arbitrary
 //!   text inserted) loads or is reported with diagnostics inside the file; nothing panics.
+//! - The fast field reader reads every JSON text — user-shaped or not, with odd white space,
+//!   escapes, numbers, nesting, and with bytes cut or inserted — exactly as serde_json's
+//!   parser does: the same fields, or the same error.
 //!
 //! `PROPTEST_CASES` sets the number of cases (1,000 each by default; `deploy/dev faults` runs
 //! 100,000).
@@ -75,9 +78,9 @@ fn one_fate(p: &mut Pipeline, value: &[u8]) -> Result<(), TestCaseError> {
     prop_assert_eq!(fates.len(), 1, "one fate");
     let f = &fates[0];
     match &f.envelope.body {
-        Body::Clean(_) => prop_assert_eq!(f.sink.as_str(), "clean_topic"),
+        Body::Clean(_) => prop_assert_eq!(&*f.sink, "clean_topic"),
         Body::Failed(failure) => {
-            prop_assert_eq!(f.sink.as_str(), "dead_letter");
+            prop_assert_eq!(&*f.sink, "dead_letter");
             prop_assert!(!failure.reasons.is_empty());
             let record = f.record.as_ref().unwrap();
             prop_assert_eq!(record.value.as_slice(), value, "the original bytes");
@@ -205,8 +208,104 @@ fn apply(text: &str, edits: &[(usize, usize, String)]) -> String {
     chars.into_iter().collect()
 }
 
+/// A JSON text of a value, written with odd white space now and then.
+fn json_text() -> impl Strategy<Value = String> {
+    (user(), any::<u64>()).prop_map(|(v, seed)| {
+        let compact = v.to_string();
+        let mut out = String::with_capacity(compact.len() + 16);
+        let mut x = seed | 1;
+        for c in compact.chars() {
+            out.push(c);
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if matches!(c, ',' | ':' | '{' | '[') && x % 5 == 0 {
+                out.push_str([" ", "\n", "\t ", "\r\n"][(x % 4) as usize]);
+            }
+        }
+        out
+    })
+}
+
+/// A JSON text, sometimes damaged: a byte cut, a character inserted.
+fn damaged() -> impl Strategy<Value = String> {
+    (
+        json_text(),
+        any::<prop::sample::Index>(),
+        0usize..4,
+        prop::sample::select(vec![
+            "",
+            "\"",
+            "\\",
+            "\\u00e9",
+            "\\ud800",
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            "1e400",
+            "-",
+            "0.5",
+            "007",
+            "-0",
+            "-0.0",
+            "18446744073709551616",
+            "-9223372036854775809",
+            "tru",
+            "nul",
+            "\u{7f}",
+            "\u{1}",
+            "é",
+        ]),
+    )
+        .prop_map(|(text, at, cut, insert)| {
+            let chars: Vec<char> = text.chars().collect();
+            let at = at.index(chars.len() + 1);
+            let end = (at + cut).min(chars.len());
+            chars[..at]
+                .iter()
+                .chain(insert.chars().collect::<Vec<_>>().iter())
+                .chain(&chars[end..])
+                .collect()
+        })
+}
+
+fn reads_alike(text: &str) -> Result<(), TestCaseError> {
+    let mut plan = weir_topology::fields::FieldPlan::default();
+    for path in PATHS {
+        plan.add(&path.join("."));
+    }
+    plan.add("name");
+    plan.add("location.street");
+    let (mut fast, mut slow) = (
+        weir_topology::fields::Parsed::default(),
+        weir_topology::fields::Parsed::default(),
+    );
+    let a = plan.read(text, &mut fast).map_err(|e| e.to_string());
+    let b = plan
+        .read_with_serde(text, &mut slow)
+        .map_err(|e| e.to_string());
+    prop_assert_eq!(&a, &b, "{:?}", text);
+    if a.is_ok() {
+        prop_assert_eq!(&fast, &slow, "{:?}", text);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn the_fast_reader_reads_as_serde_json(text in json_text()) {
+        reads_alike(&text)?;
+    }
+
+    #[test]
+    fn the_fast_reader_fails_as_serde_json(text in damaged()) {
+        reads_alike(&text)?;
+    }
 
     #[test]
     fn any_bytes_get_exactly_one_fate(value in prop::collection::vec(any::<u8>(), 0..2048)) {

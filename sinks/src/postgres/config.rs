@@ -135,27 +135,8 @@ pub fn default_columns() -> BTreeMap<String, String> {
     .collect()
 }
 
-/// The fields a column may take.
-pub const FIELDS: &[&str] = &[
-    "user_uuid",
-    "title",
-    "first_name",
-    "last_name",
-    "full_name",
-    "gender",
-    "email",
-    "street_address",
-    "city",
-    "state",
-    "country",
-    "postcode",
-    "phone",
-    "cell",
-    "dob",
-    "age",
-    "registered_at",
-    "picture_thumbnail",
-    "nat",
+/// The fields of the record's coordinates a column may take besides the clean row's own.
+pub const SPECIAL_FIELDS: &[&str] = &[
     "@record",
     "@topic",
     "@partition",
@@ -165,14 +146,14 @@ pub const FIELDS: &[&str] = &[
 ];
 
 impl PostgresSinkConfig {
-    /// Problems the config has on its own (unknown fields, key not mapped).
+    /// Problems the config has on its own (unknown special fields, key not mapped).
     pub fn check(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (column, field) in &self.columns {
-            if !FIELDS.contains(&field.as_str()) {
+            if field.starts_with('@') && !SPECIAL_FIELDS.contains(&field.as_str()) {
                 out.push(format!(
                     "column \"{column}\" maps to unknown field \"{field}\"{}",
-                    weir_topology::diagnostic::did_you_mean(field, FIELDS.iter().copied())
+                    weir_topology::diagnostic::did_you_mean(field, SPECIAL_FIELDS.iter().copied())
                 ));
             }
         }
@@ -184,6 +165,22 @@ impl PostgresSinkConfig {
         }
         if self.window.as_millis() == 0 {
             out.push("window must be longer than 0".into());
+        }
+        out
+    }
+
+    /// Columns mapped to fields the clean rows do not have.
+    pub fn check_schema(&self, schema: &weir_topology::schema::Schema) -> Vec<String> {
+        let mut out = Vec::new();
+        for (column, field) in &self.columns {
+            if field.starts_with('@') || schema.field(field).is_some() {
+                continue;
+            }
+            out.push(format!(
+                "column \"{column}\" maps to field \"{field}\", which the clean rows do not have{} (their fields: {})",
+                weir_topology::diagnostic::did_you_mean(field, schema.names()),
+                schema.names().collect::<Vec<_>>().join(", ")
+            ));
         }
         out
     }
@@ -207,6 +204,10 @@ impl NodeConfig for PostgresSinkConfig {
 
     fn problems(&self) -> Vec<String> {
         self.check()
+    }
+
+    fn schema_problems(&self, input: &weir_topology::schema::Schema) -> Vec<String> {
+        self.check_schema(input)
     }
 
     fn build(

@@ -12,7 +12,7 @@ use weir_topology::{Body, Origin};
 /// The JSON line that says where one record ended up.
 pub fn fate_json(fates: &[Fate]) -> Value {
     let mut out = serde_json::Map::new();
-    let sinks: Vec<&str> = fates.iter().map(|f| f.sink.as_str()).collect();
+    let sinks: Vec<&str> = fates.iter().map(|f| &*f.sink).collect();
     out.insert("output".into(), json!(sinks.first().copied()));
     if sinks.len() > 1 {
         out.insert("outputs".into(), json!(sinks));
@@ -23,14 +23,15 @@ pub fn fate_json(fates: &[Fate]) -> Value {
                 out.insert("reasons".into(), json!(failure.reasons));
                 out.insert("message".into(), json!(failure.message));
             }
-            Body::Clean(c) => {
+            Body::Clean(row) => {
                 out.insert(
                     "record".into(),
-                    serde_json::to_value(c).unwrap_or(Value::Null),
+                    serde_json::from_slice(&row.json).unwrap_or(Value::Null),
                 );
             }
-            Body::Json(v) | Body::Valid(v) => {
-                out.insert("record".into(), v.clone());
+            Body::Json(p) | Body::Valid(p) => {
+                let value = serde_json::from_str(&p.text).unwrap_or(Value::Null);
+                out.insert("record".into(), value);
             }
             Body::Raw => {}
         }

@@ -1,0 +1,781 @@
+//! Reading only the fields the rules name from a raw JSON record, in one pass and without a
+//! DOM: a [`FieldPlan`] (the dotted paths every processor of a sub-topology needs, as a tree)
+//! drives serde_json's own parser, and each wanted value is kept in [`Parsed`] — a string as
+//! the span of the record's text it came from, unless it had escapes — while everything else
+//! is parsed (so the record is validated exactly as `serde_json::from_str::<Value>` would,
+//! with the same error messages and the same recursion limit) and dropped at once. A
+//! processor reads a value back as a [`Field`] that borrows from the record's text.
+//!
+//! What a path finds follows `serde_json::Value` lookups: a later duplicate key replaces the
+//! earlier value (with everything below it), and a path through something that is not an
+//! object finds nothing.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Number;
+
+/// A wanted value, as found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field<'a> {
+    Null,
+    Bool(bool),
+    Number(Number),
+    /// Borrowed from the record's text, or decoded when it had escapes.
+    Str(Cow<'a, str>),
+    Array,
+    Object,
+}
+
+impl Field<'_> {
+    /// What a message calls this kind of value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Field::Null => "null",
+            Field::Bool(_) => "a boolean",
+            Field::Number(_) => "a number",
+            Field::Str(_) => "a string",
+            Field::Array => "an array",
+            Field::Object => "an object",
+        }
+    }
+}
+
+/// A wanted value as kept in [`Parsed`]: a string is a span of the record's text.
+#[derive(Debug, Clone, PartialEq)]
+enum Stored {
+    Null,
+    Bool(bool),
+    Number(Number),
+    /// Byte offset and length in the record's text.
+    Span(u32, u32),
+    /// A string with escapes, decoded.
+    Owned(Box<str>),
+    Array,
+    Object,
+}
+
+/// What a record holds at the paths of a plan.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parsed {
+    /// The kind of value the record is when it is not a JSON object.
+    pub not_object: Option<&'static str>,
+    values: Vec<Option<Stored>>,
+    /// The record's value, as text: held here (checked as UTF-8 once) while the record is
+    /// JSON on its way through the processors, and given back to [`crate::Origin::value`]
+    /// when it becomes something else.
+    pub text: String,
+}
+
+impl Parsed {
+    /// The value at path `index` of the plan, read back from the record's text.
+    pub fn field(&self, index: usize) -> Option<Field<'_>> {
+        self.get(&self.text, index)
+    }
+
+    /// The value at path `index` of the plan, read back from `text` (what was read).
+    pub fn get<'a>(&'a self, text: &'a str, index: usize) -> Option<Field<'a>> {
+        Some(match self.values.get(index)?.as_ref()? {
+            Stored::Null => Field::Null,
+            Stored::Bool(b) => Field::Bool(*b),
+            Stored::Number(n) => Field::Number(n.clone()),
+            Stored::Span(at, len) => Field::Str(Cow::Borrowed(
+                text.get(*at as usize..(*at + *len) as usize)?,
+            )),
+            Stored::Owned(s) => Field::Str(Cow::Borrowed(s)),
+            Stored::Array => Field::Array,
+            Stored::Object => Field::Object,
+        })
+    }
+}
+
+/// The dotted paths to read, as a tree; each path has an index into the values.
+#[derive(Debug, Clone, Default)]
+pub struct FieldPlan {
+    root: Node,
+    paths: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    /// (key, the path's index if a path ends here, the paths below)
+    children: Vec<(String, Option<usize>, Node)>,
+    /// Every index at or below this node (cleared when a duplicate key replaces it).
+    below: Vec<usize>,
+}
+
+impl Node {
+    /// The wanted child named `key`: its length and first byte rule most keys out before a
+    /// comparison.
+    #[inline]
+    fn child(&self, key: &str) -> Option<usize> {
+        let (len, first) = (key.len(), key.as_bytes().first().copied());
+        self.children.iter().position(|(k, _, _)| {
+            k.len() == len && k.as_bytes().first().copied() == first && k == key
+        })
+    }
+}
+
+impl FieldPlan {
+    /// The index of `path` (`location.street.number`), adding it when new.
+    pub fn add(&mut self, path: &str) -> usize {
+        if let Some(i) = self.paths.iter().position(|p| p == path) {
+            return i;
+        }
+        let index = self.paths.len();
+        self.paths.push(path.to_owned());
+        let mut node = &mut self.root;
+        let keys: Vec<&str> = path.split('.').collect();
+        for (depth, key) in keys.iter().enumerate() {
+            node.below.push(index);
+            let at = match node.child(key) {
+                Some(at) => at,
+                None => {
+                    node.children
+                        .push(((*key).to_owned(), None, Node::default()));
+                    node.children.len() - 1
+                }
+            };
+            let entry = &mut node.children[at];
+            if depth == keys.len() - 1 {
+                entry.1 = Some(index);
+                entry.2.below.push(index);
+            }
+            node = &mut entry.2;
+        }
+        index
+    }
+
+    /// The index of a path added before.
+    pub fn index(&self, path: &str) -> Option<usize> {
+        self.paths.iter().position(|p| p == path)
+    }
+
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Reads `text` (a record's value) into `parsed`: the kind of value when it is not an
+    /// object; `Err` exactly when `serde_json::from_str::<Value>` fails, with its error.
+    pub fn read(&self, text: &str, parsed: &mut Parsed) -> Result<(), serde_json::Error> {
+        parsed.not_object = None;
+        parsed.values.clear();
+        parsed.values.resize(self.paths.len(), None);
+        if fast(&self.root, text, &mut parsed.values).is_some() {
+            return Ok(());
+        }
+        // anything the fast reader does not take (escapes, exponents, errors, deep nesting,
+        // a record that is not an object): serde_json reads it, and says what is wrong
+        self.read_with_serde(text, parsed)
+    }
+
+    /// [`FieldPlan::read`] with serde_json's parser: every record, every error.
+    pub fn read_with_serde(
+        &self,
+        text: &str,
+        parsed: &mut Parsed,
+    ) -> Result<(), serde_json::Error> {
+        parsed.not_object = None;
+        parsed.values.clear();
+        parsed.values.resize(self.paths.len(), None);
+        let mut de = serde_json::Deserializer::from_str(text);
+        let kind = Root {
+            node: &self.root,
+            values: &mut parsed.values,
+            base: text.as_ptr() as usize,
+        }
+        .deserialize(&mut de)?;
+        de.end()?;
+        parsed.not_object = kind;
+        Ok(())
+    }
+}
+
+/// The fast reader: the common records — an object of objects, arrays, strings without
+/// escapes, integers, fractions without exponents, literals — read on the bytes in one loop
+/// with a stack of open containers. It gives up (`None`) on anything else, so what it reads
+/// it reads as serde_json would; the property tests compare the two.
+fn fast(root: &Node, s: &str, values: &mut [Option<Stored>]) -> Option<()> {
+    let b = s.as_bytes();
+    let ws = |mut i: usize| {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = b.get(i) {
+            i += 1;
+        }
+        i
+    };
+    let string = |i: usize| string_end(b, i);
+    // open containers: the node of an object whose wanted paths go on (None: nothing
+    // wanted below), and whether it is an array
+    let mut stack: Vec<(Option<&Node>, bool)> = Vec::with_capacity(FAST_DEPTH);
+    let mut i = ws(0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    stack.push((Some(root), false));
+    let mut first = true;
+    loop {
+        i = ws(i);
+        let &(node, array) = stack.last()?;
+        let close = if array { b']' } else { b'}' };
+        // the end of the container, or (after a member) the comma before the next one
+        if *b.get(i)? == close {
+            stack.pop();
+            i += 1;
+            if stack.is_empty() {
+                return (ws(i) == b.len()).then_some(());
+            }
+            first = false;
+            continue;
+        }
+        if !first {
+            if *b.get(i)? != b',' {
+                return None;
+            }
+            i = ws(i + 1);
+        }
+        first = false;
+        // an object member's key, or an array's element
+        let mut wanted: Option<(&Option<usize>, &Node)> = None;
+        if !array {
+            if b.get(i)? != &b'"' {
+                return None;
+            }
+            let end = string(i + 1)?;
+            if let Some(node) = node {
+                // between two quotes: character boundaries of the text
+                let key = s.get(i + 1..end)?;
+                if let Some(c) = node.child(key) {
+                    let (_, index, below) = &node.children[c];
+                    // a later duplicate key replaces everything the earlier one held
+                    for j in &below.below {
+                        values[*j] = None;
+                    }
+                    wanted = Some((index, below));
+                }
+            }
+            i = ws(end + 1);
+            if b.get(i)? != &b':' {
+                return None;
+            }
+            i = ws(i + 1);
+        }
+        let store = |values: &mut [Option<Stored>], v: Stored| {
+            if let Some((Some(j), _)) = wanted {
+                values[*j] = Some(v);
+            }
+        };
+        match *b.get(i)? {
+            b'"' => {
+                let end = string(i + 1)?;
+                store(
+                    values,
+                    Stored::Span(u32::try_from(i + 1).ok()?, u32::try_from(end - i - 1).ok()?),
+                );
+                i = end + 1;
+            }
+            c @ (b'{' | b'[') => {
+                if stack.len() >= FAST_DEPTH {
+                    return None;
+                }
+                let below = wanted
+                    .map(|(_, below)| below)
+                    .filter(|below| c == b'{' && !below.children.is_empty());
+                store(
+                    values,
+                    if c == b'{' {
+                        Stored::Object
+                    } else {
+                        Stored::Array
+                    },
+                );
+                stack.push((below, c == b'['));
+                first = true;
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                if b[i] == b'-' {
+                    i += 1;
+                }
+                match b.get(i)? {
+                    b'0' => i += 1,
+                    b'1'..=b'9' => {
+                        while b.get(i).is_some_and(u8::is_ascii_digit) {
+                            i += 1;
+                        }
+                    }
+                    _ => return None,
+                }
+                let mut integer = true;
+                if b.get(i) == Some(&b'.') {
+                    integer = false;
+                    i += 1;
+                    let frac = i;
+                    while b.get(i).is_some_and(u8::is_ascii_digit) {
+                        i += 1;
+                    }
+                    if i == frac {
+                        return None;
+                    }
+                }
+                // exponents and very long numbers are serde_json's (it may find them out
+                // of range)
+                if matches!(b.get(i), Some(b'e' | b'E')) || i - start > 300 {
+                    return None;
+                }
+                if let Some((Some(_), _)) = wanted {
+                    if !integer {
+                        return None;
+                    }
+                    let digits = &s[start..i];
+                    let n: Number = if digits.starts_with('-') {
+                        // serde_json reads -0 as a float
+                        match digits.parse::<i64>().ok()? {
+                            0 => return None,
+                            n => n.into(),
+                        }
+                    } else {
+                        digits.parse::<u64>().ok()?.into()
+                    };
+                    store(values, Stored::Number(n));
+                }
+            }
+            _ => {
+                let rest = &b[i..];
+                let (v, len) = if rest.starts_with(b"true") {
+                    (Stored::Bool(true), 4)
+                } else if rest.starts_with(b"false") {
+                    (Stored::Bool(false), 5)
+                } else if rest.starts_with(b"null") {
+                    (Stored::Null, 4)
+                } else {
+                    return None;
+                };
+                store(values, v);
+                i += len;
+            }
+        }
+    }
+}
+
+/// Nesting the fast reader takes; serde_json refuses 128.
+const FAST_DEPTH: usize = 100;
+
+/// Writes `s` as a JSON string, exactly as serde_json does: with nothing to escape (no `"`,
+/// `\`, control character) quoted as it is, else by serde_json itself.
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    if first_special(s.as_bytes()).is_none() {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, s).expect("a string into memory");
+    }
+}
+
+/// The first `"`, `\` or control character of `b`, eight bytes at a time.
+fn first_special(b: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const QUOTES: u64 = ONES * b'"' as u64;
+    const SLASHES: u64 = ONES * b'\\' as u64;
+    let mut i = 0;
+    while let Some(word) = b.get(i..i + 8) {
+        let v = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        let (q, s) = (v ^ QUOTES, v ^ SLASHES);
+        let hit = (q.wrapping_sub(ONES) & !q)
+            | (s.wrapping_sub(ONES) & !s)
+            | (v.wrapping_sub(ONES * 0x20) & !v);
+        if hit & HIGH != 0 {
+            return Some(i + ((hit & HIGH).trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    b[i..]
+        .iter()
+        .position(|&c| matches!(c, b'"' | b'\\' | 0..=0x1f))
+        .map(|p| i + p)
+}
+
+/// A string's end after its opening quote at `i`: the closing quote, or `None` at an escape
+/// or a control character. Eight bytes at a time: in each word, a byte equal to `"` or `\`
+/// or below 0x20 sets the high bit of its byte in `hit` (bytes above a hit may be set too,
+/// never below it, so the lowest is the first).
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    let at = i + first_special(b.get(i..)?)?;
+    (b[at] == b'"').then_some(at)
+}
+
+/// The record itself: an object read with the plan, or the kind of what it is instead.
+struct Root<'p, 'v> {
+    node: &'p Node,
+    values: &'v mut Vec<Option<Stored>>,
+    /// Where the record's text starts: a borrowed string is kept as its offset from here.
+    base: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Root<'_, '_> {
+    type Value = Option<&'static str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Root<'_, '_> {
+    type Value = Option<&'static str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Some("a boolean"))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Some("a number"))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Some("a number"))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        // as serde_json's Value: a float it cannot hold is null
+        Ok(Some(if Number::from_f64(v).is_some() {
+            "a number"
+        } else {
+            "null"
+        }))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Some("a string"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Some("null"))
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Some("null"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Some("an array"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        read_object(self.node, self.values, self.base, map)?;
+        Ok(None)
+    }
+}
+
+/// Reads an object's members: wanted keys are kept or descended into, the rest skipped.
+fn read_object<'de, A: MapAccess<'de>>(
+    node: &Node,
+    values: &mut Vec<Option<Stored>>,
+    base: usize,
+    mut map: A,
+) -> Result<(), A::Error> {
+    while let Some(key) = map.next_key_seed(KeySeed(node))? {
+        match key {
+            None => {
+                map.next_value::<Skip>()?;
+            }
+            Some(at) => {
+                let (_, index, below) = &node.children[at];
+                // a later duplicate key replaces everything the earlier one held
+                for i in &below.below {
+                    values[*i] = None;
+                }
+                let field = map.next_value_seed(ValueSeed {
+                    node: below,
+                    values,
+                    base,
+                })?;
+                if let Some(i) = index {
+                    values[*i] = Some(field);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A key: the position of the wanted child it names, if any.
+struct KeySeed<'p>(&'p Node);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.0.child(v))
+    }
+}
+
+/// A wanted value: kept as a [`Field`]; an object with wanted paths below is descended into.
+struct ValueSeed<'p, 'v> {
+    node: &'p Node,
+    values: &'v mut Vec<Option<Stored>>,
+    base: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_, '_> {
+    type Value = Stored;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
+    type Value = Stored;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Stored::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Stored::Number(v.into()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Stored::Number(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        // as serde_json's Value: a float it cannot hold is null
+        Ok(Number::from_f64(v).map_or(Stored::Null, Stored::Number))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        let at = (v.as_ptr() as usize).wrapping_sub(self.base);
+        Ok(match (u32::try_from(at), u32::try_from(v.len())) {
+            (Ok(at), Ok(len)) => Stored::Span(at, len),
+            _ => Stored::Owned(v.into()),
+        })
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Stored::Owned(v.into()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Stored::Owned(v.into_boxed_str()))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Stored::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Stored::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Stored::Array)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        read_object(self.node, self.values, self.base, map)?;
+        Ok(Stored::Object)
+    }
+}
+
+/// A value nobody wants: parsed through `deserialize_any`, as a `Value` would be (the same
+/// checks and recursion limit; serde's `IgnoredAny` takes a laxer path), and dropped.
+struct Skip;
+
+impl<'de> de::Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> Visitor<'de> for SkipVisitor {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_key::<Skip>()?.is_some() {
+            map.next_value::<Skip>()?;
+        }
+        Ok(Skip)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(paths: &[&str]) -> FieldPlan {
+        let mut p = FieldPlan::default();
+        for path in paths {
+            p.add(path);
+        }
+        p
+    }
+
+    fn get(p: &FieldPlan, text: &str, parsed: &Parsed, path: &str) -> Option<Field<'static>> {
+        parsed.get(text, p.index(path).unwrap()).map(|f| match f {
+            Field::Str(s) => Field::Str(Cow::Owned(s.into_owned())),
+            Field::Null => Field::Null,
+            Field::Bool(b) => Field::Bool(b),
+            Field::Number(n) => Field::Number(n),
+            Field::Array => Field::Array,
+            Field::Object => Field::Object,
+        })
+    }
+
+    #[test]
+    fn reads_only_the_wanted_paths_borrowing_the_text() {
+        let p = plan(&[
+            "name.first",
+            "name.last",
+            "email",
+            "location.street.number",
+            "dob.age",
+        ]);
+        let text = r#"{"name":{"title":"Ms","first":"Ana","last":"Li\u00e9"},"email":"a@b.co",
+            "location":{"street":{"number":12,"name":"x"}},"dob":{"age":31.5},"extra":[1,{"a":null}]}"#;
+        let mut parsed = Parsed::default();
+        p.read(text, &mut parsed).unwrap();
+        assert_eq!(parsed.not_object, None);
+        assert!(matches!(
+            parsed.get(text, 0),
+            Some(Field::Str(Cow::Borrowed("Ana")))
+        ));
+        assert_eq!(
+            get(&p, text, &parsed, "name.last"),
+            Some(Field::Str("Lié".into()))
+        );
+        assert_eq!(
+            get(&p, text, &parsed, "email"),
+            Some(Field::Str("a@b.co".into()))
+        );
+        assert_eq!(
+            get(&p, text, &parsed, "location.street.number"),
+            Some(Field::Number(12.into()))
+        );
+        assert_eq!(
+            get(&p, text, &parsed, "dob.age"),
+            Some(Field::Number(Number::from_f64(31.5).unwrap()))
+        );
+    }
+
+    #[test]
+    fn the_eight_byte_scan_finds_what_the_byte_scan_finds() {
+        let slow = |b: &[u8]| {
+            let at = b
+                .iter()
+                .position(|c| matches!(c, b'"' | b'\\' | 0..=0x1f))?;
+            (b[at] == b'"').then_some(at)
+        };
+        let mut cases: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"abc".to_vec(),
+            "zoë and Леся, 2000\"".as_bytes().to_vec(),
+        ];
+        for n in 0..24 {
+            for special in [
+                b'"', b'\\', 0x00, 0x1f, b'\n', 0x20, 0x7f, 0x80, 0xff, 0x21, 0x5b, 0x5d, 0x01,
+            ] {
+                let mut v = vec![b'a'; n];
+                v.push(special);
+                v.extend_from_slice(b"tail\"");
+                cases.push(v.clone());
+                v[0] = 0xe9;
+                cases.push(v);
+            }
+        }
+        for c in &cases {
+            assert_eq!(string_end(c, 0), slow(c), "{c:?}");
+            if let Ok(text) = std::str::from_utf8(c) {
+                let mut ours = Vec::new();
+                write_json_str(&mut ours, text);
+                assert_eq!(ours, serde_json::to_vec(text).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn lookups_follow_value_semantics() {
+        let p = plan(&["name.first", "name.last", "name"]);
+        let mut v = Parsed::default();
+        // a later duplicate replaces the whole earlier value
+        let text = r#"{"name":{"first":"a","last":"b"},"name":{"last":"c"}}"#;
+        p.read(text, &mut v).unwrap();
+        assert_eq!(get(&p, text, &v, "name.first"), None);
+        assert_eq!(get(&p, text, &v, "name.last"), Some(Field::Str("c".into())));
+        assert_eq!(get(&p, text, &v, "name"), Some(Field::Object));
+        // through something that is not an object: nothing
+        let text = r#"{"name":"x"}"#;
+        p.read(text, &mut v).unwrap();
+        assert_eq!(get(&p, text, &v, "name.first"), None);
+        assert_eq!(get(&p, text, &v, "name"), Some(Field::Str("x".into())));
+        // not an object at all
+        for (text, kind) in [("[1,2]", "an array"), (" 7 ", "a number"), ("null", "null")] {
+            p.read(text, &mut v).unwrap();
+            assert_eq!(v.not_object, Some(kind));
+        }
+    }
+
+    #[test]
+    fn errors_are_serde_json_value_errors() {
+        let p = plan(&["name.first"]);
+        let mut v = Parsed::default();
+        let deep = format!("{{\"x\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        for text in [
+            "{\"name\": {\"first\": \"Ann\"",
+            "",
+            "{} trailing",
+            "{\"name\":\"\\ud800\"}",
+            &deep,
+            "{\"a\":1e400}",
+            "{\"a\":\"tab\there\"}",
+        ] {
+            let want = serde_json::from_str::<serde_json::Value>(text).unwrap_err();
+            let got = p.read(text, &mut v).unwrap_err();
+            assert_eq!(got.to_string(), want.to_string(), "{text:?}");
+        }
+    }
+}
