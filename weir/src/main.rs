@@ -71,6 +71,8 @@ enum BenchCommand {
     Live(cmd::bench::LiveArgs),
     /// The exactly-once loop's throughput over fresh synthetic records.
     Topology(cmd::bench::TopologyArgs),
+    /// The processing path's records/s per core of CPU time, with no Kafka.
+    Process(cmd::bench::ProcessArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,6 +115,7 @@ fn main() -> ExitCode {
         Command::Bench { command } => match command {
             BenchCommand::Live(args) => cmd::bench::live(args),
             BenchCommand::Topology(args) => cmd::bench::topology(args),
+            BenchCommand::Process(args) => cmd::bench::process(args),
         },
     };
     match result {

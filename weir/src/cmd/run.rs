@@ -254,6 +254,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 committed = summary.committed_transactions,
                 aborted = summary.aborted_transactions,
                 records_per_second = summary.records_per_second().map(|r| r.round()),
+                commit_seconds = (summary.commit_time.as_secs_f64() * 10.0).round() / 10.0,
                 "stopped"
             );
             if failed {

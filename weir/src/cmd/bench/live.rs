@@ -1,7 +1,3 @@
-//! `weir bench topology`: the exactly-once loop's throughput on this machine. Fills a fresh
-//! raw topic with synthetic users, runs sub-topology 0 over it (`weir run --subtopologies 0
-//! --stop-when-idle`) and reports records/s, transactions, CPU and peak memory.
-//!
 //! `weir bench live`: the live view under load on loopback. Starts `weir run` with only the
 //! websocket sub-topology, connects N websocket clients (plus deliberately stalled ones that
 //! never read), produces clean records into Kafka at a fixed rate for a fixed time, and
@@ -21,7 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir_sinks::websocket::WebsocketSinkConfig;
 
-use super::{parse_duration, Exit};
+use super::process_usage;
+use crate::cmd::{parse_duration, Exit};
 
 /// Options of `weir bench live`.
 #[derive(Debug, clap::Args)]
@@ -47,157 +44,6 @@ pub struct LiveArgs {
     /// The port of the server the bench starts (default: a free one).
     #[arg(long)]
     pub port: Option<u16>,
-}
-
-/// Options of `weir bench topology`.
-#[derive(Debug, clap::Args)]
-#[command(
-    after_help = "The topology must read its topics and application id from WEIR_TOPIC_RAW, WEIR_TOPIC_CLEAN, \
-WEIR_TOPIC_DLQ and WEIR_APPLICATION_ID (as topology/users.toml does): the bench sets them to fresh names.\n\n\
-Example:\n  weir bench topology topology/users.toml --records 500000 --dirty 0.1"
-)]
-pub struct TopologyArgs {
-    /// The topology file.
-    #[arg(default_value = "topology/users.toml")]
-    pub file: PathBuf,
-    /// Synthetic records to process.
-    #[arg(long, default_value_t = 200_000)]
-    pub records: u64,
-    /// The fraction of bad records (dead letters).
-    #[arg(long, default_value_t = 0.1)]
-    pub dirty: f64,
-    /// Partitions of the fresh topics.
-    #[arg(long, default_value_t = 4)]
-    pub partitions: i32,
-}
-
-pub fn topology(args: &TopologyArgs) -> anyhow::Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
-    let t = super::load(&args.file)?;
-    let bootstrap = t.settings.kafka.bootstrap_servers.clone();
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let pid = std::process::id();
-    let name = |what: &str| format!("weir-bench-{stamp}-{pid}-{what}");
-    let (raw, clean, dlq, app) = (name("raw"), name("clean"), name("dlq"), name("app"));
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .context("creating the admin client")?;
-    let topics: Vec<NewTopic> = [&raw, &clean, &dlq]
-        .iter()
-        .map(|n| NewTopic::new(n, args.partitions, TopicReplication::Fixed(1)))
-        .collect();
-    for r in futures::executor::block_on(admin.create_topics(&topics, &AdminOptions::new()))
-        .context("creating the bench topics")?
-    {
-        r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
-    }
-    eprintln!(
-        "producing {} synthetic records ({:.0}% bad) into {raw}",
-        args.records,
-        args.dirty * 100.0
-    );
-    let producer =
-        weir::ingest::producer::IngestProducer::new(weir::ingest::producer::ProducerSettings {
-            bootstrap_servers: bootstrap.clone(),
-            topic: raw.clone(),
-            source: "synthetic",
-            linger: Duration::from_millis(50),
-            overrides: Vec::new(),
-        })?;
-    let mut generator = weir::ingest::synthetic::Synthetic::new(7, args.dirty);
-    let (mut key, mut value) = (String::new(), Vec::new());
-    for _ in 0..args.records {
-        generator.next_into(&mut key, &mut value);
-        producer.send(Some(key.as_bytes()), &value, None, &[])?;
-    }
-    producer.flush(Duration::from_secs(120))?;
-    drop(producer);
-
-    eprintln!(
-        "running sub-topology 0 of {} over them",
-        args.file.display()
-    );
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("run")
-        .arg(&args.file)
-        .args([
-            "--subtopologies",
-            "0",
-            "--no-http",
-            "--stop-when-idle",
-            "3s",
-            "--instance",
-            "bench",
-        ])
-        .env("WEIR_TOPIC_RAW", &raw)
-        .env("WEIR_TOPIC_CLEAN", &clean)
-        .env("WEIR_TOPIC_DLQ", &dlq)
-        .env("WEIR_APPLICATION_ID", &app)
-        .env("WEIR_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting weir run")?;
-    let pid = child.id();
-    let stderr = child.stderr.take().expect("piped stderr");
-    let lines = std::thread::spawn(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<String>>()
-    });
-    let mut usage = (0, 0.0);
-    while child.try_wait()?.is_none() {
-        let now = process_usage(pid);
-        if now.0 > 0 {
-            usage = now;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let status = child.wait()?;
-    let lines = lines.join().unwrap_or_default();
-    let stopped = lines.iter().rev().find(|l| l.contains(" stopped records="));
-    let (Some(stopped), true) = (stopped, status.success()) else {
-        for l in lines.iter().rev().take(10).rev() {
-            eprintln!("  {l}");
-        }
-        anyhow::bail!("weir run did not finish cleanly ({status})");
-    };
-    // the log line reads `… stopped records=N committed=N aborted=N records_per_second=R`
-    let field = |name: &str| -> Option<f64> {
-        let key = format!("{name}=");
-        stopped
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&key)?.parse().ok())
-    };
-    let records = field("records").unwrap_or(0.0);
-    println!(
-        "{} records ({:.0}% bad) through {} exactly once, {} partitions: {:.0} records/s, {} transactions committed, {} aborted",
-        records,
-        args.dirty * 100.0,
-        args.file.display(),
-        args.partitions,
-        field("records_per_second").unwrap_or(0.0),
-        field("committed").unwrap_or(0.0),
-        field("aborted").unwrap_or(0.0),
-    );
-    println!(
-        "weir run: peak memory {:.1} MB, CPU {:.1} s (about the last 3 s are the idle wait before it stops)",
-        usage.0 as f64 / 1024.0,
-        usage.1
-    );
-    if records as u64 != args.records {
-        anyhow::bail!("weir run processed {records} records, not {}", args.records);
-    }
-    Ok(())
 }
 
 /// Latencies in 50 µs buckets up to 10 s.
@@ -391,27 +237,8 @@ fn clients_connected(port: u16) -> Option<i64> {
 }
 
 /// (peak resident memory in kB, CPU seconds) of a process.
-fn process_usage(pid: u32) -> (u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
-        .sum();
-    (hwm, ticks / 100.0)
-}
-
 pub fn live(args: &LiveArgs) -> anyhow::Result<()> {
-    let t = super::load(&args.file)?;
+    let t = crate::cmd::load(&args.file)?;
     let subs = weir_topology::graph::sub_topologies(&t);
     let (sub, node) = subs
         .iter()
@@ -422,7 +249,7 @@ pub fn live(args: &LiveArgs) -> anyhow::Result<()> {
             })
         })
         .with_context(|| format!("{} has no websocket sink", args.file.display()))?;
-    let topic = super::run::input_topic(&t, node)?;
+    let topic = crate::cmd::run::input_topic(&t, node)?;
     let partitions = topic_partitions(&t.settings.kafka.bootstrap_servers, &topic)?;
     if partitions == 0 {
         anyhow::bail!(

@@ -1,0 +1,359 @@
+//! `weir bench topology`: the exactly-once loop's throughput beside the ceiling of this
+//! machine and broker. Fills a fresh raw topic with synthetic users once, then, in
+//! alternating rounds over that same topic:
+//!
+//! - a raw transactional pass-through — the ceiling: the smallest loop that reads
+//!   `read_committed`, copies each record's key, value and headers to another topic and
+//!   commits the offsets in a transaction every `commit_interval`, with the engine's client
+//!   settings — in this process;
+//! - Weir: `weir run --subtopologies 0 --stop-when-idle` of the topology, a child process.
+//!
+//! Each round reads the whole topic as a fresh consumer group. It prints records/s for
+//! each run (first record to last), the medians and Weir's ratio to the pass-through, with
+//! Weir's CPU time and peak memory; the bench's topics are deleted at the end.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use weir_topology::engine::{self, EngineConfig, InputMode};
+
+use super::process_usage;
+
+/// Options of `weir bench topology`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "The topology must read its topics and application id from WEIR_TOPIC_RAW, WEIR_TOPIC_CLEAN, \
+WEIR_TOPIC_DLQ and WEIR_APPLICATION_ID (as topology/users.toml does): the bench sets them to fresh names.\n\n\
+Example:\n  weir bench topology topology/users.toml --records 400000 --dirty 0.1 --rounds 3"
+)]
+pub struct TopologyArgs {
+    /// The topology file.
+    #[arg(default_value = "topology/users.toml")]
+    pub file: PathBuf,
+    /// Synthetic records to process.
+    #[arg(long, default_value_t = 200_000)]
+    pub records: u64,
+    /// The fraction of bad records (dead letters).
+    #[arg(long, default_value_t = 0.1)]
+    pub dirty: f64,
+    /// Partitions of the fresh topics.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Pass-through and Weir runs, alternating.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
+
+/// One run's figures.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    records: f64,
+    /// Seconds the loop spent committing.
+    commit: f64,
+    per_second: f64,
+    cpu: f64,
+    peak_kb: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn topology(args: &TopologyArgs) -> anyhow::Result<()> {
+    let t = crate::cmd::load(&args.file)?;
+    let bootstrap = t.settings.kafka.bootstrap_servers.clone();
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let pid = std::process::id();
+    let name = |what: &str| format!("weir-bench-{stamp}-{pid}-{what}");
+    let (raw, clean, dlq, copy) = (name("raw"), name("clean"), name("dlq"), name("copy"));
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .context("creating the admin client")?;
+    let topics: Vec<NewTopic> = [&raw, &clean, &dlq, &copy]
+        .iter()
+        .map(|n| NewTopic::new(n, args.partitions, TopicReplication::Fixed(1)))
+        .collect();
+    for r in futures::executor::block_on(admin.create_topics(&topics, &AdminOptions::new()))
+        .context("creating the bench topics")?
+    {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
+    }
+    let result = rounds(args, &t, &bootstrap, &raw, &clean, &dlq, &copy, &name);
+    let names = [raw.as_str(), clean.as_str(), dlq.as_str(), copy.as_str()];
+    if let Err(e) = futures::executor::block_on(admin.delete_topics(&names, &AdminOptions::new())) {
+        eprintln!("deleting the bench topics: {e}");
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rounds(
+    args: &TopologyArgs,
+    t: &weir_topology::Topology,
+    bootstrap: &str,
+    raw: &str,
+    clean: &str,
+    dlq: &str,
+    copy: &str,
+    name: &dyn Fn(&str) -> String,
+) -> anyhow::Result<()> {
+    eprintln!(
+        "producing {} synthetic records ({:.0}% bad) into {raw}",
+        args.records,
+        args.dirty * 100.0
+    );
+    let producer =
+        weir::ingest::producer::IngestProducer::new(weir::ingest::producer::ProducerSettings {
+            bootstrap_servers: bootstrap.to_owned(),
+            topic: raw.to_owned(),
+            source: "synthetic",
+            linger: Duration::from_millis(50),
+            overrides: Vec::new(),
+        })?;
+    let mut generator = weir::ingest::synthetic::Synthetic::new(7, args.dirty);
+    let (mut key, mut value) = (String::new(), Vec::new());
+    for _ in 0..args.records {
+        generator.next_into(&mut key, &mut value);
+        producer.send(Some(key.as_bytes()), &value, None, &[])?;
+    }
+    producer.flush(Duration::from_secs(120))?;
+    drop(producer);
+
+    let (mut pass, mut weir) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        let p = pass_through(t, bootstrap, raw, copy, &name(&format!("pass-{round}")))?;
+        eprintln!(
+            "round {round}: pass-through {:.0} records/s ({} records)",
+            p.per_second, p.records
+        );
+        let w = run_weir(args, raw, clean, dlq, &name(&format!("app-{round}")))?;
+        eprintln!(
+            "round {round}: weir run      {:.0} records/s ({} records, {:.1} s of it committing, CPU {:.1} s, peak {:.1} MB)",
+            w.per_second,
+            w.records,
+            w.commit,
+            w.cpu,
+            w.peak_kb as f64 / 1024.0
+        );
+        anyhow::ensure!(
+            p.records as u64 == args.records && w.records as u64 == args.records,
+            "a run did not read all {} records",
+            args.records
+        );
+        pass.push(p);
+        weir.push(w);
+    }
+    let (p, w) = (
+        median(pass.iter().map(|r| r.per_second).collect()),
+        median(weir.iter().map(|r| r.per_second).collect()),
+    );
+    println!(
+        "{} records ({:.0}% bad), {} partitions, {} rounds, medians: raw transactional pass-through {:.0} records/s, weir run (sub-topology 0 of {}) {:.0} records/s: {:.2} of the pass-through",
+        args.records,
+        args.dirty * 100.0,
+        args.partitions,
+        args.rounds,
+        p,
+        args.file.display(),
+        w,
+        w / p
+    );
+    println!(
+        "weir run: median CPU {:.1} s, peak memory {:.1} MB (about the last 3 s are the idle wait before it stops)",
+        median(weir.iter().map(|r| r.cpu).collect()),
+        median(weir.iter().map(|r| r.peak_kb as f64 / 1024.0).collect())
+    );
+    Ok(())
+}
+
+/// The pass-through over `raw` as consumer group `group`: poll, copy, and every
+/// `commit_interval` the offsets and the copies in one transaction.
+fn pass_through(
+    t: &weir_topology::Topology,
+    bootstrap: &str,
+    raw: &str,
+    to: &str,
+    group: &str,
+) -> anyhow::Result<Run> {
+    let s = &t.settings;
+    let config = EngineConfig {
+        application_id: group.to_owned(),
+        instance: "bench".into(),
+        subtopology: 0,
+        bootstrap_servers: bootstrap.to_owned(),
+        options: s.kafka.options.clone(),
+        commit_interval: s.commit_interval.as_std(),
+        commit_max_records: s.commit_max_records,
+        transaction_timeout: Duration::from_secs(10),
+        stop_when_idle: Some(Duration::from_secs(3)),
+        rewind_limit: Duration::from_secs(60),
+        input: InputMode::Group,
+    };
+    let timeout = Duration::from_secs(30);
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        engine::producer_config(&config).create()?;
+    producer.init_transactions(timeout)?;
+    let consumer: BaseConsumer = engine::consumer_config(&config).create()?;
+    consumer.subscribe(&[raw])?;
+    let mut offsets: HashMap<i32, i64> = HashMap::new();
+    let mut open: Option<Instant> = None;
+    let (mut first, mut last, mut records) = (None, Instant::now(), 0u64);
+    let commit = |offsets: &mut HashMap<i32, i64>| -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        for (p, o) in offsets.drain() {
+            tpl.add_partition_offset(raw, p, Offset::Offset(o))?;
+        }
+        let meta = consumer.group_metadata().context("no group metadata")?;
+        producer.send_offsets_to_transaction(&tpl, &meta, timeout)?;
+        producer.commit_transaction(timeout)?;
+        Ok(())
+    };
+    loop {
+        match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(m)) => {
+                if open.is_none() {
+                    producer.begin_transaction()?;
+                    open = Some(Instant::now());
+                }
+                let headers = m.headers().map(|h| h.detach());
+                let mut r =
+                    BaseRecord::<[u8], [u8]>::to(to).payload(m.payload().unwrap_or_default());
+                if let Some(k) = m.key() {
+                    r = r.key(k);
+                }
+                if let Some(h) = headers {
+                    r = r.headers(h);
+                }
+                if let Some(ts) = m.timestamp().to_millis() {
+                    r = r.timestamp(ts);
+                }
+                loop {
+                    match producer.send(r) {
+                        Ok(()) => break,
+                        Err((e, back))
+                            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) =>
+                        {
+                            r = back;
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err((e, _)) => return Err(e).context("the pass-through's send"),
+                    }
+                }
+                offsets.insert(m.partition(), m.offset() + 1);
+                records += 1;
+                last = Instant::now();
+                first.get_or_insert(last);
+            }
+            Some(Err(e)) => eprintln!("pass-through: {e}"),
+            None => {}
+        }
+        if open.is_some_and(|o| o.elapsed() >= config.commit_interval) {
+            commit(&mut offsets)?;
+            open = None;
+        }
+        if last.elapsed() > Duration::from_secs(3) && first.is_some() {
+            if open.is_some() {
+                commit(&mut offsets)?;
+            }
+            break;
+        }
+    }
+    let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    Ok(Run {
+        records: records as f64,
+        per_second: if secs > 0.0 {
+            records as f64 / secs
+        } else {
+            0.0
+        },
+        ..Run::default()
+    })
+}
+
+/// `weir run --subtopologies 0` of the topology over `raw` as application `app`.
+fn run_weir(
+    args: &TopologyArgs,
+    raw: &str,
+    clean: &str,
+    dlq: &str,
+    app: &str,
+) -> anyhow::Result<Run> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("run")
+        .arg(&args.file)
+        .args([
+            "--subtopologies",
+            "0",
+            "--no-http",
+            "--stop-when-idle",
+            "3s",
+            "--instance",
+            "bench",
+        ])
+        .env("WEIR_TOPIC_RAW", raw)
+        .env("WEIR_TOPIC_CLEAN", clean)
+        .env("WEIR_TOPIC_DLQ", dlq)
+        .env("WEIR_APPLICATION_ID", app)
+        .env("WEIR_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting weir run")?;
+    let pid = child.id();
+    let stderr = child.stderr.take().expect("piped stderr");
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let mut usage = (0, 0.0);
+    while child.try_wait()?.is_none() {
+        let now = process_usage(pid);
+        if now.0 > 0 {
+            usage = now;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = child.wait()?;
+    let lines = lines.join().unwrap_or_default();
+    let stopped = lines.iter().rev().find(|l| l.contains(" stopped records="));
+    let (Some(stopped), true) = (stopped, status.success()) else {
+        for l in lines.iter().rev().take(10).rev() {
+            eprintln!("  {l}");
+        }
+        anyhow::bail!("weir run did not finish cleanly ({status})");
+    };
+    // the log line reads `… stopped records=N committed=N aborted=N records_per_second=R`
+    let field = |name: &str| -> Option<f64> {
+        let key = format!("{name}=");
+        stopped
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&key)?.parse().ok())
+    };
+    Ok(Run {
+        records: field("records").unwrap_or(0.0),
+        commit: field("commit_seconds").unwrap_or(0.0),
+        per_second: field("records_per_second").unwrap_or(0.0),
+        cpu: usage.1,
+        peak_kb: usage.0,
+    })
+}
