@@ -37,7 +37,7 @@ fn weir(dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
 
 #[test]
 fn check_reports_every_error_with_its_place_and_exits_78() {
-    for name in ["broken", "syntax", "env"] {
+    for name in ["broken", "syntax", "env", "schema"] {
         let out = weir(&fixtures(), &["check", &format!("{name}.toml")], None);
         let expected =
             std::fs::read_to_string(fixtures().join(format!("{name}.expected"))).unwrap();
