@@ -26,7 +26,7 @@ fn the_topology_bench_processes_every_record_and_reports_throughput() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("0 aborted") && stdout.contains("peak memory"),
+        stdout.contains(" committed, 0 aborted in all") && stdout.contains("peak memory"),
         "{stdout}"
     );
 }

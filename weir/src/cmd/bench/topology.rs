@@ -58,6 +58,8 @@ pub struct TopologyArgs {
 #[derive(Debug, Clone, Copy, Default)]
 struct Run {
     records: f64,
+    committed: f64,
+    aborted: f64,
     /// Seconds the loop spent committing.
     commit: f64,
     per_second: f64,
@@ -143,9 +145,11 @@ fn rounds(
         );
         let w = run_weir(args, raw, clean, dlq, &name(&format!("app-{round}")))?;
         eprintln!(
-            "round {round}: weir run      {:.0} records/s ({} records, {:.1} s of it committing, CPU {:.1} s, peak {:.1} MB)",
+            "round {round}: weir run      {:.0} records/s ({} records, {} transactions committed, {} aborted, {:.1} s of it committing, CPU {:.1} s, peak {:.1} MB)",
             w.per_second,
             w.records,
+            w.committed,
+            w.aborted,
             w.commit,
             w.cpu,
             w.peak_kb as f64 / 1024.0
@@ -174,7 +178,9 @@ fn rounds(
         w / p
     );
     println!(
-        "weir run: median CPU {:.1} s, peak memory {:.1} MB (about the last 3 s are the idle wait before it stops)",
+        "weir run: {} transactions committed, {} aborted in all; median CPU {:.1} s, peak memory {:.1} MB (about the last 3 s are the idle wait before it stops)",
+        weir.iter().map(|r| r.committed).sum::<f64>(),
+        weir.iter().map(|r| r.aborted).sum::<f64>(),
         median(weir.iter().map(|r| r.cpu).collect()),
         median(weir.iter().map(|r| r.peak_kb as f64 / 1024.0).collect())
     );
@@ -351,6 +357,8 @@ fn run_weir(
     };
     Ok(Run {
         records: field("records").unwrap_or(0.0),
+        committed: field("committed").unwrap_or(0.0),
+        aborted: field("aborted").unwrap_or(f64::NAN),
         commit: field("commit_seconds").unwrap_or(0.0),
         per_second: field("records_per_second").unwrap_or(0.0),
         cpu: usage.1,
