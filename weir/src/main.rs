@@ -73,6 +73,8 @@ enum BenchCommand {
     Topology(cmd::bench::TopologyArgs),
     /// The processing path's records/s per core of CPU time, with no Kafka.
     Process(cmd::bench::ProcessArgs),
+    /// The PostgreSQL sink beside COPY of the same rows into the same table.
+    Sink(cmd::bench::SinkArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -116,6 +118,7 @@ fn main() -> ExitCode {
             BenchCommand::Live(args) => cmd::bench::live(args),
             BenchCommand::Topology(args) => cmd::bench::topology(args),
             BenchCommand::Process(args) => cmd::bench::process(args),
+            BenchCommand::Sink(args) => cmd::bench::sink(args),
         },
     };
     match result {

@@ -38,7 +38,7 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
     }
 }
 
-fn parse_option(s: &str) -> Result<(String, String), String> {
+pub fn parse_option(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
         _ => Err(format!(

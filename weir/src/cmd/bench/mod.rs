@@ -2,14 +2,17 @@
 //!
 //! - [`topology`]: the exactly-once loop's throughput beside a raw transactional pass-through.
 //! - [`process`]: the processing path's records/s per core of CPU time, with no Kafka.
+//! - [`sink`]: the PostgreSQL sink beside `COPY` of the same rows into the same table.
 //! - [`live`]: the live view under load.
 
 pub mod live;
 pub mod process;
+pub mod sink;
 pub mod topology;
 
 pub use live::{live, LiveArgs};
 pub use process::{process, ProcessArgs};
+pub use sink::{sink, SinkArgs};
 pub use topology::{topology, TopologyArgs};
 
 /// Peak memory (kB, VmHWM) and CPU seconds of process `pid` so far.
