@@ -5,11 +5,14 @@
 //!    stale instance (its partition now elsewhere) fails here instead of writing twice.
 //! 2. Lock the batch's windows (`FOR UPDATE`): a window sealed meanwhile takes no more
 //!    records; they follow the late policy.
-//! 3. Stage the rows with binary `COPY` into a temporary table, then merge them with one
-//!    `INSERT … SELECT DISTINCT ON (key) … ON CONFLICT (key) DO UPDATE`, the newest record
-//!    winning. If PostgreSQL rejects a row, the merge is retried row by row (a savepoint
-//!    each) and the rejected rows go to `rejects` with their SQLSTATE — never lost, never
-//!    blocking the partition.
+//! 3. The rows, the newest record of each key winning: the keys the table does not hold yet
+//!    go in with text `COPY` straight into the table (as fast as `COPY` itself); the keys it
+//!    holds are staged with binary `COPY` into a temporary table and merged with one
+//!    `INSERT … SELECT DISTINCT ON (key) … ON CONFLICT (key) DO UPDATE`. When the fast way
+//!    fails (another writer added a key meanwhile, a row PostgreSQL refuses) it is rolled
+//!    back to a savepoint and the whole batch is merged. If PostgreSQL rejects a row, the
+//!    merge is retried row by row (a savepoint each) and the rejected rows go to `rejects`
+//!    with their SQLSTATE — never lost, never blocking the partition.
 //! 4. Ledger slices per window and partition, window counts, commit.
 //!
 //! Every record the batch cannot apply — late for a sealed window (dead-letter policy), a
@@ -24,10 +27,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, TimeZone, Utc};
-use futures::pin_mut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use futures::{pin_mut, SinkExt};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Transaction};
 
 use super::config::{LatePolicy, PostgresSinkConfig};
@@ -77,6 +80,12 @@ pub struct Table {
     pub touch_column: Option<String>,
     merge_sql: String,
     merge_one_sql: String,
+    /// Which of the batch's keys the table holds already.
+    exists_sql: String,
+    /// Text `COPY` straight into the table, for keys it does not hold yet.
+    insert_copy_sql: String,
+    /// The key's place in [`Table::columns`].
+    key_index: Option<usize>,
     stage_sql: String,
     copy_sql: String,
     insert_one_sql: String,
@@ -275,11 +284,25 @@ impl Table {
                 sets = sets.join(", "),
             )
         };
+        let key_type = columns
+            .iter()
+            .find(|c| c.name == cfg.key)
+            .map_or("text", |c| c.pg_type.as_str());
         Ok(Table {
             name: cfg.table.clone(),
             key: cfg.key.clone(),
             merge_sql: merge(""),
             merge_one_sql: merge(" WHERE s.__seq = $1"),
+            exists_sql: format!(
+                "SELECT {key}::text FROM {tbl} WHERE {key} = ANY($1::text[]::{key_type}[])",
+                tbl = quote(&cfg.table)
+            ),
+            insert_copy_sql: format!(
+                "COPY {} ({}) FROM STDIN",
+                quote(&cfg.table),
+                names.join(", ")
+            ),
+            key_index: columns.iter().position(|c| c.name == cfg.key),
             stage_sql,
             copy_sql,
             insert_one_sql,
@@ -637,10 +660,197 @@ pub async fn write_batch(
     Ok(outcome)
 }
 
+/// The size of the pieces a staged batch is sent in: large, since every piece is a hand-over
+/// to the connection's task (tokio-postgres's own binary writer sends 4 kB pieces).
+const COPY_CHUNK: usize = 256 * 1024;
+
+/// The staged rows in PostgreSQL's binary `COPY` format (header, one tuple per row: `__seq`
+/// int8, `__partition` int4, `__offset` int8, `__ts` int8, then each column as text or NULL;
+/// trailer), in pieces of about `chunk` bytes.
+fn copy_chunks(apply: &[&Row], chunk: usize) -> Vec<Bytes> {
+    let mut pieces = Vec::new();
+    let mut buf = BytesMut::with_capacity(chunk + 4096);
+    buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.put_i32(0); // flags
+    buf.put_i32(0); // header extension length
+    for (seq, row) in apply.iter().enumerate() {
+        buf.put_i16((4 + row.values.len()) as i16);
+        buf.put_i32(8);
+        buf.put_i64(seq as i64);
+        buf.put_i32(4);
+        buf.put_i32(row.partition);
+        buf.put_i32(8);
+        buf.put_i64(row.offset);
+        buf.put_i32(8);
+        buf.put_i64(row.timestamp);
+        for v in &row.values {
+            match v {
+                Some(text) => {
+                    buf.put_i32(text.len() as i32);
+                    buf.put_slice(text.as_bytes());
+                }
+                None => buf.put_i32(-1),
+            }
+        }
+        if buf.len() >= chunk {
+            pieces.push(buf.split().freeze());
+            buf.reserve(chunk + 4096);
+        }
+    }
+    buf.put_i16(-1);
+    pieces.push(buf.freeze());
+    pieces
+}
+
+/// Writes `apply` into the table, the newest record of each key winning; returns the window
+/// of every row written (rows PostgreSQL refuses go to `refused`).
+///
+/// The fast way first, as fast as `COPY` into the table: the newest row of each key, and of
+/// those the keys the table does not hold yet go in with `COPY` straight into the table; the
+/// rest (keys it holds) go through [`merge_staged`]. If any of that fails (another writer
+/// added one of the keys meanwhile, or PostgreSQL refuses a row), it is undone and the whole
+/// batch goes through [`merge_staged`], which handles every case.
+async fn merge<'r>(
+    tx: &Transaction<'_>,
+    table: &Table,
+    apply: &[&'r Row],
+    refused: &mut Vec<Refused<'r>>,
+) -> Result<Vec<Millis>, WriteError> {
+    let Some(key) = table.key_index.filter(|_| !apply.is_empty()) else {
+        return merge_staged(tx, table, apply, refused).await;
+    };
+    tx.batch_execute("SAVEPOINT fresh").await?;
+    match insert_new(tx, table, key, apply).await {
+        Ok((mut written, held)) => {
+            tx.batch_execute("RELEASE SAVEPOINT fresh").await?;
+            written.extend(merge_staged(tx, table, &held, refused).await?);
+            Ok(written)
+        }
+        Err(e) if e.as_db_error().is_some() => {
+            tracing::debug!(error = %describe(&e), "the batch's fast insert failed: merging it");
+            tx.batch_execute("ROLLBACK TO SAVEPOINT fresh").await?;
+            merge_staged(tx, table, apply, refused).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The newest row of each key in `apply` (greatest timestamp, then offset), in batch order;
+/// rows without a key are kept (PostgreSQL will say what is wrong with them).
+fn newest_per_key<'r>(apply: &[&'r Row], key: usize) -> Vec<&'r Row> {
+    let mut newest: HashMap<&str, usize> = HashMap::with_capacity(apply.len());
+    let mut keep = vec![false; apply.len()];
+    for (i, row) in apply.iter().enumerate() {
+        match row.values.get(key).and_then(Option::as_deref) {
+            Some(k) => match newest.entry(k) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(i);
+                    keep[i] = true;
+                }
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    let old = apply[*o.get()];
+                    if (row.timestamp, row.offset) >= (old.timestamp, old.offset) {
+                        keep[*o.get()] = false;
+                        keep[i] = true;
+                        o.insert(i);
+                    }
+                }
+            },
+            None => keep[i] = true,
+        }
+    }
+    apply
+        .iter()
+        .zip(keep)
+        .filter_map(|(r, k)| k.then_some(*r))
+        .collect()
+}
+
+/// `COPY`s the newest row of each key the table does not hold into it; returns their windows
+/// and the rows whose keys it holds (or that have no key).
+async fn insert_new<'r>(
+    tx: &Transaction<'_>,
+    table: &Table,
+    key: usize,
+    apply: &[&'r Row],
+) -> Result<(Vec<Millis>, Vec<&'r Row>), tokio_postgres::Error> {
+    let newest = newest_per_key(apply, key);
+    let keys: Vec<&str> = newest
+        .iter()
+        .filter_map(|r| r.values[key].as_deref())
+        .collect();
+    let held: std::collections::HashSet<String> = tx
+        .query(&table.exists_sql, &[&keys])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (fresh, rest): (Vec<&Row>, Vec<&Row>) = newest
+        .into_iter()
+        .partition(|r| r.values[key].as_deref().is_some_and(|k| !held.contains(k)));
+    if !fresh.is_empty() {
+        let copy = tx.copy_in::<_, Bytes>(&table.insert_copy_sql).await?;
+        pin_mut!(copy);
+        for chunk in text_copy_chunks(&fresh, COPY_CHUNK) {
+            copy.feed(chunk).await?;
+        }
+        copy.finish().await?;
+    }
+    // the window column holds each row's window start (RETURNING would give the same)
+    let windows = fresh
+        .iter()
+        .map(|r| table.window_column.as_ref().map_or(0, |_| r.window_start))
+        .collect();
+    Ok((windows, rest))
+}
+
+/// The rows in PostgreSQL's text `COPY` format (tab between columns, `\N` for NULL,
+/// backslash escapes), in pieces of about `chunk` bytes.
+fn text_copy_chunks(rows: &[&Row], chunk: usize) -> Vec<Bytes> {
+    let mut pieces = Vec::new();
+    let mut buf = BytesMut::with_capacity(chunk + 4096);
+    for row in rows {
+        for (i, v) in row.values.iter().enumerate() {
+            if i > 0 {
+                buf.put_u8(b'\t');
+            }
+            match v {
+                None => buf.put_slice(b"\\N"),
+                Some(text) => {
+                    let bytes = text.as_bytes();
+                    let mut from = 0;
+                    for (at, b) in bytes.iter().enumerate() {
+                        let escaped: &[u8] = match b {
+                            b'\\' => b"\\\\",
+                            b'\n' => b"\\n",
+                            b'\r' => b"\\r",
+                            b'\t' => b"\\t",
+                            _ => continue,
+                        };
+                        buf.put_slice(&bytes[from..at]);
+                        buf.put_slice(escaped);
+                        from = at + 1;
+                    }
+                    buf.put_slice(&bytes[from..]);
+                }
+            }
+        }
+        buf.put_u8(b'\n');
+        if buf.len() >= chunk {
+            pieces.push(buf.split().freeze());
+            buf.reserve(chunk + 4096);
+        }
+    }
+    if !buf.is_empty() {
+        pieces.push(buf.freeze());
+    }
+    pieces
+}
+
 /// Stages `apply` with binary COPY and merges it; when PostgreSQL refuses a row, merges row
 /// by row (a savepoint each) and adds the refused rows to `refused`. Returns the window of
 /// every row written.
-async fn merge<'r>(
+async fn merge_staged<'r>(
     tx: &Transaction<'_>,
     table: &Table,
     apply: &[&'r Row],
@@ -654,24 +864,12 @@ async fn merge<'r>(
     let seqs: Vec<i64> = (0..apply.len() as i64).collect();
     tx.batch_execute("SAVEPOINT merge").await?;
     let bulk = async {
-        let sink_copy = tx.copy_in(&table.copy_sql).await?;
-        let mut types = vec![Type::INT8, Type::INT4, Type::INT8, Type::INT8];
-        types.extend(std::iter::repeat_n(Type::TEXT, table.columns.len()));
-        let writer = BinaryCopyInWriter::new(sink_copy, &types);
-        pin_mut!(writer);
-        let mut values: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(types.len());
-        for (i, row) in apply.iter().enumerate() {
-            values.clear();
-            values.push(&seqs[i]);
-            values.push(&row.partition);
-            values.push(&row.offset);
-            values.push(&row.timestamp);
-            for v in &row.values {
-                values.push(v);
-            }
-            writer.as_mut().write(&values).await?;
+        let copy = tx.copy_in::<_, Bytes>(&table.copy_sql).await?;
+        pin_mut!(copy);
+        for chunk in copy_chunks(apply, COPY_CHUNK) {
+            copy.feed(chunk).await?;
         }
-        writer.finish().await?;
+        copy.finish().await?;
         tx.query(&table.merge_sql, &[]).await
     };
     match bulk.await {
@@ -838,4 +1036,106 @@ pub async fn load_offsets(
         out.push((*p, row.get(0)));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(offset: i64, timestamp: Millis, values: &[Option<&str>]) -> Row {
+        Row {
+            partition: 2,
+            offset,
+            timestamp,
+            window_start: 0,
+            values: values.iter().map(|v| v.map(str::to_owned)).collect(),
+            undecodable: None,
+            time_problem: None,
+            key: None,
+            raw: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_binary_copy_has_postgres_framing_and_every_value() {
+        let rows = [
+            row(7, 1_000, &[Some("a@x"), None]),
+            row(8, 2_000, &[Some("b@x"), Some("é\t")]),
+        ];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let whole: Vec<u8> = copy_chunks(&refs, 1 << 20).concat();
+        let mut at = &whole[..];
+        let mut take = |n: usize| {
+            let (a, b) = at.split_at(n);
+            at = b;
+            a.to_vec()
+        };
+        assert_eq!(take(11), b"PGCOPY\n\xff\r\n\0");
+        assert_eq!(take(8), [0u8; 8]);
+        for (seq, r) in rows.iter().enumerate() {
+            assert_eq!(take(2), 6i16.to_be_bytes());
+            assert_eq!(take(4), 8i32.to_be_bytes());
+            assert_eq!(take(8), (seq as i64).to_be_bytes());
+            assert_eq!(take(4), 4i32.to_be_bytes());
+            assert_eq!(take(4), 2i32.to_be_bytes());
+            assert_eq!(take(4), 8i32.to_be_bytes());
+            assert_eq!(take(8), r.offset.to_be_bytes());
+            assert_eq!(take(4), 8i32.to_be_bytes());
+            assert_eq!(take(8), r.timestamp.to_be_bytes());
+            for v in &r.values {
+                match v {
+                    Some(text) => {
+                        assert_eq!(take(4), (text.len() as i32).to_be_bytes());
+                        assert_eq!(take(text.len()), text.as_bytes());
+                    }
+                    None => assert_eq!(take(4), (-1i32).to_be_bytes()),
+                }
+            }
+        }
+        assert_eq!(take(2), (-1i16).to_be_bytes());
+        assert!(at.is_empty());
+    }
+
+    #[test]
+    fn copies_are_cut_into_pieces_of_about_the_chunk_size_and_lose_nothing() {
+        let rows: Vec<Row> = (0..100)
+            .map(|i| row(i, i, &[Some(&"v".repeat(100)), Some("\\")]))
+            .collect();
+        let refs: Vec<&Row> = rows.iter().collect();
+        for pieces in [copy_chunks(&refs, 1000), text_copy_chunks(&refs, 1000)] {
+            assert!(pieces.len() > 5, "{}", pieces.len());
+            assert!(pieces.iter().all(|p| p.len() < 1000 + 200));
+        }
+        let text: Vec<u8> = text_copy_chunks(&refs, 1000).concat();
+        assert_eq!(text.iter().filter(|b| **b == b'\n').count(), 100);
+        assert_eq!(
+            copy_chunks(&refs, 1000).concat(),
+            copy_chunks(&refs, 1 << 20).concat()
+        );
+    }
+
+    #[test]
+    fn the_text_copy_escapes_what_copy_reads_as_syntax_and_marks_null() {
+        let rows = [row(1, 1, &[Some("a\tb\nc\\d\re"), None, Some("")])];
+        let refs: Vec<&Row> = rows.iter().collect();
+        assert_eq!(
+            text_copy_chunks(&refs, 1 << 20).concat(),
+            b"a\\tb\\nc\\\\d\\re\t\\N\t\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn the_newest_row_of_each_key_is_kept_in_batch_order() {
+        let rows = [
+            row(1, 500, &[Some("a")]),
+            row(2, 100, &[Some("b")]),
+            row(3, 400, &[Some("a")]), // older than offset 1: dropped
+            row(4, 100, &[Some("b")]), // same time, later offset: wins
+            row(5, 0, &[None]),        // no key: kept for PostgreSQL to refuse
+            row(6, 900, &[Some("c")]),
+        ];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let kept: Vec<i64> = newest_per_key(&refs, 0).iter().map(|r| r.offset).collect();
+        assert_eq!(kept, [1, 4, 5, 6]);
+    }
 }
