@@ -114,6 +114,8 @@ pub fn run(
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "50")
         .set("queued.max.messages.kbytes", "8192")
+        // not librdkafka's 1 s pause after the local queue was full: greetings would lag
+        .set("fetch.queue.backoff.ms", "10")
         .set_log_level(RDKafkaLogLevel::Warning)
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;

@@ -439,7 +439,14 @@ pub fn consumer_config(cfg: &EngineConfig) -> ClientConfig {
         .set("session.timeout.ms", "10000")
         .set("statistics.interval.ms", "1000")
         .set("fetch.wait.max.ms", "50")
-        .set("queued.min.messages", "20000");
+        .set("queued.min.messages", "20000")
+        // librdkafka waits fetch.queue.backoff.ms (1 s by default) before it fetches again for
+        // a partition whose local queue was full: the loop then drains the queue and polls
+        // nothing for most of a second after each commit (measured: 28,700 records/s with
+        // the default, 73,000 with 10 ms, on the bench topology without processors)
+        .set("fetch.queue.backoff.ms", "10")
+        // read-ahead of at most 16 MB: a commit interval's worth of records, not more
+        .set("queued.max.messages.kbytes", "16384");
     match &cfg.input {
         InputMode::Group => {
             c.set("group.id", &cfg.application_id)

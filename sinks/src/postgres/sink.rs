@@ -446,6 +446,9 @@ fn consume(
         .set("fetch.wait.max.ms", "50")
         // a batch at a time is enough read-ahead; librdkafka's default holds ~1 GB
         .set("queued.max.messages.kbytes", "32768")
+        // not librdkafka's 1 s pause after the local queue was full: the sink would wait for
+        // records between batches
+        .set("fetch.queue.backoff.ms", "10")
         .set_log_level(RDKafkaLogLevel::Warning);
     for (k, v) in &settings.kafka_options {
         cc.set(k, v);
