@@ -15,7 +15,14 @@
 //!   member by now).
 //! - [`InputMode::Range`]: given partitions from given offsets up to given ends, then stop;
 //!   the job's outputs record its progress (no group offsets).
-//! - A transaction commits every `commit_interval` or `commit_max_records` records.
+//! - A transaction commits every `commit_interval` or `commit_max_records` records. For a
+//!   job that allows it ([`Job::overlaps_commit`]) the commit runs on a thread of its own
+//!   while the loop reads and processes on: those records' outputs are held (at most
+//!   `commit_max_records` of them) and sent in the next transaction once the commit is
+//!   through; if it aborts they are dropped, and the rewind goes back to the aborted
+//!   transaction's first offsets, which come before them. Before partitions are revoked,
+//!   a commit in flight finishes first; held records of revoked partitions are dropped (the
+//!   next owner reads them from the committed offsets).
 //! - On an abortable error: abort, seek every partition back to the first offset the aborted
 //!   transaction read — retried with backoff for a bounded time, else the loop stops with an
 //!   error; it never reads on from where it was. On a fatal error (fenced): stop.
@@ -29,13 +36,16 @@
 //! - Every call here blocks (librdkafka has no async transaction API): run [`run`] on a
 //!   thread of its own, never on an async executor's thread.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -66,6 +76,12 @@ pub trait Job: Send {
     }
     /// The open transaction committed: what the job did since the last call is settled.
     fn on_commit(&mut self) {}
+    /// May records be processed while the previous transaction commits (their outputs held
+    /// for the next one)? Not for a job whose `on_commit`/`on_abort` track what the open
+    /// transaction holds.
+    fn overlaps_commit(&self) -> bool {
+        false
+    }
     /// The open transaction aborted: what the job did since the last commit is undone, and
     /// its records come again.
     fn on_abort(&mut self) {}
@@ -262,7 +278,28 @@ struct TxnState {
     fatal: Option<EngineError>,
     /// Where to seek after an abort: the aborted transaction's first offsets.
     rewind: Vec<(usize, i32, i64)>,
+    /// The transaction committing on its own thread, if one is.
+    in_flight: Option<InFlight>,
+    /// Records read while a commit was in flight: their outputs go into the next transaction.
+    held: VecDeque<Held>,
     summary: RunSummary,
+}
+
+/// A transaction whose commit runs on a thread of its own.
+struct InFlight {
+    generation: u64,
+    started: Instant,
+    positions: HashMap<(usize, i32), (i64, i64)>,
+    inputs: Vec<Coords>,
+    timestamps: Vec<i64>,
+    result: Receiver<Result<(), KafkaError>>,
+}
+
+/// A record processed while a commit was in flight, its outputs not sent yet.
+struct Held {
+    coords: Coords,
+    timestamp: Option<i64>,
+    outputs: Vec<OutRecord>,
 }
 
 impl TxnState {
@@ -361,12 +398,15 @@ impl ConsumerContext for EngineContext {
             let mut state = self.shared.state.lock().unwrap();
             let result = if consumer.assignment_lost() {
                 // the group moved on without this member: its offsets may be another
-                // member's by now, so nothing of the open transaction may commit
+                // member's by now, so nothing of the open transaction may commit (a commit
+                // already in flight finishes: the broker judges it)
                 tracing::warn!(
                     partitions = tpl.count(),
                     "assignment lost: aborting the open transaction instead of committing it"
                 );
-                abort(&self.shared, &mut state).map(|_| ())
+                settle_in_flight(&self.shared, &mut state, true)
+                    .and_then(|_| abort(&self.shared, &mut state))
+                    .map(|_| ())
             } else {
                 tracing::info!(
                     partitions = tpl.count(),
@@ -377,8 +417,16 @@ impl ConsumerContext for EngineContext {
             if let Err(e) = result {
                 state.fatal = Some(e);
             }
-            // the partitions are no longer this member's: nothing to rewind or refuse there
+            // settled either way: the loop begins a new transaction
+            close(&mut state);
+            // the partitions are no longer this member's: nothing to rewind or refuse there,
+            // and records held from them are read by their next owner from the committed
+            // offsets
             state.rewind.clear();
+            state.held.retain(|h| {
+                tpl.find_partition(&self.shared.topics[h.coords.0], h.coords.1)
+                    .is_none()
+            });
             let _ = self
                 .shared
                 .producer
@@ -521,38 +569,155 @@ fn commit(
     state: &mut TxnState,
     consumer: &BaseConsumer<EngineContext>,
 ) -> Result<Settled, EngineError> {
+    if settle_in_flight(shared, state, true)? == Some(Settled::Aborted) {
+        return Ok(Settled::Aborted);
+    }
     if !state.open {
         return Ok(Settled::Committed);
     }
     let started = Instant::now();
-    let result = (|| {
-        if matches!(shared.config.input, InputMode::Group) && !state.positions.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for ((t, partition), (_, next)) in &state.positions {
-                tpl.add_partition_offset(&shared.topics[*t], *partition, Offset::Offset(*next))
-                    .expect("valid offset");
-            }
-            // no group metadata: the consumer is not in the group, which no retry fixes
-            let meta = consumer
-                .group_metadata()
-                .ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::State))?;
-            retry(|| {
-                shared
-                    .producer
-                    .send_offsets_to_transaction(&tpl, &meta, CALL_TIMEOUT)
-            })?;
+    let result = offsets_of(shared, state, consumer)
+        .and_then(|offsets| commit_with(shared, offsets.as_ref().map(|(tpl, meta)| (tpl, meta))));
+    let records = state.records();
+    let timestamps = std::mem::take(&mut state.timestamps);
+    settled(shared, state, started, records, &timestamps, result)
+}
+
+/// The offsets a transaction commits for the group (`None` for a range job, or none read).
+fn offsets_of(
+    shared: &Shared,
+    state: &TxnState,
+    consumer: &BaseConsumer<EngineContext>,
+) -> Result<Option<(TopicPartitionList, ConsumerGroupMetadata)>, KafkaError> {
+    if !matches!(shared.config.input, InputMode::Group) || state.positions.is_empty() {
+        return Ok(None);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((t, partition), (_, next)) in &state.positions {
+        tpl.add_partition_offset(&shared.topics[*t], *partition, Offset::Offset(*next))
+            .expect("valid offset");
+    }
+    // no group metadata: the consumer is not in the group, which no retry fixes
+    let meta = consumer
+        .group_metadata()
+        .ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::State))?;
+    Ok(Some((tpl, meta)))
+}
+
+/// The calls that commit the open transaction (with the group's offsets).
+fn commit_with(
+    shared: &Shared,
+    offsets: Option<(&TopicPartitionList, &ConsumerGroupMetadata)>,
+) -> Result<(), KafkaError> {
+    if let Some((tpl, meta)) = offsets {
+        retry(|| {
+            shared
+                .producer
+                .send_offsets_to_transaction(tpl, meta, CALL_TIMEOUT)
+        })?;
+    }
+    wait_delivered(&shared.producer, CALL_TIMEOUT);
+    retry(|| shared.producer.commit_transaction(CALL_TIMEOUT))
+}
+
+/// Waits (up to `limit`) until every record sent is delivered and reported. The commit waits
+/// for that too, but librdkafka's own wait inside `commit_transaction` wakes up only about
+/// every 100 ms with rust-rdkafka's event-based delivery reports: measured, it made every
+/// commit take 100 ms even when the broker had acknowledged everything in 5.
+pub fn wait_delivered<P: Producer<C>, C: ProducerContext>(producer: &P, limit: Duration) {
+    let started = Instant::now();
+    while producer.in_flight_count() > 0 && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Starts committing the open transaction on a thread of its own; the transaction moves to
+/// `state.in_flight`. Falls back to committing here when no thread can be started.
+fn commit_in_background(
+    shared: &Arc<Shared>,
+    state: &mut TxnState,
+    consumer: &BaseConsumer<EngineContext>,
+) -> Result<Settled, EngineError> {
+    if !state.open {
+        return Ok(Settled::Committed);
+    }
+    let offsets = match offsets_of(shared, state, consumer) {
+        Ok(o) => o,
+        // what cannot even start is settled here, as a commit that failed
+        Err(_) => return commit(shared, state, consumer),
+    };
+    let (send, result) = mpsc::sync_channel(1);
+    let worker = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("weir-commit".into())
+        .spawn(move || {
+            let r = commit_with(&worker, offsets.as_ref().map(|(tpl, meta)| (tpl, meta)));
+            let _ = send.send(r);
+        });
+    if spawned.is_err() {
+        return commit(shared, state, consumer);
+    }
+    state.in_flight = Some(InFlight {
+        generation: state.generation,
+        started: Instant::now(),
+        positions: std::mem::take(&mut state.positions),
+        inputs: std::mem::take(&mut state.inputs),
+        timestamps: std::mem::take(&mut state.timestamps),
+        result,
+    });
+    state.open = false;
+    state.started = None;
+    Ok(Settled::Committed)
+}
+
+/// Takes the result of the commit in flight, if there is one (waiting for it when `wait`):
+/// `None` while it runs. An abortable failure aborts it and marks the rewind (before any
+/// held record); the aborted transaction's inputs are in `state.inputs` for the caller.
+fn settle_in_flight(
+    shared: &Shared,
+    state: &mut TxnState,
+    wait: bool,
+) -> Result<Option<Settled>, EngineError> {
+    let Some(f) = &state.in_flight else {
+        return Ok(None);
+    };
+    let result = if wait {
+        f.result.recv().unwrap_or(Err(KafkaError::Canceled))
+    } else {
+        match f.result.try_recv() {
+            Ok(r) => r,
+            Err(TryRecvError::Empty) => return Ok(None),
+            Err(TryRecvError::Disconnected) => Err(KafkaError::Canceled),
         }
-        retry(|| shared.producer.commit_transaction(CALL_TIMEOUT))
-    })();
+    };
+    let f = state.in_flight.take().expect("a commit in flight");
+    // the transaction is the open one again until it is settled
+    state.open = true;
+    state.positions = f.positions;
+    state.inputs = f.inputs;
+    let records = state.records();
+    settled(shared, state, f.started, records, &f.timestamps, result).map(Some)
+}
+
+/// Books a commit's result: metrics and summary when it committed; an abort (and the rewind)
+/// when it failed in an abortable way; the error when it is fatal.
+fn settled(
+    shared: &Shared,
+    state: &mut TxnState,
+    started: Instant,
+    records: usize,
+    timestamps: &[i64],
+    result: Result<(), KafkaError>,
+) -> Result<Settled, EngineError> {
     match result {
         Ok(()) => {
             let m = &shared.metrics;
             m.transactions.with_label_values(&["committed"]).inc();
             m.commit_latency.observe(started.elapsed().as_secs_f64());
-            m.transaction_records.observe(state.records() as f64);
+            m.transaction_records.observe(records as f64);
             let now = now_millis();
             let e2e = m.end_to_end_latency.with_label_values(&["kafka"]);
-            for ts in state.timestamps.drain(..) {
+            for ts in timestamps {
                 e2e.observe(((now - ts).max(0) as f64) / 1000.0);
             }
             state.summary.committed_transactions += 1;
@@ -589,11 +754,19 @@ fn abort(shared: &Shared, state: &mut TxnState) -> Result<Settled, EngineError> 
         .with_label_values(&["aborted"])
         .inc();
     state.summary.aborted_transactions += 1;
-    state.rewind = state
+    // back to the first offset of each partition in the transaction, or of the records held
+    // for the next one (they are dropped: read again after the rewind)
+    let mut first: HashMap<(usize, i32), i64> = state
         .positions
         .iter()
-        .map(|((t, p), (first, _))| (*t, *p, *first))
+        .map(|(k, (first, _))| (*k, *first))
         .collect();
+    for h in state.held.drain(..) {
+        let (t, p, o) = h.coords;
+        let e = first.entry((t, p)).or_insert(o);
+        *e = (*e).min(o);
+    }
+    state.rewind = first.into_iter().map(|((t, p), o)| (t, p, o)).collect();
     r.map_err(|e| fatal(&shared.config, "abort", e))?;
     // delivery reports of the purged messages are served before the loop reads them
     let _ = shared.producer.flush(Duration::from_secs(5));
@@ -867,26 +1040,94 @@ impl<J: Job> Loop<'_, J> {
         Ok(())
     }
 
-    /// Settles the transaction (commit) and handles an abort: learn, rewind.
+    /// Settles everything: the commit in flight, the held records (sent in a transaction
+    /// of their own) and the open transaction — committed, or aborted and rewound.
     fn commit(
         &mut self,
         consumer: &BaseConsumer<EngineContext>,
         state: &mut TxnState,
     ) -> Result<Settled, EngineError> {
+        if self.settle(consumer, state, true)? == Some(Settled::Aborted)
+            || self.flush_held(consumer, state)? == Settled::Aborted
+        {
+            return Ok(Settled::Aborted);
+        }
         let generation = state.generation;
         let settled = commit(&self.shared, state, consumer)?;
         if settled == Settled::Aborted {
             self.after_abort(consumer, state, generation)?;
         } else {
-            self.fruitless_aborts = 0;
-            self.job.on_commit();
-            // the refused and the tried-alone records of this transaction have their fate
-            for c in self.settling.drain(..) {
-                self.refusals.refused.remove(&c);
-                self.refusals.suspects.remove(&c);
-            }
+            self.after_commit();
         }
         Ok(settled)
+    }
+
+    /// A commit is due: in the background when the job allows, else here.
+    fn commit_due(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        state: &mut TxnState,
+    ) -> Result<(), EngineError> {
+        if self.job.overlaps_commit() {
+            let generation = state.generation;
+            if commit_in_background(&self.shared, state, consumer)? == Settled::Aborted {
+                self.after_abort(consumer, state, generation)?;
+            }
+            Ok(())
+        } else {
+            self.commit(consumer, state).map(|_| ())
+        }
+    }
+
+    /// Takes the result of the commit in flight (waiting for it when `wait`) and does what
+    /// follows: after a commit, the job's and the refusals' bookkeeping; after an abort,
+    /// learn and rewind. `None` while it runs, or when none is in flight.
+    fn settle(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        state: &mut TxnState,
+        wait: bool,
+    ) -> Result<Option<Settled>, EngineError> {
+        let Some(generation) = state.in_flight.as_ref().map(|f| f.generation) else {
+            return Ok(None);
+        };
+        let settled = settle_in_flight(&self.shared, state, wait)?;
+        match settled {
+            Some(Settled::Committed) => self.after_commit(),
+            Some(Settled::Aborted) => self.after_abort(consumer, state, generation)?,
+            None => {}
+        }
+        Ok(settled)
+    }
+
+    fn after_commit(&mut self) {
+        self.fruitless_aborts = 0;
+        self.job.on_commit();
+        // the refused and the tried-alone records of this transaction have their fate
+        for c in self.settling.drain(..) {
+            self.refusals.refused.remove(&c);
+            self.refusals.suspects.remove(&c);
+        }
+    }
+
+    /// Sends the held records' outputs in the open transaction (beginning one). Stops at an
+    /// abort (the rest were dropped by it, and are read again after the rewind).
+    fn flush_held(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        state: &mut TxnState,
+    ) -> Result<Settled, EngineError> {
+        let normal = Treatment {
+            refused: None,
+            alone: false,
+        };
+        while let Some(h) = state.held.pop_front() {
+            self.out = h.outputs;
+            if !self.emit(consumer, state, h.coords, h.timestamp, &normal, None)? {
+                return Ok(Settled::Aborted);
+            }
+        }
+        Ok(Settled::Committed)
     }
 
     fn abort(
@@ -954,7 +1195,8 @@ impl<J: Job> Loop<'_, J> {
         Ok(())
     }
 
-    /// Processes one input record inside the open transaction.
+    /// Processes one input record inside the open transaction — or, while a commit is in
+    /// flight, holds its outputs for the next one.
     fn record(
         &mut self,
         consumer: &BaseConsumer<EngineContext>,
@@ -964,28 +1206,81 @@ impl<J: Job> Loop<'_, J> {
         let treatment = self.treatment(&coords);
         let shared = self.shared.clone();
         let mut state = shared.state.lock().unwrap();
+        if state.in_flight.is_some() {
+            if treatment.normal() && state.held.len() < shared.config.commit_max_records.max(1) {
+                self.out.clear();
+                self.job.process(msg, &mut self.out);
+                state.held.push_back(Held {
+                    coords,
+                    timestamp: msg.timestamp().to_millis(),
+                    outputs: std::mem::take(&mut self.out),
+                });
+                return Ok(());
+            }
+            // held enough, or a record to be treated apart: the commit finishes first; if
+            // it aborts, this record comes again after the rewind
+            if self.settle(consumer, &mut state, true)? == Some(Settled::Aborted) {
+                return Ok(());
+            }
+        }
+        if self.flush_held(consumer, &mut state)? == Settled::Aborted {
+            return Ok(());
+        }
         if treatment.alone && state.records() > 0 {
             // what came before it commits first; if that aborts, this record comes again
             if self.commit(consumer, &mut state)? == Settled::Aborted {
                 return Ok(());
             }
         }
-        self.begin(&mut state)?;
         self.out.clear();
-        let refused = match &treatment.refused {
+        match &treatment.refused {
             Some(r) => {
                 let dl = self.refusal_dead_letter(msg, coords, r)?;
                 self.out.push(dl);
-                true
             }
-            None => {
-                self.job.process(msg, &mut self.out);
-                false
-            }
-        };
+            None => self.job.process(msg, &mut self.out),
+        }
+        let timestamp = msg.timestamp().to_millis();
+        if self.emit(
+            consumer,
+            &mut state,
+            coords,
+            timestamp,
+            &treatment,
+            Some(msg),
+        )? && treatment.alone
+        {
+            // tried alone: if it is refused now, the abort names it
+            self.commit(consumer, &mut state)?;
+        }
+        Ok(())
+    }
+
+    /// Sends one input record's outputs (in `self.out`) in the open transaction (beginning
+    /// one) and books its offset. False when that aborted the transaction (a refused output
+    /// of a record partly sent; without `msg` — a held record — any refused output): the
+    /// record is read again after the rewind.
+    fn emit(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        state: &mut TxnState,
+        coords: Coords,
+        timestamp: Option<i64>,
+        treatment: &Treatment,
+        msg: Option<&BorrowedMessage<'_>>,
+    ) -> Result<bool, EngineError> {
+        let shared = self.shared.clone();
+        self.begin(state)?;
+        let refused = treatment.refused.is_some();
         let index = state.inputs.len();
         let tag = opaque(state.generation, index);
         state.inputs.push(coords);
+        // booked before its outputs go out: an abort on the way rewinds to it too
+        let pos = state
+            .positions
+            .entry((coords.0, coords.1))
+            .or_insert((coords.2, coords.2 + 1));
+        pos.1 = coords.2 + 1;
         let mut replaced = refused;
         let mut sent = 0;
         while sent < self.out.len() {
@@ -997,11 +1292,11 @@ impl<J: Job> Loop<'_, J> {
                     let refusal = code
                         .filter(|c| is_refusal(*c))
                         .map(|c| Refusal::new(c, &r.topic, record_size(r), &e.to_string()));
-                    match refusal {
-                        Some(why) if refused => {
+                    match (refusal, msg) {
+                        (Some(why), _) if refused => {
                             return Err(self.no_fate(coords, &why.message));
                         }
-                        Some(why) if sent == 0 => {
+                        (Some(why), Some(msg)) if sent == 0 => {
                             // nothing of this record is in the transaction yet: its dead
                             // letter takes the place of all its outputs
                             tracing::warn!(reason = why.reason, message = %why.message, partition = coords.1, offset = coords.2, "a record's output was refused: it becomes a dead letter");
@@ -1019,17 +1314,18 @@ impl<J: Job> Loop<'_, J> {
                             replaced = true;
                             break;
                         }
-                        Some(why) => {
-                            // part of it is in the transaction: abort, and give it its dead
-                            // letter when it is read again
-                            self.abort(consumer, &mut state)?;
+                        (Some(why), _) => {
+                            // part of it is in the transaction (or it was held and is not
+                            // at hand): abort, and give it its dead letter when it is read
+                            // again
+                            self.abort(consumer, state)?;
                             self.refusals.refused.insert(coords, why);
-                            return Ok(());
+                            return Ok(false);
                         }
-                        None => {
+                        (None, _) => {
                             tracing::warn!(error = %e, "send failed: aborting the transaction");
-                            self.abort(consumer, &mut state)?;
-                            return Ok(());
+                            self.abort(consumer, state)?;
+                            return Ok(false);
                         }
                     }
                 }
@@ -1041,20 +1337,11 @@ impl<J: Job> Loop<'_, J> {
         if !treatment.normal() {
             self.settling.push(coords);
         }
-        let pos = state
-            .positions
-            .entry((coords.0, coords.1))
-            .or_insert((coords.2, coords.2 + 1));
-        pos.1 = coords.2 + 1;
-        if let Some(ts) = msg.timestamp().to_millis() {
+        if let Some(ts) = timestamp {
             state.timestamps.push(ts);
         }
         state.summary.records += 1;
-        if treatment.alone {
-            // tried alone: if it is refused now, the abort names it
-            self.commit(consumer, &mut state)?;
-        }
-        Ok(())
+        Ok(true)
     }
 
     fn refusal_dead_letter(
@@ -1135,6 +1422,8 @@ impl<J: Job> Loop<'_, J> {
         let wait = {
             let state = self.shared.state.lock().unwrap();
             match state.started {
+                // a commit in flight is looked at again soon
+                _ if state.in_flight.is_some() => Duration::from_millis(1),
                 Some(s) => config
                     .commit_interval
                     .saturating_sub(s.elapsed())
@@ -1181,13 +1470,23 @@ impl<J: Job> Loop<'_, J> {
         }
         let shared = self.shared.clone();
         let mut state = shared.state.lock().unwrap();
+        // a commit that is through: the held records go out in the next transaction
+        let settled = match self.settle(consumer, &mut state, false) {
+            Ok(s) => s,
+            Err(e) => return Step::Stop(Err(e)),
+        };
+        if settled != Some(Settled::Aborted) && state.in_flight.is_none() {
+            if let Err(e) = self.flush_held(consumer, &mut state) {
+                return Step::Stop(Err(e));
+            }
+        }
         let due = state.open
             && (state.records() >= shared.config.commit_max_records
                 || state
                     .started
                     .is_some_and(|s| s.elapsed() >= shared.config.commit_interval));
         if due {
-            if let Err(e) = self.commit(consumer, &mut state) {
+            if let Err(e) = self.commit_due(consumer, &mut state) {
                 return Step::Stop(Err(e));
             }
         }
@@ -1225,6 +1524,11 @@ impl Job for PipelineJob {
 
     fn refusal(&mut self, input: &BorrowedMessage<'_>, refusal: &Refusal) -> Option<OutRecord> {
         self.pipeline.refusal(origin_of(input), refusal)
+    }
+
+    /// The pipeline keeps nothing per transaction.
+    fn overlaps_commit(&self) -> bool {
+        true
     }
 }
 
@@ -1370,6 +1674,8 @@ fn run_once<J: Job>(
         }
     };
     *refusals = std::mem::take(&mut engine.refusals);
+    // a loop stopped by an error may leave a commit in flight: its result is booked
+    let _ = settle_in_flight(&shared, &mut shared.state.lock().unwrap(), true);
     let summary = shared.state.lock().unwrap().summary;
     total.records += summary.records;
     total.committed_transactions += summary.committed_transactions;
