@@ -140,8 +140,8 @@ fn rounds(
     for round in 1..=args.rounds {
         let p = pass_through(t, bootstrap, raw, copy, &name(&format!("pass-{round}")))?;
         eprintln!(
-            "round {round}: pass-through {:.0} records/s ({} records)",
-            p.per_second, p.records
+            "round {round}: pass-through {:.0} records/s ({} records, {} transactions committed, {:.1} s of it committing)",
+            p.per_second, p.records, p.committed, p.commit
         );
         let w = run_weir(args, raw, clean, dlq, &name(&format!("app-{round}")))?;
         eprintln!(
@@ -219,14 +219,20 @@ fn pass_through(
     let mut offsets: HashMap<i32, i64> = HashMap::new();
     let mut open: Option<Instant> = None;
     let (mut first, mut last, mut records) = (None, Instant::now(), 0u64);
-    let commit = |offsets: &mut HashMap<i32, i64>| -> anyhow::Result<()> {
+    let (mut commits, mut committing) = (0u64, Duration::ZERO);
+    let mut commit = |offsets: &mut HashMap<i32, i64>| -> anyhow::Result<()> {
+        let started = Instant::now();
         let mut tpl = TopicPartitionList::new();
         for (p, o) in offsets.drain() {
             tpl.add_partition_offset(raw, p, Offset::Offset(o))?;
         }
         let meta = consumer.group_metadata().context("no group metadata")?;
         producer.send_offsets_to_transaction(&tpl, &meta, timeout)?;
+        // as the engine does (see engine::wait_delivered)
+        engine::wait_delivered(&producer, timeout);
         producer.commit_transaction(timeout)?;
+        commits += 1;
+        committing += started.elapsed();
         Ok(())
     };
     loop {
@@ -282,6 +288,8 @@ fn pass_through(
     let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
     Ok(Run {
         records: records as f64,
+        committed: commits as f64,
+        commit: committing.as_secs_f64(),
         per_second: if secs > 0.0 {
             records as f64 / secs
         } else {
