@@ -113,7 +113,9 @@ pub fn run(
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "50")
-        .set("queued.max.messages.kbytes", "8192")
+        .set("queued.max.messages.kbytes", "2048")
+        .set("fetch.max.bytes", "2097152")
+        .set("max.partition.fetch.bytes", "262144")
         // not librdkafka's 1 s pause after the local queue was full: greetings would lag
         .set("fetch.queue.backoff.ms", "10")
         .set_log_level(RDKafkaLogLevel::Warning)

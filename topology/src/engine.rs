@@ -465,7 +465,8 @@ pub fn producer_config(cfg: &EngineConfig) -> ClientConfig {
         .set("linger.ms", "5")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
-        .set("queue.buffering.max.kbytes", "1048576")
+        // 16 MB of records waiting for the broker at most: send waits when it is full
+        .set("queue.buffering.max.kbytes", "16384")
         .set("compression.type", "lz4")
         // as Kafka's Java producer and `weir ingest`: a key lands where Kafka Streams would
         // put it, and a replayed record goes back to its original partition
@@ -493,8 +494,12 @@ pub fn consumer_config(cfg: &EngineConfig) -> ClientConfig {
         // nothing for most of a second after each commit (measured: 28,700 records/s with
         // the default, 73,000 with 10 ms, on the bench topology without processors)
         .set("fetch.queue.backoff.ms", "10")
-        // read-ahead of at most 16 MB: a commit interval's worth of records, not more
-        .set("queued.max.messages.kbytes", "16384");
+        // read-ahead of at most 4 MB (a few thousand records: ample at 100 ms commits) and
+        // fetches of at most 4 MB, 512 kB a partition: librdkafka's defaults (64 MB, 50 MB
+        // and 1 MB) made most of the process's memory under load
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.max.bytes", "4194304")
+        .set("max.partition.fetch.bytes", "524288");
     match &cfg.input {
         InputMode::Group => {
             c.set("group.id", &cfg.application_id)

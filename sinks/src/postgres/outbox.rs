@@ -251,7 +251,10 @@ async fn forward(
                 }
                 producer
                     .send_offsets_to_transaction(&tpl, &meta, timeout)
-                    .and_then(|_| producer.commit_transaction(timeout))
+                    .and_then(|_| {
+                        weir_topology::engine::wait_delivered(&producer, timeout);
+                        producer.commit_transaction(timeout)
+                    })
             }
         };
         match committed {

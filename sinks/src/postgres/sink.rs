@@ -444,8 +444,11 @@ fn consume(
         .set("session.timeout.ms", "10000")
         .set("max.poll.interval.ms", "600000")
         .set("fetch.wait.max.ms", "50")
-        // a batch at a time is enough read-ahead; librdkafka's default holds ~1 GB
-        .set("queued.max.messages.kbytes", "32768")
+        // a batch at a time is enough read-ahead (librdkafka's defaults hold ~1 GB and fetch
+        // 50 MB at a time)
+        .set("queued.max.messages.kbytes", "8192")
+        .set("fetch.max.bytes", "4194304")
+        .set("max.partition.fetch.bytes", "524288")
         // not librdkafka's 1 s pause after the local queue was full: the sink would wait for
         // records between batches
         .set("fetch.queue.backoff.ms", "10")
