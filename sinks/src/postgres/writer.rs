@@ -664,42 +664,64 @@ pub async fn write_batch(
 /// to the connection's task (tokio-postgres's own binary writer sends 4 kB pieces).
 const COPY_CHUNK: usize = 256 * 1024;
 
-/// The staged rows in PostgreSQL's binary `COPY` format (header, one tuple per row: `__seq`
-/// int8, `__partition` int4, `__offset` int8, `__ts` int8, then each column as text or NULL;
-/// trailer), in pieces of about `chunk` bytes.
-fn copy_chunks(apply: &[&Row], chunk: usize) -> Vec<Bytes> {
+/// `rows` encoded by `row` after `header` and before `trailer`, in pieces of about `chunk`
+/// bytes (each piece is one hand-over to the connection).
+fn in_pieces(
+    rows: &[&Row],
+    chunk: usize,
+    header: &[u8],
+    trailer: &[u8],
+    row: impl Fn(&mut BytesMut, usize, &Row),
+) -> Vec<Bytes> {
     let mut pieces = Vec::new();
     let mut buf = BytesMut::with_capacity(chunk + 4096);
-    buf.put_slice(b"PGCOPY\n\xff\r\n\0");
-    buf.put_i32(0); // flags
-    buf.put_i32(0); // header extension length
-    for (seq, row) in apply.iter().enumerate() {
-        buf.put_i16((4 + row.values.len()) as i16);
-        buf.put_i32(8);
-        buf.put_i64(seq as i64);
-        buf.put_i32(4);
-        buf.put_i32(row.partition);
-        buf.put_i32(8);
-        buf.put_i64(row.offset);
-        buf.put_i32(8);
-        buf.put_i64(row.timestamp);
-        for v in &row.values {
-            match v {
-                Some(text) => {
-                    buf.put_i32(text.len() as i32);
-                    buf.put_slice(text.as_bytes());
-                }
-                None => buf.put_i32(-1),
-            }
-        }
+    buf.put_slice(header);
+    for (i, r) in rows.iter().enumerate() {
+        row(&mut buf, i, r);
         if buf.len() >= chunk {
             pieces.push(buf.split().freeze());
             buf.reserve(chunk + 4096);
         }
     }
-    buf.put_i16(-1);
-    pieces.push(buf.freeze());
+    buf.put_slice(trailer);
+    if !buf.is_empty() {
+        pieces.push(buf.freeze());
+    }
     pieces
+}
+
+/// The staged rows in PostgreSQL's binary `COPY` format (header, one tuple per row: `__seq`
+/// int8, `__partition` int4, `__offset` int8, `__ts` int8, then each column as text or NULL;
+/// trailer), in pieces of about `chunk` bytes.
+fn copy_chunks(apply: &[&Row], chunk: usize) -> Vec<Bytes> {
+    // signature, flags, header extension length
+    const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+    in_pieces(
+        apply,
+        chunk,
+        HEADER,
+        &(-1i16).to_be_bytes(),
+        |buf, seq, row| {
+            buf.put_i16((4 + row.values.len()) as i16);
+            buf.put_i32(8);
+            buf.put_i64(seq as i64);
+            buf.put_i32(4);
+            buf.put_i32(row.partition);
+            buf.put_i32(8);
+            buf.put_i64(row.offset);
+            buf.put_i32(8);
+            buf.put_i64(row.timestamp);
+            for v in &row.values {
+                match v {
+                    Some(text) => {
+                        buf.put_i32(text.len() as i32);
+                        buf.put_slice(text.as_bytes());
+                    }
+                    None => buf.put_i32(-1),
+                }
+            }
+        },
+    )
 }
 
 /// Writes `apply` into the table, the newest record of each key winning; returns the window
@@ -804,12 +826,10 @@ async fn insert_new<'r>(
     Ok((windows, rest))
 }
 
-/// The rows in PostgreSQL's text `COPY` format (tab between columns, `\N` for NULL,
+/// The rows in PostgreSQL's text `COPY` format (tab between columns, `\\N` for NULL,
 /// backslash escapes), in pieces of about `chunk` bytes.
 fn text_copy_chunks(rows: &[&Row], chunk: usize) -> Vec<Bytes> {
-    let mut pieces = Vec::new();
-    let mut buf = BytesMut::with_capacity(chunk + 4096);
-    for row in rows {
+    in_pieces(rows, chunk, b"", b"", |buf, _, row| {
         for (i, v) in row.values.iter().enumerate() {
             if i > 0 {
                 buf.put_u8(b'\t');
@@ -836,15 +856,7 @@ fn text_copy_chunks(rows: &[&Row], chunk: usize) -> Vec<Bytes> {
             }
         }
         buf.put_u8(b'\n');
-        if buf.len() >= chunk {
-            pieces.push(buf.split().freeze());
-            buf.reserve(chunk + 4096);
-        }
-    }
-    if !buf.is_empty() {
-        pieces.push(buf.freeze());
-    }
-    pieces
+    })
 }
 
 /// Stages `apply` with binary COPY and merges it; when PostgreSQL refuses a row, merges row

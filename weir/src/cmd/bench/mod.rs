@@ -15,6 +15,90 @@ pub use process::{process, ProcessArgs};
 pub use sink::{sink, SinkArgs};
 pub use topology::{topology, TopologyArgs};
 
+use anyhow::Context;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+
+/// The synthetic load of a benchmark against Kafka, and how often its contenders alternate.
+#[derive(Debug, clap::Args)]
+pub struct Load {
+    /// Synthetic raw records to make.
+    #[arg(long, default_value_t = 200_000)]
+    pub records: u64,
+    /// The fraction of bad records (they become dead letters).
+    #[arg(long, default_value_t = 0.1)]
+    pub dirty: f64,
+    /// Partitions of the fresh topics.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Runs of each contender, alternating.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
+
+/// The median (the upper one of an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A benchmark's own topics, named `weir-bench-<seconds>-<pid>-<what>`: created fresh, deleted
+/// when dropped.
+struct FreshTopics {
+    admin: AdminClient<DefaultClientContext>,
+    prefix: String,
+    names: Vec<String>,
+}
+
+impl FreshTopics {
+    fn create(bootstrap: &str, partitions: i32, whats: &[&str]) -> anyhow::Result<Self> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let prefix = format!("weir-bench-{stamp}-{}", std::process::id());
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()
+            .context("creating the admin client")?;
+        let names: Vec<String> = whats.iter().map(|w| format!("{prefix}-{w}")).collect();
+        // named before they exist: what is created is deleted on drop, whatever fails
+        let fresh = Self {
+            admin,
+            prefix,
+            names,
+        };
+        let topics: Vec<NewTopic> = fresh
+            .names
+            .iter()
+            .map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1)))
+            .collect();
+        for r in
+            futures::executor::block_on(fresh.admin.create_topics(&topics, &AdminOptions::new()))
+                .context("creating the bench topics")?
+        {
+            r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
+        }
+        Ok(fresh)
+    }
+
+    /// A name of this benchmark's (a topic created, or an id to use).
+    fn name(&self, what: &str) -> String {
+        format!("{}-{what}", self.prefix)
+    }
+}
+
+impl Drop for FreshTopics {
+    fn drop(&mut self) {
+        let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
+        if let Err(e) =
+            futures::executor::block_on(self.admin.delete_topics(&names, &AdminOptions::new()))
+        {
+            eprintln!("deleting the bench topics: {e}");
+        }
+    }
+}
+
 /// Peak memory (kB, VmHWM) and CPU seconds of process `pid` so far.
 fn process_usage(pid: u32) -> (u64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -15,17 +15,17 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::{SinkExt, TryStreamExt};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use weir_sinks::postgres::config::PostgresSinkConfig;
 use weir_sinks::postgres::metrics::SinkMetrics;
 use weir_sinks::postgres::sink::{self as postgres_sink, Health};
 use weir_topology::pipeline::{Fate, Pipeline};
 use weir_topology::Origin;
+
+use super::median;
 
 /// The schema every bench round applies: the project's own.
 const SCHEMA: &str = include_str!("../../../../schema.sql");
@@ -44,27 +44,13 @@ pub struct SinkArgs {
     /// The PostgreSQL sink node (default: the topology's first).
     #[arg(long)]
     pub sink: Option<String>,
-    /// Synthetic raw records to make; the clean ones among them are the sink's input.
-    #[arg(long, default_value_t = 200_000)]
-    pub records: u64,
-    /// The fraction of bad raw records (they become dead letters, not rows).
-    #[arg(long, default_value_t = 0.1)]
-    pub dirty: f64,
-    /// Partitions of the fresh topic.
-    #[arg(long, default_value_t = 4)]
-    pub partitions: i32,
-    /// Sink and COPY runs, alternating.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
+    /// The raw records made (the clean ones among them are the sink's input) and the rounds.
+    #[command(flatten)]
+    pub load: super::Load,
     /// A librdkafka property for the sink's consumer, over the topology's `[kafka] options`
     /// (repeatable).
     #[arg(short = 'X', long = "consumer-option", value_name = "KEY=VALUE", value_parser = crate::cmd::ingest::parse_option)]
     pub consumer_options: Vec<(String, String)>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// `url` with its session's search path set to `schema` (URL or key=value form).
@@ -100,24 +86,11 @@ pub fn sink(args: &SinkArgs) -> anyhow::Result<()> {
         .expect("a PostgreSQL sink")
         .clone();
     let settings = crate::cmd::run::postgres_settings(&t, node, &cfg, "bench")?;
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let pid = std::process::id();
-    let topic = format!("weir-bench-{stamp}-{pid}-sink");
-    let schema = format!("weir_bench_{stamp}_{pid}");
     let bootstrap = t.settings.kafka.bootstrap_servers.clone();
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .context("creating the admin client")?;
-    let new = NewTopic::new(&topic, args.partitions, TopicReplication::Fixed(1));
-    for r in futures::executor::block_on(admin.create_topics([&new], &AdminOptions::new()))
-        .context("creating the bench topic")?
-    {
-        r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
-    }
+    let fresh = super::FreshTopics::create(&bootstrap, args.load.partitions, &["sink"])?;
+    let topic = fresh.name("sink");
+    // a schema is named like a topic, with underscores
+    let schema = fresh.name("schema").replace('-', "_");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -146,11 +119,6 @@ pub fn sink(args: &SinkArgs) -> anyhow::Result<()> {
             .await
             .context("dropping the bench schema")
     });
-    if let Err(e) =
-        futures::executor::block_on(admin.delete_topics(&[&topic], &AdminOptions::new()))
-    {
-        eprintln!("deleting the bench topic: {e}");
-    }
     result.and(drop_schema)
 }
 
@@ -182,11 +150,11 @@ fn fill(
             linger: Duration::from_millis(50),
             overrides: Vec::new(),
         })?;
-    let mut generator = weir::ingest::synthetic::Synthetic::new(7, args.dirty);
+    let mut generator = weir::ingest::synthetic::Synthetic::new(7, args.load.dirty);
     let (mut key, mut value) = (String::new(), Vec::new());
     let mut fates: Vec<Fate> = Vec::with_capacity(4);
     let mut clean = 0u64;
-    for offset in 0..args.records {
+    for offset in 0..args.load.records {
         generator.next_into(&mut key, &mut value);
         fates.clear();
         pipeline.process(
@@ -211,8 +179,8 @@ fn fill(
     producer.flush(Duration::from_secs(120))?;
     eprintln!(
         "{clean} clean records of {} synthetic users ({:.0}% bad) in {topic}",
-        args.records,
-        args.dirty * 100.0
+        args.load.records,
+        args.load.dirty * 100.0
     );
     anyhow::ensure!(
         clean > 0,
@@ -240,7 +208,7 @@ fn rounds(
 ) -> anyhow::Result<()> {
     let table = base.config.table.clone();
     let mut all = Vec::new();
-    for round in 1..=args.rounds {
+    for round in 1..=args.load.rounds {
         rt.block_on(truncate_all(db))?;
         let mut settings = base.clone();
         settings.application_id = format!("{topic}-{round}");
@@ -296,7 +264,7 @@ fn rounds(
         .collect();
     println!(
         "{records} records, {} rows into {table}, {} rounds",
-        all[0].rows, args.rounds
+        all[0].rows, args.load.rounds
     );
     println!("PostgreSQL sink: {sink:.0} rows/s (median)");
     println!("COPY:            {copy:.0} rows/s (median)");

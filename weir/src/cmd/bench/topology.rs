@@ -15,11 +15,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
@@ -27,7 +25,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{Offset, TopicPartitionList};
 use weir_topology::engine::{self, EngineConfig, InputMode};
 
-use super::process_usage;
+use super::{median, process_usage};
 
 /// Options of `weir bench topology`.
 #[derive(Debug, clap::Args)]
@@ -40,18 +38,8 @@ pub struct TopologyArgs {
     /// The topology file.
     #[arg(default_value = "topology/users.toml")]
     pub file: PathBuf,
-    /// Synthetic records to process.
-    #[arg(long, default_value_t = 200_000)]
-    pub records: u64,
-    /// The fraction of bad records (dead letters).
-    #[arg(long, default_value_t = 0.1)]
-    pub dirty: f64,
-    /// Partitions of the fresh topics.
-    #[arg(long, default_value_t = 4)]
-    pub partitions: i32,
-    /// Pass-through and Weir runs, alternating.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
+    #[command(flatten)]
+    pub load: super::Load,
 }
 
 /// One run's figures.
@@ -67,40 +55,18 @@ struct Run {
     peak_kb: u64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 pub fn topology(args: &TopologyArgs) -> anyhow::Result<()> {
     let t = crate::cmd::load(&args.file)?;
     let bootstrap = t.settings.kafka.bootstrap_servers.clone();
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let pid = std::process::id();
-    let name = |what: &str| format!("weir-bench-{stamp}-{pid}-{what}");
-    let (raw, clean, dlq, copy) = (name("raw"), name("clean"), name("dlq"), name("copy"));
-    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .context("creating the admin client")?;
-    let topics: Vec<NewTopic> = [&raw, &clean, &dlq, &copy]
-        .iter()
-        .map(|n| NewTopic::new(n, args.partitions, TopicReplication::Fixed(1)))
-        .collect();
-    for r in futures::executor::block_on(admin.create_topics(&topics, &AdminOptions::new()))
-        .context("creating the bench topics")?
-    {
-        r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
-    }
-    let result = rounds(args, &t, &bootstrap, &raw, &clean, &dlq, &copy, &name);
-    let names = [raw.as_str(), clean.as_str(), dlq.as_str(), copy.as_str()];
-    if let Err(e) = futures::executor::block_on(admin.delete_topics(&names, &AdminOptions::new())) {
-        eprintln!("deleting the bench topics: {e}");
-    }
-    result
+    let fresh = super::FreshTopics::create(
+        &bootstrap,
+        args.load.partitions,
+        &["raw", "clean", "dlq", "copy"],
+    )?;
+    let [raw, clean, dlq, copy] = ["raw", "clean", "dlq", "copy"].map(|w| fresh.name(w));
+    rounds(args, &t, &bootstrap, &raw, &clean, &dlq, &copy, &|w| {
+        fresh.name(w)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -116,8 +82,8 @@ fn rounds(
 ) -> anyhow::Result<()> {
     eprintln!(
         "producing {} synthetic records ({:.0}% bad) into {raw}",
-        args.records,
-        args.dirty * 100.0
+        args.load.records,
+        args.load.dirty * 100.0
     );
     let producer =
         weir::ingest::producer::IngestProducer::new(weir::ingest::producer::ProducerSettings {
@@ -127,9 +93,9 @@ fn rounds(
             linger: Duration::from_millis(50),
             overrides: Vec::new(),
         })?;
-    let mut generator = weir::ingest::synthetic::Synthetic::new(7, args.dirty);
+    let mut generator = weir::ingest::synthetic::Synthetic::new(7, args.load.dirty);
     let (mut key, mut value) = (String::new(), Vec::new());
-    for _ in 0..args.records {
+    for _ in 0..args.load.records {
         generator.next_into(&mut key, &mut value);
         producer.send(Some(key.as_bytes()), &value, None, &[])?;
     }
@@ -137,7 +103,7 @@ fn rounds(
     drop(producer);
 
     let (mut pass, mut weir) = (Vec::new(), Vec::new());
-    for round in 1..=args.rounds {
+    for round in 1..=args.load.rounds {
         let p = pass_through(t, bootstrap, raw, copy, &name(&format!("pass-{round}")))?;
         eprintln!(
             "round {round}: pass-through {:.0} records/s ({} records, {} transactions committed, {:.1} s of it committing)",
@@ -155,9 +121,9 @@ fn rounds(
             w.peak_kb as f64 / 1024.0
         );
         anyhow::ensure!(
-            p.records as u64 == args.records && w.records as u64 == args.records,
+            p.records as u64 == args.load.records && w.records as u64 == args.load.records,
             "a run did not read all {} records",
-            args.records
+            args.load.records
         );
         pass.push(p);
         weir.push(w);
@@ -168,10 +134,10 @@ fn rounds(
     );
     println!(
         "{} records ({:.0}% bad), {} partitions, {} rounds, medians: raw transactional pass-through {:.0} records/s, weir run (sub-topology 0 of {}) {:.0} records/s: {:.2} of the pass-through",
-        args.records,
-        args.dirty * 100.0,
-        args.partitions,
-        args.rounds,
+        args.load.records,
+        args.load.dirty * 100.0,
+        args.load.partitions,
+        args.load.rounds,
         p,
         args.file.display(),
         w,
