@@ -295,6 +295,11 @@ struct InFlight {
     result: Receiver<Result<(), KafkaError>>,
 }
 
+/// Outputs at least this large are not held while a commit is in flight: librdkafka may
+/// refuse them at once (`message.max.bytes`, 1,000,000 by default), and a held record is no
+/// longer at hand for its dead letter.
+const HOLD_MAX_BYTES: usize = 256 * 1024;
+
 /// A record processed while a commit was in flight, its outputs not sent yet.
 struct Held {
     coords: Coords,
@@ -1211,16 +1216,23 @@ impl<J: Job> Loop<'_, J> {
         let treatment = self.treatment(&coords);
         let shared = self.shared.clone();
         let mut state = shared.state.lock().unwrap();
+        // outputs made while a commit was in flight that could not be held
+        let mut made: Option<Vec<OutRecord>> = None;
         if state.in_flight.is_some() {
             if treatment.normal() && state.held.len() < shared.config.commit_max_records.max(1) {
                 self.out.clear();
                 self.job.process(msg, &mut self.out);
-                state.held.push_back(Held {
-                    coords,
-                    timestamp: msg.timestamp().to_millis(),
-                    outputs: std::mem::take(&mut self.out),
-                });
-                return Ok(());
+                // an output the producer may refuse at once is sent while the record is at
+                // hand, so its dead letter needs no abort: not held
+                if self.out.iter().all(|r| record_size(r) < HOLD_MAX_BYTES) {
+                    state.held.push_back(Held {
+                        coords,
+                        timestamp: msg.timestamp().to_millis(),
+                        outputs: std::mem::take(&mut self.out),
+                    });
+                    return Ok(());
+                }
+                made = Some(std::mem::take(&mut self.out));
             }
             // held enough, or a record to be treated apart: the commit finishes first; if
             // it aborts, this record comes again after the rewind
@@ -1238,12 +1250,13 @@ impl<J: Job> Loop<'_, J> {
             }
         }
         self.out.clear();
-        match &treatment.refused {
-            Some(r) => {
+        match (&treatment.refused, made) {
+            (Some(r), _) => {
                 let dl = self.refusal_dead_letter(msg, coords, r)?;
                 self.out.push(dl);
             }
-            None => self.job.process(msg, &mut self.out),
+            (None, Some(outputs)) => self.out = outputs,
+            (None, None) => self.job.process(msg, &mut self.out),
         }
         let timestamp = msg.timestamp().to_millis();
         if self.emit(

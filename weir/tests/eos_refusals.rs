@@ -199,9 +199,13 @@ fn records_the_broker_refuses_are_isolated_and_become_bounded_dead_letters() {
 
     let (status, log) = run_until_idle(&t, Duration::from_secs(180));
     assert!(status.success(), "weir run failed ({status}):\n{log}");
+    // each refused record costs a few aborts, not a loop (the loop this replaced aborted
+    // 1,122 times in 60 s): the one that finds it (with the records refused beside it), its
+    // try alone, and the abort after each of those that librdkafka's idempotent producer
+    // needs ("skipped sequence numbers"); measured: 10 or 11 for these three records
     let aborts = aborted(&log);
     assert!(
-        (1..=10).contains(&aborts),
+        (1..=5 * special.len() as u64).contains(&aborts),
         "a few aborts, not an endless loop: {aborts}"
     );
     let end = ends(&t.raw, PARTITIONS);
