@@ -238,7 +238,8 @@ pub struct RunSummary {
     pub records: u64,
     pub committed_transactions: u64,
     pub aborted_transactions: u64,
-    /// Time spent committing (the loop reads nothing meanwhile).
+    /// Time transactions took to commit, from the commit's start to its result (a commit in
+    /// the background overlaps the loop's reading).
     pub commit_time: Duration,
     /// Records whose outputs were refused and replaced by a dead letter.
     pub refused: u64,
@@ -1211,11 +1212,14 @@ impl<J: Job> Loop<'_, J> {
         &mut self,
         consumer: &BaseConsumer<EngineContext>,
         msg: &BorrowedMessage<'_>,
+        read_at: Instant,
     ) -> Result<(), EngineError> {
         let coords = (self.topic_index(msg.topic()), msg.partition(), msg.offset());
         let treatment = self.treatment(&coords);
         let shared = self.shared.clone();
         let mut state = shared.state.lock().unwrap();
+        state.summary.first_record.get_or_insert(read_at);
+        state.summary.last_record = Some(read_at);
         // outputs made while a commit was in flight that could not be held
         let mut made: Option<Vec<OutRecord>> = None;
         if state.in_flight.is_some() {
@@ -1476,12 +1480,7 @@ impl<J: Job> Loop<'_, J> {
                 ) => {}
             Some(Ok(msg)) => {
                 *last_activity = Instant::now();
-                {
-                    let mut state = self.shared.state.lock().unwrap();
-                    state.summary.first_record.get_or_insert(*last_activity);
-                    state.summary.last_record = Some(*last_activity);
-                }
-                if let Err(e) = self.record(consumer, &msg) {
+                if let Err(e) = self.record(consumer, &msg, *last_activity) {
                     return Step::Stop(Err(e));
                 }
             }
