@@ -759,6 +759,10 @@ fn abort(shared: &Shared, state: &mut TxnState) -> Result<Settled, EngineError> 
         return Ok(Settled::Aborted);
     }
     let r = retry(|| shared.producer.abort_transaction(CALL_TIMEOUT));
+    // no transaction is open in the producer now: a second abort (the revoke callback's,
+    // after a commit in flight failed and was aborted here) is no call to librdkafka, which
+    // would refuse it ("Operation not valid in state Ready") as fatal
+    state.open = false;
     shared
         .metrics
         .transactions

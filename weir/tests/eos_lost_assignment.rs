@@ -114,7 +114,13 @@ fn a_member_paused_past_its_session_aborts_instead_of_committing_and_rejoins() {
     }
     for (name, c) in [("a", &mut a), ("b", &mut b)] {
         let status = c.wait().unwrap();
-        assert!(status.success(), "weir run {name} stopped with {status}");
+        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap();
+        let tail: Vec<&str> = log.lines().rev().take(12).collect::<Vec<_>>();
+        assert!(
+            status.success(),
+            "weir run {name} stopped with {status}; its log ends:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
     let log_a = std::fs::read_to_string(dir.join("a.log")).unwrap();
     assert!(
