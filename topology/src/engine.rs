@@ -454,7 +454,13 @@ fn client_config(cfg: &EngineConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.bootstrap_servers)
         .set("client.id", format!("weir-{}", cfg.transactional_id()))
-        .set_log_level(RDKafkaLogLevel::Warning);
+        // librdkafka's warnings and errors reach the log; its debug lines too when the
+        // topology asks for them (`[kafka] options = { debug = "eos" }`)
+        .set_log_level(if cfg.options.contains_key("debug") {
+            RDKafkaLogLevel::Debug
+        } else {
+            RDKafkaLogLevel::Warning
+        });
     c
 }
 
