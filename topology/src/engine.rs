@@ -980,6 +980,9 @@ struct Loop<'j, J: Job> {
     settling: Vec<Coords>,
     /// Aborts in a row that taught nothing about refused records: the backoff grows.
     fruitless_aborts: u32,
+    /// Aborts seen so far: an abort restarts the idle clock (its records are read again,
+    /// and an abort can take seconds while librdkafka drains what it had sent).
+    aborts_seen: u64,
     /// A range read: each partition's end and whether it was reached.
     range: HashMap<(usize, i32), (i64, bool)>,
 }
@@ -1517,6 +1520,11 @@ impl<J: Job> Loop<'_, J> {
                 return Step::Stop(Err(e));
             }
         }
+        if state.summary.aborted_transactions != self.aborts_seen {
+            // not idle: what the abort dropped is to be read again
+            self.aborts_seen = state.summary.aborted_transactions;
+            *last_activity = Instant::now();
+        }
         Step::Continue
     }
 }
@@ -1684,6 +1692,7 @@ fn run_once<J: Job>(
         out: Vec::with_capacity(4),
         settling: Vec::new(),
         fruitless_aborts: 0,
+        aborts_seen: 0,
         range: HashMap::new(),
     };
     if let InputMode::Range { partitions, .. } = &config.input {

@@ -115,7 +115,10 @@ fn run_until_idle(t: &Topics, limit: Duration) -> (std::process::ExitStatus, Str
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    (status, log.join().unwrap())
+    let log = log.join().unwrap();
+    // shown by the test harness when the test fails
+    eprintln!("weir run's log:\n{log}");
+    (status, log)
 }
 
 /// The `aborted=N` of the run's closing line.
