@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -28,7 +28,7 @@ use super::upstream::{UpstreamCheck, UpstreamSpec};
 use super::window::{time_problem, window_start, Millis, Upstream, Watermarks};
 use super::writer::{
     load_offsets, raw_field, write_batch, write_unwritable, DeadLetters, ErrorKind, OffsetMove,
-    Outcome, Row, SinkIdent, Table, WriteError,
+    Outcome, RawRecord, Row, SinkIdent, Table, WriteError,
 };
 use crate::dead_letter::DeadLetterEncoder;
 
@@ -140,6 +140,7 @@ struct Shared {
     state: Mutex<State>,
     shutdown: Arc<AtomicBool>,
     health: Arc<Health>,
+    writer: WriterBusy,
 }
 
 fn now_ms() -> Millis {
@@ -244,8 +245,10 @@ impl ConsumerContext for SinkContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                // unflushed records are dropped: their offsets were not stored, so the next
-                // owner reads them again — exactly once, not lost
+                // a batch being written finishes first (the next owner starts from what it
+                // stores); unflushed records are dropped: their offsets were not stored, so
+                // the next owner reads them again — exactly once, not lost
+                shared.writer.wait_idle();
                 let mut state = shared.state.lock().unwrap();
                 let dropped = state.pending.len();
                 state.pending.clear();
@@ -295,11 +298,9 @@ fn row_of<M: Message>(msg: &M, table: &Table, window_ms: i64, max_skew_ms: i64) 
     let parsed = std::str::from_utf8(payload)
         .map_err(|e| format!("utf8.invalid: {e}"))
         .and_then(|text| {
-            serde_json::from_str::<std::collections::HashMap<&str, &serde_json::value::RawValue>>(
-                text,
-            )
-            .map(|m| (text, m))
-            .map_err(|e| format!("json.malformed: {e}"))
+            serde_json::from_str::<RawRecord<'_>>(text)
+                .map(|m| (text, m))
+                .map_err(|e| format!("json.malformed: {e}"))
         });
     let (values, undecodable) = match &parsed {
         Ok((text, record)) => {
@@ -402,6 +403,7 @@ fn consume(
         state: Mutex::new(State::default()),
         shutdown: shutdown.clone(),
         health: health.clone(),
+        writer: WriterBusy::default(),
     });
 
     let table = {
@@ -498,141 +500,305 @@ fn consume(
     let skew_ms = cfg.max_clock_skew.as_millis() as i64;
     let window_ms = ident.window_ms;
     let heartbeat = Duration::from_secs(1);
-    loop {
-        let stopping = shutdown.load(Ordering::Relaxed);
-        if !stopping {
-            match consumer.poll(Duration::from_millis(50)) {
-                Some(Ok(msg)) => {
-                    let row = row_of(&msg, &table, window_ms, skew_ms);
-                    let mut state = shared.state.lock().unwrap();
-                    // a record of a partition no longer held (revoked meanwhile) is skipped
-                    if let Some(next) = state.next.get_mut(&row.partition) {
-                        *next = row.offset + 1;
-                        if row.time_problem.is_some() {
-                            state.watermarks.touch(row.partition, now_ms());
-                        } else {
-                            state
-                                .watermarks
-                                .observe(row.partition, row.timestamp, now_ms());
-                        }
-                        state.first_pending.get_or_insert_with(Instant::now);
-                        state.pending.push(row);
-                        summary.records += 1;
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(p))) => {
-                    shared.state.lock().unwrap().watermarks.at_end(p);
-                }
-                Some(Err(e)) => tracing::debug!(error = %e, "consumer error"),
-                None => {}
-            }
-        }
-        let mut state = shared.state.lock().unwrap();
-        let due = state.pending.len() >= batch_size
-            || state
-                .first_pending
-                .is_some_and(|t| t.elapsed() >= flush_interval)
-            || state
-                .last_heartbeat
-                .is_none_or(|t| t.elapsed() >= heartbeat)
-            || stopping;
-        if due && !state.expected.is_empty() {
-            let now = now_ms();
-            // an idle partition follows the clock only when nothing is upstream
-            let quiet = match &mut upstream {
-                _ if !state.watermarks.wants_upstream(now, idle_ms) => Upstream::Busy,
-                Some(check) => {
-                    if check.caught_up() {
-                        Upstream::Quiet
-                    } else {
-                        Upstream::Busy
-                    }
-                }
-                None => Upstream::Quiet,
-            };
-            let moves: Vec<OffsetMove> = state
-                .expected
-                .iter()
-                .map(|(p, expected)| OffsetMove {
-                    partition: *p,
-                    expected: *expected,
-                    next: state.next.get(p).copied().unwrap_or(*expected),
-                    watermark: state.watermarks.partition(*p, now, idle_ms, quiet),
-                })
-                .collect();
-            let rows = std::mem::take(&mut state.pending);
-            state.first_pending = None;
-            let started = Instant::now();
-            let result = write(&shared, &table, &ident, &rows, &moves, &dead, &metrics);
-            match result {
-                Ok(Written::Done(outcome)) => {
-                    health.set(None);
-                    metrics.degraded.set(0);
-                    metrics.observe(&outcome, started.elapsed());
-                    summary.unwritable += outcome.unwritable;
-                    for m in &moves {
-                        state.expected.insert(m.partition, m.next);
-                    }
-                    if let Some(w) = state.watermarks.min(now, idle_ms, quiet) {
-                        metrics.watermark_lag.set((now - w) as f64 / 1000.0);
-                    }
-                    state.last_heartbeat = Some(Instant::now());
-                    summary.rows_written += outcome.rows_written;
-                    summary.batches += u64::from(!rows.is_empty());
-                    // Kafka's group offsets follow, for lag tools only
-                    let mut tpl = TopicPartitionList::new();
-                    for m in moves.iter().filter(|m| m.next != m.expected) {
-                        let _ = tpl.add_partition_offset(
-                            &settings.topic,
-                            m.partition,
-                            Offset::Offset(m.next),
-                        );
-                    }
-                    if tpl.count() > 0 {
-                        let _ = consumer.commit(&tpl, CommitMode::Async);
-                    }
-                }
-                Ok(Written::Fenced(e)) => {
-                    summary.fenced += 1;
-                    tracing::warn!(error = %e, "batch not written: rewinding to the offsets stored in PostgreSQL");
-                    // another instance owns a partition, or shutdown: start again from the store
-                    state.pending.clear();
-                    let wanted: Vec<(i32, i64)> = state.expected.keys().map(|p| (*p, 0)).collect();
-                    drop(state);
-                    if shutdown.load(Ordering::Relaxed) {
+    // one batch at a time is written, on a thread of its own, while the loop reads and
+    // decodes the next: PostgreSQL's work and the sink's overlap on two cores
+    let ran = std::thread::scope(|scope| -> Result<(), SinkError> {
+        let (jobs, job_rx) = mpsc::sync_channel::<Job>(1);
+        let (done_tx, done) = mpsc::channel::<Done>();
+        {
+            let (shared, table, ident, dead, metrics) = (&shared, &table, &ident, &dead, &metrics);
+            scope.spawn(move || {
+                for job in job_rx {
+                    let started = Instant::now();
+                    let result = write(shared, table, ident, &job.rows, &job.moves, dead, metrics);
+                    let answered = done_tx.send(Done {
+                        job: JobInfo {
+                            batch: !job.rows.is_empty(),
+                            ..job.info
+                        },
+                        moves: job.moves,
+                        started,
+                        result,
+                    });
+                    shared.writer.finished();
+                    if answered.is_err() {
                         break;
                     }
-                    if let Some(offsets) =
-                        shared.load_offsets("reloading the stored offsets", &wanted)
-                    {
-                        let mut state = shared.state.lock().unwrap();
-                        let mut seek = TopicPartitionList::new();
-                        for (p, o) in offsets {
-                            state.expected.insert(p, o);
-                            state.next.insert(p, o);
-                            let _ =
-                                seek.add_partition_offset(&settings.topic, p, Offset::Offset(o));
-                        }
-                        let _ = consumer.seek_partitions(seek, Duration::from_secs(10));
-                    }
-                    continue;
                 }
-                Err(e) => {
-                    drop(state);
-                    consumer.unsubscribe();
-                    return Err(e);
+            });
+        }
+        let mut in_flight = false;
+        // takes the batch in flight's answer (waiting for it when `wait`) and books it
+        let settle = |wait: bool, summary: &mut SinkSummary| -> Result<Next, SinkError> {
+            let d = if wait {
+                done.recv().map_err(|_| writer_gone())?
+            } else {
+                match done.try_recv() {
+                    Ok(d) => d,
+                    Err(mpsc::TryRecvError::Empty) => return Ok(Next::Waiting),
+                    Err(mpsc::TryRecvError::Disconnected) => return Err(writer_gone()),
+                }
+            };
+            book(&shared, &consumer, &settings.topic, &metrics, summary, d)
+        };
+        loop {
+            let stopping = shutdown.load(Ordering::Relaxed);
+            if !stopping {
+                match consumer.poll(Duration::from_millis(50)) {
+                    Some(Ok(msg)) => {
+                        let row = row_of(&msg, &table, window_ms, skew_ms);
+                        let mut state = shared.state.lock().unwrap();
+                        // a record of a partition no longer held (revoked meanwhile) is skipped
+                        if let Some(next) = state.next.get_mut(&row.partition) {
+                            *next = row.offset + 1;
+                            if row.time_problem.is_some() {
+                                state.watermarks.touch(row.partition, now_ms());
+                            } else {
+                                state
+                                    .watermarks
+                                    .observe(row.partition, row.timestamp, now_ms());
+                            }
+                            state.first_pending.get_or_insert_with(Instant::now);
+                            state.pending.push(row);
+                            summary.records += 1;
+                        }
+                    }
+                    Some(Err(KafkaError::PartitionEOF(p))) => {
+                        shared.state.lock().unwrap().watermarks.at_end(p);
+                    }
+                    Some(Err(e)) => tracing::debug!(error = %e, "consumer error"),
+                    None => {}
                 }
             }
-        } else if due && state.expected.is_empty() {
-            state.last_heartbeat = Some(Instant::now());
+            if in_flight {
+                match settle(false, &mut summary)? {
+                    Next::Waiting => {}
+                    Next::Go => in_flight = false,
+                    Next::Stop => return Ok(()),
+                }
+            }
+            let mut state = shared.state.lock().unwrap();
+            let due = state.pending.len() >= batch_size
+                || state
+                    .first_pending
+                    .is_some_and(|t| t.elapsed() >= flush_interval)
+                || state
+                    .last_heartbeat
+                    .is_none_or(|t| t.elapsed() >= heartbeat)
+                || stopping;
+            if due && in_flight {
+                // the next batch starts where the one in flight ends: wait for it
+                drop(state);
+                let next = settle(true, &mut summary)?;
+                in_flight = false;
+                if next == Next::Stop {
+                    return Ok(());
+                }
+                state = shared.state.lock().unwrap();
+            }
+            if due && !state.expected.is_empty() {
+                let now = now_ms();
+                // an idle partition follows the clock only when nothing is upstream
+                let quiet = match &mut upstream {
+                    _ if !state.watermarks.wants_upstream(now, idle_ms) => Upstream::Busy,
+                    Some(check) => {
+                        if check.caught_up() {
+                            Upstream::Quiet
+                        } else {
+                            Upstream::Busy
+                        }
+                    }
+                    None => Upstream::Quiet,
+                };
+                let moves: Vec<OffsetMove> = state
+                    .expected
+                    .iter()
+                    .map(|(p, expected)| OffsetMove {
+                        partition: *p,
+                        expected: *expected,
+                        next: state.next.get(p).copied().unwrap_or(*expected),
+                        watermark: state.watermarks.partition(*p, now, idle_ms, quiet),
+                    })
+                    .collect();
+                let rows = std::mem::take(&mut state.pending);
+                state.first_pending = None;
+                // a heartbeat is due again a second after this batch, not after it is written
+                state.last_heartbeat = Some(Instant::now());
+                drop(state);
+                shared.writer.started();
+                jobs.send(Job {
+                    rows,
+                    moves,
+                    info: JobInfo {
+                        now,
+                        quiet,
+                        idle_ms,
+                        batch: false,
+                    },
+                })
+                .map_err(|_| writer_gone())?;
+                in_flight = true;
+                if stopping {
+                    // the last batch: written before the loop ends
+                    let next = settle(true, &mut summary)?;
+                    in_flight = false;
+                    if next == Next::Stop {
+                        return Ok(());
+                    }
+                }
+                state = shared.state.lock().unwrap();
+            } else if due && state.expected.is_empty() {
+                state.last_heartbeat = Some(Instant::now());
+            }
+            if stopping && state.pending.is_empty() && !in_flight {
+                return Ok(());
+            }
         }
-        if stopping && state.pending.is_empty() {
-            break;
-        }
+    });
+    if let Err(e) = ran {
+        consumer.unsubscribe();
+        return Err(e);
     }
     consumer.unsubscribe();
     tracing::info!(?summary, "PostgreSQL sink stopped");
     Ok(summary)
+}
+
+/// A batch for the writer thread.
+struct Job {
+    rows: Vec<Row>,
+    moves: Vec<OffsetMove>,
+    info: JobInfo,
+}
+
+/// What the loop knew when it made a batch (for the watermark lag once it is written).
+#[derive(Debug, Clone, Copy)]
+struct JobInfo {
+    now: Millis,
+    quiet: Upstream,
+    idle_ms: i64,
+    /// The batch had rows (a heartbeat has none).
+    batch: bool,
+}
+
+/// The writer thread's answer for a batch.
+struct Done {
+    job: JobInfo,
+    moves: Vec<OffsetMove>,
+    started: Instant,
+    result: Result<Written, SinkError>,
+}
+
+/// What the loop does after a batch's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// No answer yet.
+    Waiting,
+    Go,
+    /// Fenced at shutdown: nothing more to write.
+    Stop,
+}
+
+/// Whether a batch is being written: the revoke callback waits until none is, so the next
+/// owner of a partition loads offsets that no write in flight moves after it.
+#[derive(Default)]
+struct WriterBusy {
+    busy: Mutex<bool>,
+    idle: Condvar,
+}
+
+impl WriterBusy {
+    fn started(&self) {
+        *self.busy.lock().unwrap() = true;
+    }
+
+    fn finished(&self) {
+        *self.busy.lock().unwrap() = false;
+        self.idle.notify_all();
+    }
+
+    fn wait_idle(&self) {
+        let busy = self.busy.lock().unwrap();
+        let _idle = self.idle.wait_while(busy, |b| *b).unwrap();
+    }
+}
+
+fn writer_gone() -> SinkError {
+    SinkError::Runtime(std::io::Error::other(
+        "the PostgreSQL writer thread stopped",
+    ))
+}
+
+/// Books a written batch: the stored offsets move (for partitions still held), metrics, and
+/// Kafka's group offsets for lag tools. A fenced batch drops what is pending and rewinds to
+/// the offsets stored in PostgreSQL.
+fn book(
+    shared: &Shared,
+    consumer: &BaseConsumer<SinkContext>,
+    topic: &str,
+    metrics: &SinkMetrics,
+    summary: &mut SinkSummary,
+    d: Done,
+) -> Result<Next, SinkError> {
+    let mut state = shared.state.lock().unwrap();
+    match d.result? {
+        Written::Done(outcome) => {
+            shared.health.set(None);
+            metrics.degraded.set(0);
+            metrics.observe(&outcome, d.started.elapsed());
+            summary.unwritable += outcome.unwritable;
+            // a partition revoked meanwhile is no longer this sink's to track
+            for m in &d.moves {
+                if let Some(e) = state.expected.get_mut(&m.partition) {
+                    *e = m.next;
+                }
+            }
+            let JobInfo {
+                now,
+                quiet,
+                idle_ms,
+                ..
+            } = d.job;
+            if let Some(w) = state.watermarks.min(now, idle_ms, quiet) {
+                metrics.watermark_lag.set((now - w) as f64 / 1000.0);
+            }
+            summary.rows_written += outcome.rows_written;
+            summary.batches += u64::from(d.job.batch);
+            let mut tpl = TopicPartitionList::new();
+            for m in d.moves.iter().filter(|m| m.next != m.expected) {
+                if state.expected.contains_key(&m.partition) {
+                    let _ = tpl.add_partition_offset(topic, m.partition, Offset::Offset(m.next));
+                }
+            }
+            if tpl.count() > 0 {
+                let _ = consumer.commit(&tpl, CommitMode::Async);
+            }
+            Ok(Next::Go)
+        }
+        Written::Fenced(e) => {
+            summary.fenced += 1;
+            tracing::warn!(error = %e, "batch not written: rewinding to the offsets stored in PostgreSQL");
+            // another instance owns a partition, or shutdown: start again from the store
+            state.pending.clear();
+            state.first_pending = None;
+            let wanted: Vec<(i32, i64)> = state.expected.keys().map(|p| (*p, 0)).collect();
+            drop(state);
+            if shared.shutdown.load(Ordering::Relaxed) {
+                return Ok(Next::Stop);
+            }
+            if let Some(offsets) = shared.load_offsets("reloading the stored offsets", &wanted) {
+                let mut state = shared.state.lock().unwrap();
+                let mut seek = TopicPartitionList::new();
+                for (p, o) in offsets {
+                    state.expected.insert(p, o);
+                    state.next.insert(p, o);
+                    let _ = seek.add_partition_offset(topic, p, Offset::Offset(o));
+                }
+                let _ = consumer.seek_partitions(seek, Duration::from_secs(10));
+            }
+            Ok(Next::Go)
+        }
+    }
 }
 
 /// Writes a batch: retries what is transient (with the same batch), finds and gives up a
