@@ -3,6 +3,7 @@
 //! - [`config`]: the node's configuration (table, column mapping, windows, batches, late policy).
 //! - [`window`]: window arithmetic and the watermark, as pure logic.
 //! - [`writer`]: one batch in one transaction — rows, ledger, window counts, rejects, offsets.
+//! - [`binary`]: column values in PostgreSQL's binary `COPY` form, for the writer's fast path.
 //! - [`sink`]: the consumer loop that feeds the writer and seeks to the stored offsets.
 //! - [`outbox`]: the sink's dead letters, forwarded from PostgreSQL to Kafka exactly once.
 //! - [`upstream`]: whether the application upstream has processed its input (seal safety).
@@ -10,6 +11,7 @@
 //! - [`metrics`]: the sink's Prometheus metrics.
 
 pub mod admin;
+pub mod binary;
 pub mod config;
 pub mod metrics;
 pub mod outbox;

@@ -33,6 +33,7 @@ use futures::{pin_mut, SinkExt};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Transaction};
 
+use super::binary;
 use super::config::{LatePolicy, PostgresSinkConfig};
 use super::window::Millis;
 use weir_topology::pipeline::OutRecord;
@@ -84,6 +85,12 @@ pub struct Table {
     exists_sql: String,
     /// Text `COPY` straight into the table, for keys it does not hold yet.
     insert_copy_sql: String,
+    /// Binary `COPY` straight into the table, when every column's type is encoded here.
+    insert_binary_sql: String,
+    /// How each column is encoded for binary `COPY` (`None`: some type is not; text `COPY`).
+    binary: Option<Vec<binary::Kind>>,
+    /// Whether the next batch's keys are guessed new.
+    fresh: FreshGuess,
     /// The key's place in [`Table::columns`].
     key_index: Option<usize>,
     stage_sql: String,
@@ -302,6 +309,16 @@ impl Table {
                 quote(&cfg.table),
                 names.join(", ")
             ),
+            insert_binary_sql: format!(
+                "COPY {} ({}) FROM STDIN BINARY",
+                quote(&cfg.table),
+                names.join(", ")
+            ),
+            binary: columns
+                .iter()
+                .map(|c| binary::Kind::of(&c.pg_type))
+                .collect(),
+            fresh: FreshGuess::default(),
             key_index: columns.iter().position(|c| c.name == cfg.key),
             stage_sql,
             copy_sql,
@@ -352,11 +369,35 @@ pub fn json_field(record: &serde_json::Value, field: &str) -> Option<String> {
     }
 }
 
+/// A clean record parsed one level deep: each field's value kept as raw JSON.
+pub type RawRecord<'a> =
+    HashMap<&'a str, &'a serde_json::value::RawValue, std::hash::BuildHasherDefault<Fnv>>;
+
+/// FNV-1a: the field names of one record are short and not chosen by an attacker who could
+/// gain from collisions (a record's fields are read, not stored); SipHash, the default, was a
+/// tenth of the sink's decoding time.
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 /// Reads a field of a record parsed one level deep (values kept as raw JSON).
-pub fn raw_field(
-    record: &HashMap<&str, &serde_json::value::RawValue>,
-    field: &str,
-) -> Option<String> {
+pub fn raw_field(record: &RawRecord<'_>, field: &str) -> Option<String> {
     let v = record.get(field)?.get();
     match v.as_bytes().first() {
         Some(b'"') => serde_json::from_str::<String>(v).ok(),
@@ -665,42 +706,65 @@ pub async fn write_batch(
 const COPY_CHUNK: usize = 256 * 1024;
 
 /// `rows` encoded by `row` after `header` and before `trailer`, in pieces of about `chunk`
-/// bytes (each piece is one hand-over to the connection).
-fn in_pieces(
-    rows: &[&Row],
+/// bytes (each piece is one hand-over to the connection). Made as they are taken: the
+/// connection sends one piece while the next is encoded.
+fn in_pieces<'r, F: Fn(&mut BytesMut, usize, &Row)>(
+    rows: &'r [&'r Row],
     chunk: usize,
-    header: &[u8],
-    trailer: &[u8],
-    row: impl Fn(&mut BytesMut, usize, &Row),
-) -> Vec<Bytes> {
-    let mut pieces = Vec::new();
-    let mut buf = BytesMut::with_capacity(chunk + 4096);
-    buf.put_slice(header);
-    for (i, r) in rows.iter().enumerate() {
-        row(&mut buf, i, r);
-        if buf.len() >= chunk {
-            pieces.push(buf.split().freeze());
-            buf.reserve(chunk + 4096);
+    header: &'r [u8],
+    trailer: &'r [u8],
+    row: F,
+) -> Pieces<'r, F> {
+    Pieces {
+        rows,
+        next: 0,
+        chunk,
+        header: Some(header),
+        trailer: Some(trailer),
+        row,
+    }
+}
+
+/// The pieces of [`in_pieces`].
+struct Pieces<'r, F> {
+    rows: &'r [&'r Row],
+    next: usize,
+    chunk: usize,
+    header: Option<&'r [u8]>,
+    trailer: Option<&'r [u8]>,
+    row: F,
+}
+
+impl<F: Fn(&mut BytesMut, usize, &Row)> Iterator for Pieces<'_, F> {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        self.trailer?;
+        let mut buf = BytesMut::with_capacity(self.chunk + 4096);
+        if let Some(h) = self.header.take() {
+            buf.put_slice(h);
         }
+        while buf.len() < self.chunk {
+            let Some(r) = self.rows.get(self.next) else {
+                buf.put_slice(self.trailer.take().unwrap_or_default());
+                break;
+            };
+            (self.row)(&mut buf, self.next, r);
+            self.next += 1;
+        }
+        (!buf.is_empty()).then(|| buf.freeze())
     }
-    buf.put_slice(trailer);
-    if !buf.is_empty() {
-        pieces.push(buf.freeze());
-    }
-    pieces
 }
 
 /// The staged rows in PostgreSQL's binary `COPY` format (header, one tuple per row: `__seq`
 /// int8, `__partition` int4, `__offset` int8, `__ts` int8, then each column as text or NULL;
 /// trailer), in pieces of about `chunk` bytes.
-fn copy_chunks(apply: &[&Row], chunk: usize) -> Vec<Bytes> {
-    // signature, flags, header extension length
-    const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+fn copy_chunks<'r>(apply: &'r [&'r Row], chunk: usize) -> impl Iterator<Item = Bytes> + 'r {
     in_pieces(
         apply,
         chunk,
-        HEADER,
-        &(-1i16).to_be_bytes(),
+        BINARY_HEADER,
+        BINARY_TRAILER,
         |buf, seq, row| {
             buf.put_i16((4 + row.values.len()) as i16);
             buf.put_i32(8);
@@ -727,9 +791,10 @@ fn copy_chunks(apply: &[&Row], chunk: usize) -> Vec<Bytes> {
 /// Writes `apply` into the table, the newest record of each key winning; returns the window
 /// of every row written (rows PostgreSQL refuses go to `refused`).
 ///
-/// The fast way first, as fast as `COPY` into the table: the newest row of each key, and of
-/// those the keys the table does not hold yet go in with `COPY` straight into the table; the
-/// rest (keys it holds) go through [`merge_staged`]. If any of that fails (another writer
+/// The fast way first, as fast as `COPY` into the table: the newest row of each key goes in
+/// with `COPY` straight into the table — all of them at once when the last batches' keys were
+/// all new (a key the table holds fails it, and it is undone), else only those of keys the
+/// table does not hold, the rest through [`merge_staged`]. If that fails too (another writer
 /// added one of the keys meanwhile, or PostgreSQL refuses a row), it is undone and the whole
 /// batch goes through [`merge_staged`], which handles every case.
 async fn merge<'r>(
@@ -741,19 +806,51 @@ async fn merge<'r>(
     let Some(key) = table.key_index.filter(|_| !apply.is_empty()) else {
         return merge_staged(tx, table, apply, refused).await;
     };
-    tx.batch_execute("SAVEPOINT fresh").await?;
-    match insert_new(tx, table, key, apply).await {
-        Ok((mut written, held)) => {
-            tx.batch_execute("RELEASE SAVEPOINT fresh").await?;
-            written.extend(merge_staged(tx, table, &held, refused).await?);
-            Ok(written)
+    let checks: &[bool] = if table.fresh.guess_all_new() {
+        &[false, true]
+    } else {
+        &[true]
+    };
+    for &check in checks {
+        tx.batch_execute("SAVEPOINT fresh").await?;
+        match insert_new(tx, table, key, apply, check).await {
+            Ok((mut written, held)) => {
+                tx.batch_execute("RELEASE SAVEPOINT fresh").await?;
+                written.extend(merge_staged(tx, table, &held, refused).await?);
+                return Ok(written);
+            }
+            Err(e) if e.as_db_error().is_some() => {
+                tracing::debug!(error = %describe(&e), check, "the batch's fast insert failed");
+                tx.batch_execute("ROLLBACK TO SAVEPOINT fresh").await?;
+                // a key the table holds: ask first for the next batches
+                if !check && e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                    table.fresh.missed();
+                }
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) if e.as_db_error().is_some() => {
-            tracing::debug!(error = %describe(&e), "the batch's fast insert failed: merging it");
-            tx.batch_execute("ROLLBACK TO SAVEPOINT fresh").await?;
-            merge_staged(tx, table, apply, refused).await
-        }
-        Err(e) => Err(e.into()),
+    }
+    merge_staged(tx, table, apply, refused).await
+}
+
+/// Whether to `COPY` a batch's keys without asking which the table holds: yes, unless a
+/// recent batch held one (then not for the next [`FreshGuess::AFTER_A_MISS`] batches).
+#[derive(Debug, Clone, Default)]
+pub struct FreshGuess(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl FreshGuess {
+    const AFTER_A_MISS: u32 = 16;
+
+    fn guess_all_new(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_err()
+    }
+
+    fn missed(&self) {
+        self.0
+            .store(Self::AFTER_A_MISS, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -788,36 +885,60 @@ fn newest_per_key<'r>(apply: &[&'r Row], key: usize) -> Vec<&'r Row> {
         .collect()
 }
 
-/// `COPY`s the newest row of each key the table does not hold into it; returns their windows
-/// and the rows whose keys it holds (or that have no key).
+/// `COPY`s the newest row of each key the table does not hold into it (every key, unasked,
+/// without `check`); returns their windows and the rows whose keys it holds (or that have no
+/// key, or a value not encoded for binary `COPY`).
 async fn insert_new<'r>(
     tx: &Transaction<'_>,
     table: &Table,
     key: usize,
     apply: &[&'r Row],
+    check: bool,
 ) -> Result<(Vec<Millis>, Vec<&'r Row>), tokio_postgres::Error> {
     let newest = newest_per_key(apply, key);
-    let keys: Vec<&str> = newest
-        .iter()
-        .filter_map(|r| r.values[key].as_deref())
-        .collect();
-    let held: std::collections::HashSet<String> = tx
-        .query(&table.exists_sql, &[&keys])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let (fresh, rest): (Vec<&Row>, Vec<&Row>) = newest
+    let mut held = std::collections::HashSet::<String>::new();
+    if check {
+        let keys: Vec<&str> = newest
+            .iter()
+            .filter_map(|r| r.values[key].as_deref())
+            .collect();
+        held = tx
+            .query(&table.exists_sql, &[&keys])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    }
+    let (fresh, mut rest): (Vec<&Row>, Vec<&Row>) = newest
         .into_iter()
         .partition(|r| r.values[key].as_deref().is_some_and(|k| !held.contains(k)));
-    if !fresh.is_empty() {
-        let copy = tx.copy_in::<_, Bytes>(&table.insert_copy_sql).await?;
-        pin_mut!(copy);
-        for chunk in text_copy_chunks(&fresh, COPY_CHUNK) {
-            copy.feed(chunk).await?;
+    let fresh = match &table.binary {
+        Some(kinds) => {
+            // a row with a value in a form not encoded here goes the staged way
+            let (values, fresh, odd) = binary_rows(kinds, fresh);
+            rest.extend(odd);
+            if !fresh.is_empty() {
+                let copy = tx.copy_in::<_, Bytes>(&table.insert_binary_sql).await?;
+                pin_mut!(copy);
+                for chunk in binary_copy_chunks(&fresh, &values, kinds.len(), COPY_CHUNK) {
+                    copy.feed(chunk).await?;
+                }
+                copy.finish().await?;
+            }
+            fresh
         }
-        copy.finish().await?;
-    }
+        None => {
+            if !fresh.is_empty() {
+                let copy = tx.copy_in::<_, Bytes>(&table.insert_copy_sql).await?;
+                pin_mut!(copy);
+                for chunk in text_copy_chunks(&fresh, COPY_CHUNK) {
+                    copy.feed(chunk).await?;
+                }
+                copy.finish().await?;
+            }
+            fresh
+        }
+    };
     // the window column holds each row's window start (RETURNING would give the same)
     let windows = fresh
         .iter()
@@ -826,9 +947,64 @@ async fn insert_new<'r>(
     Ok((windows, rest))
 }
 
+/// The rows' values encoded for binary `COPY` (`kinds.len()` a row, in row order), the rows
+/// encoded, and the rows with a value in a form not encoded here.
+fn binary_rows<'r>(
+    kinds: &[binary::Kind],
+    rows: Vec<&'r Row>,
+) -> (Vec<binary::Value<'r>>, Vec<&'r Row>, Vec<&'r Row>) {
+    let mut values = Vec::with_capacity(rows.len() * kinds.len());
+    let (mut encoded, mut odd) = (Vec::with_capacity(rows.len()), Vec::new());
+    'rows: for row in rows {
+        let start = values.len();
+        for (kind, v) in kinds.iter().zip(&row.values) {
+            let Some(text) = v.as_deref() else {
+                values.push(binary::Value::Null);
+                continue;
+            };
+            match binary::encode(*kind, text) {
+                Some(e) => values.push(e),
+                None => {
+                    values.truncate(start);
+                    odd.push(row);
+                    continue 'rows;
+                }
+            }
+        }
+        encoded.push(row);
+    }
+    (values, encoded, odd)
+}
+
+/// Binary `COPY` of rows whose values [`binary_rows`] encoded, `width` a row.
+fn binary_copy_chunks<'r>(
+    rows: &'r [&'r Row],
+    values: &'r [binary::Value<'r>],
+    width: usize,
+    chunk: usize,
+) -> impl Iterator<Item = Bytes> + 'r {
+    in_pieces(
+        rows,
+        chunk,
+        BINARY_HEADER,
+        BINARY_TRAILER,
+        move |buf, i, _| {
+            buf.put_i16(width as i16);
+            for v in &values[i * width..(i + 1) * width] {
+                binary::put(buf, v);
+            }
+        },
+    )
+}
+
+/// Binary `COPY`'s signature, flags and header extension length.
+const BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// Binary `COPY`'s trailer: a tuple count of -1.
+const BINARY_TRAILER: &[u8] = b"\xff\xff";
+
 /// The rows in PostgreSQL's text `COPY` format (tab between columns, `\\N` for NULL,
 /// backslash escapes), in pieces of about `chunk` bytes.
-fn text_copy_chunks(rows: &[&Row], chunk: usize) -> Vec<Bytes> {
+fn text_copy_chunks<'r>(rows: &'r [&'r Row], chunk: usize) -> impl Iterator<Item = Bytes> + 'r {
     in_pieces(rows, chunk, b"", b"", |buf, _, row| {
         for (i, v) in row.values.iter().enumerate() {
             if i > 0 {
@@ -1075,7 +1251,7 @@ mod tests {
             row(8, 2_000, &[Some("b@x"), Some("é\t")]),
         ];
         let refs: Vec<&Row> = rows.iter().collect();
-        let whole: Vec<u8> = copy_chunks(&refs, 1 << 20).concat();
+        let whole: Vec<u8> = copy_chunks(&refs, 1 << 20).collect::<Vec<_>>().concat();
         let mut at = &whole[..];
         let mut take = |n: usize| {
             let (a, b) = at.split_at(n);
@@ -1114,15 +1290,18 @@ mod tests {
             .map(|i| row(i, i, &[Some(&"v".repeat(100)), Some("\\")]))
             .collect();
         let refs: Vec<&Row> = rows.iter().collect();
-        for pieces in [copy_chunks(&refs, 1000), text_copy_chunks(&refs, 1000)] {
+        for pieces in [
+            copy_chunks(&refs, 1000).collect::<Vec<_>>(),
+            text_copy_chunks(&refs, 1000).collect(),
+        ] {
             assert!(pieces.len() > 5, "{}", pieces.len());
             assert!(pieces.iter().all(|p| p.len() < 1000 + 200));
         }
-        let text: Vec<u8> = text_copy_chunks(&refs, 1000).concat();
+        let text: Vec<u8> = text_copy_chunks(&refs, 1000).collect::<Vec<_>>().concat();
         assert_eq!(text.iter().filter(|b| **b == b'\n').count(), 100);
         assert_eq!(
-            copy_chunks(&refs, 1000).concat(),
-            copy_chunks(&refs, 1 << 20).concat()
+            copy_chunks(&refs, 1000).collect::<Vec<_>>().concat(),
+            copy_chunks(&refs, 1 << 20).collect::<Vec<_>>().concat()
         );
     }
 
@@ -1131,9 +1310,49 @@ mod tests {
         let rows = [row(1, 1, &[Some("a\tb\nc\\d\re"), None, Some("")])];
         let refs: Vec<&Row> = rows.iter().collect();
         assert_eq!(
-            text_copy_chunks(&refs, 1 << 20).concat(),
+            text_copy_chunks(&refs, 1 << 20)
+                .collect::<Vec<_>>()
+                .concat(),
             b"a\\tb\\nc\\\\d\\re\t\\N\t\n".to_vec()
         );
+    }
+
+    #[test]
+    fn rows_with_a_value_not_encoded_here_go_the_staged_way() {
+        use binary::{Kind, Value};
+        let kinds = [Kind::Date, Kind::Text];
+        let rows = [
+            row(1, 0, &[Some("2000-01-02"), Some("a")]),
+            row(2, 0, &[Some("2000-1-2"), Some("b")]),
+            row(3, 0, &[None, None]),
+        ];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let (values, encoded, odd) = binary_rows(&kinds, refs);
+        assert_eq!(
+            values,
+            [Value::I32(1), Value::Text("a"), Value::Null, Value::Null]
+        );
+        assert_eq!(encoded.iter().map(|r| r.offset).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(odd.iter().map(|r| r.offset).collect::<Vec<_>>(), [2]);
+        let copy: Vec<u8> = binary_copy_chunks(&encoded, &values, 2, 1 << 20)
+            .collect::<Vec<_>>()
+            .concat();
+        assert!(copy.starts_with(BINARY_HEADER) && copy.ends_with(BINARY_TRAILER));
+        assert_eq!(
+            copy.len(),
+            BINARY_HEADER.len() + (2 + 8 + 5) + (2 + 4 + 4) + BINARY_TRAILER.len()
+        );
+    }
+
+    #[test]
+    fn keys_are_guessed_new_until_a_batch_held_one_then_asked_for_a_while() {
+        let g = FreshGuess::default();
+        assert!(g.guess_all_new() && g.guess_all_new());
+        g.missed();
+        for _ in 0..FreshGuess::AFTER_A_MISS {
+            assert!(!g.guess_all_new());
+        }
+        assert!(g.guess_all_new());
     }
 
     #[test]

@@ -1,0 +1,133 @@
+//! The PostgreSQL sink's fast path encodes column values for binary `COPY` itself; a value
+//! in a form it does not read goes the staged way, through PostgreSQL's own casts. Either
+//! way the table must hold what PostgreSQL's cast of the text gives: this writes a batch of
+//! every typed column in canonical and odd forms with the users table's real mapping, and
+//! compares each stored value with `$1::type` of its text, in the real database.
+
+mod common;
+
+use weir_sinks::dead_letter::DeadLetterEncoder;
+use weir_sinks::postgres::writer::{write_batch, DeadLetters, Row, SinkIdent, Table};
+use weir_sinks::postgres::LatePolicy;
+
+/// Texts for a column of `pg_type`: the forms encoded here and forms left to PostgreSQL.
+fn samples(pg_type: &str, i: usize) -> Option<String> {
+    let pick = |options: &[&str]| options[i % options.len()].to_owned();
+    Some(match pg_type {
+        "uuid" => pick(&[
+            "0b8c5e86-0e6f-4f0c-9d2c-7a3a8f1e2b4d",
+            "0B8C5E86-0E6F-4F0C-9D2C-7A3A8F1E2B4D",
+            "{0b8c5e86-0e6f-4f0c-9d2c-7a3a8f1e2b4d}",
+            "0b8c5e860e6f4f0c9d2c7a3a8f1e2b4d",
+        ]),
+        "date" => pick(&[
+            "1962-05-08",
+            "2000-02-29",
+            "1999-12-31",
+            " 1962-05-08",
+            "19620508",
+        ]),
+        "integer" => pick(&["42", "-7", "0", "+5", " 12"]),
+        "bigint" => pick(&["9007199254740993", "-1", "+3"]),
+        "timestamp with time zone" => pick(&[
+            "2026-11-29T19:00:00.123Z",
+            "2026-11-29T21:00:00+02:00",
+            "1999-12-31T23:59:59.999999Z",
+            "2026-11-29 19:00:00Z",
+            "2026-11-29T19:00:00.1234567Z",
+        ]),
+        "jsonb" => pick(&[r#"{"b": 1, "a": [1, 2.50]}"#, r#"{"é":"\u00e9"}"#, "[]"]),
+        t if t.starts_with("character varying") || t == "text" => {
+            pick(&["O'Brien\tt\\b\nl", "Зоряна", "", "x"])
+        }
+        _ => return None,
+    })
+}
+
+#[test]
+fn the_fast_path_stores_what_postgres_casts_would() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(fast_path_stores_what_postgres_casts_would());
+}
+
+async fn fast_path_stores_what_postgres_casts_would() {
+    let url = common::pg::fresh_database("weir_binary").await;
+    let db = common::pg::connect(&url).await;
+    let (cfg, _) = common::windows::users_sink("weir-binary", 300_000);
+    let table = Table::describe(&db, &cfg).await.expect("the users table");
+    let now = chrono::Utc::now().timestamp_millis();
+    let rows: Vec<Row> = (0..60)
+        .map(|i| Row {
+            partition: 0,
+            offset: i as i64,
+            timestamp: now,
+            window_start: now - now % 300_000,
+            values: table
+                .columns
+                .iter()
+                .map(|c| match c.name.as_str() {
+                    "email" => Some(format!("user{i}@example.com")),
+                    _ => samples(&c.pg_type, i),
+                })
+                .collect(),
+            undecodable: None,
+            time_problem: None,
+            key: None,
+            raw: Vec::new(),
+        })
+        .collect();
+    let encoder = DeadLetterEncoder::new("weir-binary-dlq", "weir-binary");
+    let dead = DeadLetters {
+        encoder: &encoder,
+        node: "users",
+    };
+    let ident = SinkIdent {
+        id: "weir-binary/users".into(),
+        topic: "weir-binary-clean".into(),
+        window_ms: 300_000,
+        late_policy: LatePolicy::DeadLetter,
+    };
+    let mut client = common::pg::connect(&url).await;
+    let outcome = write_batch(&mut client, &table, &ident, &rows, &[], &dead)
+        .await
+        .expect("the batch is written");
+    assert_eq!(outcome.rows_written, rows.len() as u64, "{outcome:?}");
+
+    let mut compared = 0;
+    for row in &rows {
+        let email = row.values[table
+            .columns
+            .iter()
+            .position(|c| c.name == "email")
+            .unwrap()]
+        .clone()
+        .unwrap();
+        for (c, v) in table.columns.iter().zip(&row.values) {
+            let Some(text) = v else { continue };
+            let stored: Option<String> = db
+                .query_one(
+                    &format!("SELECT \"{}\"::text FROM users WHERE email = $1", c.name),
+                    &[&email],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let cast: Option<String> = db
+                .query_one(&format!("SELECT $1::text::{}::text", c.pg_type), &[text])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                stored, cast,
+                "column {} ({}) of {email}: {text:?} was stored otherwise than PostgreSQL reads it",
+                c.name, c.pg_type
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared > rows.len() * 10, "compared {compared} values");
+}
