@@ -88,8 +88,14 @@ enum DlqCommand {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+    let wanted = std::env::var("WEIR_LOG").unwrap_or_else(|_| "info".to_owned());
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&wanted)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // rust-rdkafka's own lines (a client's statistics, about a kilobyte a second, at info)
+    // only when asked for by name; librdkafka's (target `librdkafka`) follow the level
+    if !wanted.contains("rdkafka=") && !wanted.contains("rdkafka::") {
+        filter = filter.add_directive("rdkafka=warn".parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
