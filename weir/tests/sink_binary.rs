@@ -78,6 +78,7 @@ async fn fast_path_stores_what_postgres_casts_would() {
             time_problem: None,
             key: None,
             raw: Vec::new(),
+            record_column: None,
         })
         .collect();
     let encoder = DeadLetterEncoder::new("weir-binary-dlq", "weir-binary");

@@ -327,6 +327,12 @@ fn row_of<M: Message>(msg: &M, table: &Table, window_ms: i64, max_skew_ms: i64) 
         }
         Err(e) => (Vec::new(), Some(e.clone())),
     };
+    // the value is kept once: the `@record` column holds it when the record was read
+    let record_column = table
+        .columns
+        .iter()
+        .position(|c| c.field == "@record")
+        .filter(|i| values.get(*i).is_some_and(Option::is_some));
     Row {
         partition: msg.partition(),
         offset: msg.offset(),
@@ -336,7 +342,12 @@ fn row_of<M: Message>(msg: &M, table: &Table, window_ms: i64, max_skew_ms: i64) 
         undecodable,
         time_problem,
         key: msg.key().map(<[u8]>::to_vec),
-        raw: payload.to_vec(),
+        raw: if record_column.is_some() {
+            Vec::new()
+        } else {
+            payload.to_vec()
+        },
+        record_column,
     }
 }
 
@@ -446,9 +457,9 @@ fn consume(
         .set("session.timeout.ms", "10000")
         .set("max.poll.interval.ms", "600000")
         .set("fetch.wait.max.ms", "50")
-        // a batch at a time is enough read-ahead (librdkafka's defaults hold ~1 GB and fetch
-        // 50 MB at a time)
-        .set("queued.max.messages.kbytes", "8192")
+        // the loop reads while a batch is written: 4 MB of read-ahead is enough (librdkafka's
+        // defaults hold ~1 GB and fetch 50 MB at a time)
+        .set("queued.max.messages.kbytes", "4096")
         .set("fetch.max.bytes", "4194304")
         .set("max.partition.fetch.bytes", "524288")
         // not librdkafka's 1 s pause after the local queue was full: the sink would wait for

@@ -52,9 +52,22 @@ pub struct Row {
     pub undecodable: Option<String>,
     /// Why its time keeps it out of the windows (reason code, sentence), if it does.
     pub time_problem: Option<(&'static str, String)>,
-    /// The Kafka key and value as read, for a dead letter.
+    /// The Kafka key and value as read, for a dead letter (the value is empty when a column
+    /// holds it: see [`Row::raw`]).
     pub key: Option<Vec<u8>>,
     pub raw: Vec<u8>,
+    /// The column whose value is the record's text (`@record`), when it holds it.
+    pub record_column: Option<usize>,
+}
+
+impl Row {
+    /// The Kafka value as read: kept once per row, in the `@record` column when there is one
+    /// (a batch being written and the next one being read are both in memory).
+    pub fn raw(&self) -> &[u8] {
+        self.record_column
+            .and_then(|i| self.values.get(i)?.as_deref())
+            .map_or(&self.raw, str::as_bytes)
+    }
 }
 
 /// A mapped column.
@@ -433,7 +446,7 @@ impl DeadLetters<'_> {
                 offset: row.offset,
                 timestamp: Some(row.timestamp),
                 key: row.key.clone(),
-                value: Some(row.raw.clone()),
+                value: Some(row.raw().to_vec()),
                 ..weir_topology::Origin::default()
             },
             body: weir_topology::Body::Failed(weir_topology::Failure {
@@ -1123,7 +1136,7 @@ async fn put_refused(
     tx.execute(
         "INSERT INTO rejects (sink, topic, partition, \"offset\", window_start, sqlstate, reason, record) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (sink, topic, partition, \"offset\") DO NOTHING",
-        &[&sink.id, &sink.topic, &row.partition, &row.offset, &window, &r.sqlstate, &format!("{}: {}", r.code, r.message), &storable(&row.raw)],
+        &[&sink.id, &sink.topic, &row.partition, &row.offset, &window, &r.sqlstate, &format!("{}: {}", r.code, r.message), &storable(row.raw())],
     )
     .await?;
     let late_kept = r.code == "window.sealed" && sink.late_policy != LatePolicy::DeadLetter;
@@ -1241,6 +1254,7 @@ mod tests {
             time_problem: None,
             key: None,
             raw: Vec::new(),
+            record_column: None,
         }
     }
 
