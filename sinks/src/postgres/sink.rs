@@ -100,6 +100,9 @@ pub enum SinkError {
     Table(String),
     #[error("could not start the sink's runtime: {0}")]
     Runtime(std::io::Error),
+    /// The thread that writes batches ended while the loop still had one for it (a bug).
+    #[error("the PostgreSQL writer thread stopped")]
+    WriterStopped,
     #[error("record {topic}/{partition}@{offset} has no possible fate: PostgreSQL refused it alone ({first}) and refused its reject too ({then})")]
     NoFate {
         topic: String,
@@ -329,9 +332,7 @@ fn row_of<M: Message>(msg: &M, table: &Table, window_ms: i64, max_skew_ms: i64) 
     };
     // the value is kept once: the `@record` column holds it when the record was read
     let record_column = table
-        .columns
-        .iter()
-        .position(|c| c.field == "@record")
+        .record_column
         .filter(|i| values.get(*i).is_some_and(Option::is_some));
     Row {
         partition: msg.partition(),
@@ -523,10 +524,7 @@ fn consume(
                     let started = Instant::now();
                     let result = write(shared, table, ident, &job.rows, &job.moves, dead, metrics);
                     let answered = done_tx.send(Done {
-                        job: JobInfo {
-                            batch: !job.rows.is_empty(),
-                            ..job.info
-                        },
+                        job: job.info,
                         moves: job.moves,
                         started,
                         result,
@@ -542,12 +540,12 @@ fn consume(
         // takes the batch in flight's answer (waiting for it when `wait`) and books it
         let settle = |wait: bool, summary: &mut SinkSummary| -> Result<Next, SinkError> {
             let d = if wait {
-                done.recv().map_err(|_| writer_gone())?
+                done.recv().map_err(|_| SinkError::WriterStopped)?
             } else {
                 match done.try_recv() {
                     Ok(d) => d,
                     Err(mpsc::TryRecvError::Empty) => return Ok(Next::Waiting),
-                    Err(mpsc::TryRecvError::Disconnected) => return Err(writer_gone()),
+                    Err(mpsc::TryRecvError::Disconnected) => return Err(SinkError::WriterStopped),
                 }
             };
             book(&shared, &consumer, &settings.topic, &metrics, summary, d)
@@ -638,16 +636,16 @@ fn consume(
                 drop(state);
                 shared.writer.started();
                 jobs.send(Job {
-                    rows,
-                    moves,
                     info: JobInfo {
                         now,
                         quiet,
                         idle_ms,
-                        batch: false,
+                        batch: !rows.is_empty(),
                     },
+                    rows,
+                    moves,
                 })
-                .map_err(|_| writer_gone())?;
+                .map_err(|_| SinkError::WriterStopped)?;
                 in_flight = true;
                 if stopping {
                     // the last batch: written before the loop ends
@@ -732,12 +730,6 @@ impl WriterBusy {
         let busy = self.busy.lock().unwrap();
         let _idle = self.idle.wait_while(busy, |b| *b).unwrap();
     }
-}
-
-fn writer_gone() -> SinkError {
-    SinkError::Runtime(std::io::Error::other(
-        "the PostgreSQL writer thread stopped",
-    ))
 }
 
 /// Books a written batch: the stored offsets move (for partitions still held), metrics, and

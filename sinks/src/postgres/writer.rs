@@ -106,6 +106,8 @@ pub struct Table {
     fresh: FreshGuess,
     /// The key's place in [`Table::columns`].
     key_index: Option<usize>,
+    /// The place in [`Table::columns`] of the column that holds the record's text (`@record`).
+    pub record_column: Option<usize>,
     stage_sql: String,
     copy_sql: String,
     insert_one_sql: String,
@@ -333,6 +335,7 @@ impl Table {
                 .collect(),
             fresh: FreshGuess::default(),
             key_index: columns.iter().position(|c| c.name == cfg.key),
+            record_column: columns.iter().position(|c| c.field == "@record"),
             stage_sql,
             copy_sql,
             insert_one_sql,
