@@ -87,7 +87,7 @@ fn records_reach_their_sinks_and_are_counted() {
     let sinks: Vec<&str> = fates.iter().map(|f| &*f.sink).collect();
     assert_eq!(sinks, ["out", "dlq", "dlq"]);
     let clean = fates[0].record.as_ref().unwrap();
-    assert_eq!(clean.topic, "clean");
+    assert_eq!(&*clean.topic, "clean");
     assert_eq!(clean.key.as_deref(), Some(&b"k0"[..]));
     assert_eq!(
         clean.timestamp,

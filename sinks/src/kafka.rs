@@ -43,7 +43,7 @@ impl NodeConfig for KafkaSinkConfig {
 
     fn build(&self, _ctx: &BuildContext) -> Result<Built, String> {
         Ok(Built::Topic(Box::new(TopicEncoder {
-            topic: self.topic.clone(),
+            topic: self.topic.as_str().into(),
         })))
     }
 
@@ -54,7 +54,7 @@ impl NodeConfig for KafkaSinkConfig {
 
 /// Encodes records as JSON for a topic.
 pub struct TopicEncoder {
-    topic: String,
+    topic: std::sync::Arc<str>,
 }
 
 impl SinkEncoder for TopicEncoder {
@@ -72,6 +72,23 @@ impl SinkEncoder for TopicEncoder {
             value,
             headers: Vec::new(),
             timestamp: record.origin.timestamp,
+        }
+    }
+
+    fn encode_owned(&self, record: Envelope) -> OutRecord {
+        let timestamp = record.origin.timestamp;
+        let key = record.origin.key;
+        let value = match record.body {
+            Body::Clean(row) => row.json,
+            Body::Json(p) | Body::Valid(p) => p.text.into_bytes(),
+            Body::Raw | Body::Failed(_) => record.origin.value.unwrap_or_default(),
+        };
+        OutRecord {
+            topic: self.topic.clone(),
+            key,
+            value,
+            headers: Vec::new(),
+            timestamp,
         }
     }
 }

@@ -53,11 +53,14 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::metrics::Metrics;
-use crate::pipeline::{Fate, OutRecord, Pipeline};
+use crate::pipeline::{OutRecord, Pipeline};
 use crate::record::Origin;
 
 /// The header that counts how often a record was replayed from the dead-letter topic.
 pub const REPLAY_COUNT_HEADER: &str = "weir.replay.count";
+
+/// At most this many records ready in the consumer are read and processed together.
+const BATCH_MAX: usize = 512;
 
 /// How many bytes of a refused record's value its dead letter keeps.
 pub const REFUSED_PREVIEW_BYTES: usize = 1024;
@@ -66,6 +69,16 @@ pub const REFUSED_PREVIEW_BYTES: usize = 1024;
 pub trait Job: Send {
     /// The outputs of one input record (pushed to `out`, which is empty).
     fn process(&mut self, input: &BorrowedMessage<'_>, out: &mut Vec<OutRecord>);
+    /// The outputs of several input records read together, one `Vec` each in their order
+    /// (appended to `outs`, which is empty). Called only for a job that overlaps commits
+    /// (it keeps nothing per transaction); a job may use more than one core here.
+    fn process_batch(&mut self, inputs: &[BorrowedMessage<'_>], outs: &mut Vec<Vec<OutRecord>>) {
+        for input in inputs {
+            let mut out = Vec::new();
+            self.process(input, &mut out);
+            outs.push(out);
+        }
+    }
     /// The dead letter that replaces a record's outputs when the broker refused one of them;
     /// `None` when the job has nowhere to send it (the engine then stops).
     fn refusal(&mut self, input: &BorrowedMessage<'_>, refusal: &Refusal) -> Option<OutRecord>;
@@ -283,6 +296,9 @@ struct TxnState {
     in_flight: Option<InFlight>,
     /// Records read while a commit was in flight: their outputs go into the next transaction.
     held: VecDeque<Held>,
+    /// Partitions (topic index, partition) revoked since the loop last looked: records of
+    /// them that it read before are another member's now.
+    revoked: Vec<(usize, i32)>,
     summary: RunSummary,
 }
 
@@ -433,6 +449,11 @@ impl ConsumerContext for EngineContext {
                 tpl.find_partition(&self.shared.topics[h.coords.0], h.coords.1)
                     .is_none()
             });
+            for e in tpl.elements() {
+                if let Some(t) = self.shared.topics.iter().position(|t| t == e.topic()) {
+                    state.revoked.push((t, e.partition()));
+                }
+            }
             let _ = self
                 .shared
                 .producer
@@ -909,16 +930,19 @@ pub fn origin_of<M: Message>(msg: &M) -> Origin {
 
 /// Enqueues one record; waits for room when the local queue is full (never drops).
 fn send(producer: &EngineProducer, r: &OutRecord, opaque: usize) -> Result<(), KafkaError> {
-    let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-    for (k, v) in &r.headers {
-        headers = headers.insert(Header {
-            key: k,
-            value: v.as_deref(),
-        });
+    let mut record =
+        BaseRecord::<[u8], [u8], usize>::with_opaque_to(&r.topic, opaque).payload(&r.value);
+    if !r.headers.is_empty() {
+        // librdkafka allocates a header list even for none: only when there are some
+        let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+        for (k, v) in &r.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        record = record.headers(headers);
     }
-    let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(&r.topic, opaque)
-        .payload(&r.value)
-        .headers(headers);
     if let Some(k) = &r.key {
         record = record.key(k);
     }
@@ -985,6 +1009,13 @@ struct Loop<'j, J: Job> {
     aborts_seen: u64,
     /// A range read: each partition's end and whether it was reached.
     range: HashMap<(usize, i32), (i64, bool)>,
+    /// Partitions revoked during the last poll (records read of them before are dropped).
+    revoked: Vec<(usize, i32)>,
+    /// Partitions sought back since the batch in hand was read: its records of them are
+    /// read again.
+    rewound: Vec<(usize, i32)>,
+    /// Aborts this loop has handled.
+    aborts: u64,
 }
 
 enum Step {
@@ -1170,6 +1201,7 @@ impl<J: Job> Loop<'_, J> {
         state: &mut TxnState,
         generation: u64,
     ) -> Result<(), EngineError> {
+        self.aborts += 1;
         self.settling.clear();
         self.job.on_abort();
         let learned = self.learn(state, generation);
@@ -1194,10 +1226,12 @@ impl<J: Job> Loop<'_, J> {
         if to.is_empty() {
             return Ok(());
         }
+        tracing::debug!(?to, "rewinding");
         for (t, p, _) in &to {
             if let Some((_, done)) = self.range.get_mut(&(*t, *p)) {
                 *done = false;
             }
+            self.rewound.push((*t, *p));
         }
         let limit = self.shared.config.rewind_limit;
         retry_bounded("rewinding after an abort", limit, &self.shutdown, || {
@@ -1219,6 +1253,42 @@ impl<J: Job> Loop<'_, J> {
         Ok(())
     }
 
+    /// Processes records read together, in order: their outputs made at once by the job
+    /// when it allows that ([`Job::process_batch`]), else one by one. A record whose
+    /// partition an abort rewound is dropped (read again); one that an abort dropped while
+    /// its partition was not rewound (it was the first of its partition since the aborted
+    /// transaction) has its partition sought back to it, so no record is left behind.
+    fn records(
+        &mut self,
+        consumer: &BaseConsumer<EngineContext>,
+        batch: Vec<BorrowedMessage<'_>>,
+        read_at: Instant,
+    ) -> Result<(), EngineError> {
+        let mut outputs = Vec::new();
+        if batch.len() > 1 {
+            self.job.process_batch(&batch, &mut outputs);
+        }
+        let mut outputs = outputs.into_iter();
+        self.rewound.clear();
+        for msg in &batch {
+            let made = outputs.next();
+            let (t, p) = (self.topic_index(msg.topic()), msg.partition());
+            if self.rewound.contains(&(t, p)) {
+                continue;
+            }
+            let aborts = self.aborts;
+            self.record(consumer, msg, read_at, made)?;
+            if self.aborts != aborts && !self.rewound.contains(&(t, p)) {
+                // dropped by the abort, and nothing rewinds its partition: back to it
+                let shared = self.shared.clone();
+                let mut state = shared.state.lock().unwrap();
+                state.rewind = vec![(t, p, msg.offset())];
+                self.rewind(consumer, &mut state)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Processes one input record inside the open transaction — or, while a commit is in
     /// flight, holds its outputs for the next one.
     fn record(
@@ -1226,6 +1296,7 @@ impl<J: Job> Loop<'_, J> {
         consumer: &BaseConsumer<EngineContext>,
         msg: &BorrowedMessage<'_>,
         read_at: Instant,
+        mut ready: Option<Vec<OutRecord>>,
     ) -> Result<(), EngineError> {
         let coords = (self.topic_index(msg.topic()), msg.partition(), msg.offset());
         let treatment = self.treatment(&coords);
@@ -1237,8 +1308,13 @@ impl<J: Job> Loop<'_, J> {
         let mut made: Option<Vec<OutRecord>> = None;
         if state.in_flight.is_some() {
             if treatment.normal() && state.held.len() < shared.config.commit_max_records.max(1) {
-                self.out.clear();
-                self.job.process(msg, &mut self.out);
+                match ready.take() {
+                    Some(outputs) => self.out = outputs,
+                    None => {
+                        self.out.clear();
+                        self.job.process(msg, &mut self.out);
+                    }
+                }
                 // an output the producer may refuse at once is sent while the record is at
                 // hand, so its dead letter needs no abort: not held
                 if self.out.iter().all(|r| record_size(r) < HOLD_MAX_BYTES) {
@@ -1267,7 +1343,7 @@ impl<J: Job> Loop<'_, J> {
             }
         }
         self.out.clear();
-        match (&treatment.refused, made) {
+        match (&treatment.refused, made.or(ready)) {
             (Some(r), _) => {
                 let dl = self.refusal_dead_letter(msg, coords, r)?;
                 self.out.push(dl);
@@ -1432,6 +1508,49 @@ impl<J: Job> Loop<'_, J> {
         }
     }
 
+    /// One poll: a record to process, or `None` (nothing ready, the end of a partition, a
+    /// consumer error, a record past a range's end). Partitions revoked inside the poll are
+    /// added to `self.revoked`.
+    fn poll<'c>(
+        &mut self,
+        consumer: &'c BaseConsumer<EngineContext>,
+        wait: Duration,
+    ) -> Result<Option<BorrowedMessage<'c>>, EngineError> {
+        // the rebalance callback may run inside poll: no lock is held here
+        let polled = consumer.poll(wait);
+        {
+            let mut state = self.shared.state.lock().unwrap();
+            if let Some(e) = state.fatal.take() {
+                return Err(e);
+            }
+            // partitions revoked inside this poll: what was read of them before is another
+            // member's now (the next owner reads it from the committed offsets)
+            self.revoked.append(&mut state.revoked);
+        }
+        match polled {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                // the end of the log, past any transaction markers: a range is read
+                for ((_, partition), (_, done)) in self.range.iter_mut() {
+                    if *partition == p {
+                        *done = true;
+                    }
+                }
+            }
+            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::FencedInstanceId) => {
+                return Err(fatal(&self.shared.config, "poll", e));
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            Some(Ok(msg)) => {
+                let (t, p) = (self.topic_index(msg.topic()), msg.partition());
+                if self.in_range(t, p, Some(msg.offset())) {
+                    return Ok(Some(msg));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     fn step(
         &mut self,
         consumer: &BaseConsumer<EngineContext>,
@@ -1467,36 +1586,42 @@ impl<J: Job> Loop<'_, J> {
             }
         };
         // the rebalance callback may run inside poll: no lock is held here
-        let polled = consumer.poll(wait);
-        if let Some(e) = self.shared.state.lock().unwrap().fatal.take() {
-            return Step::Stop(Err(e));
-        }
-        match polled {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                // the end of the log, past any transaction markers: a range is read
-                for ((_, partition), (_, done)) in self.range.iter_mut() {
-                    if *partition == p {
-                        *done = true;
+        let first = match self.poll(consumer, wait) {
+            Ok(m) => m,
+            Err(e) => return Step::Stop(Err(e)),
+        };
+        if let Some(first) = first {
+            // what else the consumer has ready, for a job whose records may be processed
+            // together (it keeps nothing per transaction)
+            self.revoked.clear();
+            let mut batch = vec![first];
+            if self.job.overlaps_commit() {
+                let bound = BATCH_MAX.min(self.shared.config.commit_max_records.max(1));
+                while batch.len() < bound {
+                    let next = match self.poll(consumer, Duration::ZERO) {
+                        Ok(m) => m,
+                        Err(e) => return Step::Stop(Err(e)),
+                    };
+                    if !self.revoked.is_empty() {
+                        // read before its partition was revoked: another member's now (the
+                        // next owner reads it from the committed offsets)
+                        let revoked = std::mem::take(&mut self.revoked);
+                        batch.retain(|m| {
+                            !revoked.contains(&(self.topic_index(m.topic()), m.partition()))
+                        });
+                    }
+                    match next {
+                        Some(m) => batch.push(m),
+                        None => break,
                     }
                 }
             }
-            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::FencedInstanceId) => {
-                return Step::Stop(Err(fatal(&self.shared.config, "poll", e)));
+            if let Err(e) = self.records(consumer, batch, Instant::now()) {
+                return Step::Stop(Err(e));
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-            Some(Ok(msg))
-                if !self.in_range(
-                    self.topic_index(msg.topic()),
-                    msg.partition(),
-                    Some(msg.offset()),
-                ) => {}
-            Some(Ok(msg)) => {
-                *last_activity = Instant::now();
-                if let Err(e) = self.record(consumer, &msg, *last_activity) {
-                    return Step::Stop(Err(e));
-                }
-            }
+            // idle is time with no records, not time spent on them (a batch of records
+            // retried alone, each in a transaction of its own, can take seconds)
+            *last_activity = Instant::now();
         }
         let shared = self.shared.clone();
         let mut state = shared.state.lock().unwrap();
@@ -1530,35 +1655,100 @@ impl<J: Job> Loop<'_, J> {
 }
 
 /// A sub-topology of a topology as an engine job: each record through the [`Pipeline`],
-/// the topic sinks' records as outputs.
+/// the topic sinks' records as outputs. With helpers (more copies of the pipeline), the
+/// records read together are split between this thread and one more thread per helper.
 pub struct PipelineJob {
-    pipeline: Pipeline,
-    fates: Vec<Fate>,
+    main: Worker,
+    helpers: Vec<Worker>,
 }
+
+/// A copy of the pipeline.
+struct Worker {
+    pipeline: Pipeline,
+}
+
+impl Worker {
+    fn new(pipeline: Pipeline) -> Self {
+        Self { pipeline }
+    }
+
+    fn process(&mut self, input: &BorrowedMessage<'_>, out: &mut Vec<OutRecord>) {
+        self.pipeline.process_into(origin_of(input), out);
+    }
+
+    fn process_all(&mut self, inputs: &[BorrowedMessage<'_>], outs: &mut Vec<Vec<OutRecord>>) {
+        for input in inputs {
+            let mut out = Vec::with_capacity(1);
+            self.process(input, &mut out);
+            outs.push(out);
+        }
+    }
+}
+
+/// Fewer records than this are processed on the loop's thread alone: a thread costs more.
+const PARALLEL_MIN: usize = 64;
 
 impl PipelineJob {
     pub fn new(pipeline: Pipeline) -> Self {
         Self {
-            pipeline,
-            fates: Vec::with_capacity(4),
+            main: Worker::new(pipeline),
+            helpers: Vec::new(),
         }
+    }
+
+    /// Adds a copy of the pipeline that processes part of each batch on a thread of its own.
+    pub fn with_helper(mut self, pipeline: Pipeline) -> Self {
+        self.helpers.push(Worker::new(pipeline));
+        self
     }
 
     /// The topics the pipeline reads.
     pub fn topics(&self) -> Vec<String> {
-        self.pipeline.topics()
+        self.main.pipeline.topics()
     }
 }
 
 impl Job for PipelineJob {
     fn process(&mut self, input: &BorrowedMessage<'_>, out: &mut Vec<OutRecord>) {
-        self.fates.clear();
-        self.pipeline.process(origin_of(input), &mut self.fates);
-        out.extend(self.fates.drain(..).filter_map(|f| f.record));
+        self.main.process(input, out);
+    }
+
+    fn process_batch(&mut self, inputs: &[BorrowedMessage<'_>], outs: &mut Vec<Vec<OutRecord>>) {
+        if self.helpers.is_empty() || inputs.len() < PARALLEL_MIN {
+            return self.main.process_all(inputs, outs);
+        }
+        // equal shares in order: this thread takes the first, each helper one of the next
+        let share = inputs.len().div_ceil(self.helpers.len() + 1);
+        let mut chunks = inputs.chunks(share);
+        let mine = chunks.next().unwrap_or_default();
+        let main = &mut self.main;
+        let theirs: Vec<Vec<Vec<OutRecord>>> = std::thread::scope(|scope| {
+            let running: Vec<_> = self
+                .helpers
+                .iter_mut()
+                .zip(chunks)
+                .map(|(helper, chunk)| {
+                    scope.spawn(move || {
+                        let mut outs = Vec::with_capacity(chunk.len());
+                        helper.process_all(chunk, &mut outs);
+                        outs
+                    })
+                })
+                .collect();
+            main.process_all(mine, outs);
+            running
+                .into_iter()
+                // a panic in a processor is a bug: it goes on as it would on this thread
+                .map(|r| r.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        for t in theirs {
+            outs.extend(t);
+        }
     }
 
     fn refusal(&mut self, input: &BorrowedMessage<'_>, refusal: &Refusal) -> Option<OutRecord> {
-        self.pipeline.refusal(origin_of(input), refusal)
+        self.main.pipeline.refusal(origin_of(input), refusal)
     }
 
     /// The pipeline keeps nothing per transaction.
@@ -1694,6 +1884,9 @@ fn run_once<J: Job>(
         fruitless_aborts: 0,
         aborts_seen: 0,
         range: HashMap::new(),
+        revoked: Vec::new(),
+        rewound: Vec::new(),
+        aborts: 0,
     };
     if let InputMode::Range { partitions, .. } = &config.input {
         for r in partitions {

@@ -22,7 +22,8 @@ pub trait Processor: Send {
 /// A record ready for a Kafka producer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutRecord {
-    pub topic: String,
+    /// Shared by every record a sink writes.
+    pub topic: std::sync::Arc<str>,
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
     /// Headers in order; a header may have no value.
@@ -34,6 +35,11 @@ pub struct OutRecord {
 /// A sink that writes a Kafka topic inside the sub-topology's transaction.
 pub trait SinkEncoder: Send {
     fn encode(&self, record: &Envelope) -> OutRecord;
+    /// [`SinkEncoder::encode`] of a record nobody needs afterwards: an encoder may move its
+    /// bytes instead of copying them.
+    fn encode_owned(&self, record: Envelope) -> OutRecord {
+        self.encode(&record)
+    }
     /// True for a dead-letter sink: it takes failed records, including those whose output
     /// the broker refused.
     fn dead_letters(&self) -> bool {
@@ -241,6 +247,16 @@ impl Pipeline {
 
     /// Pushes one raw record from `origin.topic` through the graph; appends every fate.
     pub fn process(&mut self, origin: Origin, fates: &mut Vec<Fate>) {
+        self.route(origin, Reached::Fates(fates));
+    }
+
+    /// Pushes one raw record through the graph; appends only what its topic sinks write (the
+    /// engine's path: the records' bytes are moved into them, not copied).
+    pub fn process_into(&mut self, origin: Origin, out: &mut Vec<OutRecord>) {
+        self.route(origin, Reached::Records(out));
+    }
+
+    fn route(&mut self, origin: Origin, mut reached: Reached<'_>) {
         let Some(&start) = self.sources.get(&origin.topic).or_else(|| {
             (self.sources.len() == 1)
                 .then(|| self.sources.values().next())
@@ -281,27 +297,43 @@ impl Pipeline {
                     }
                 }
                 Stage::Topic(encoder) => {
-                    let record = encoder.encode(&envelope);
                     if let (Some(m), Body::Failed(f)) = (&self.metrics, &envelope.body) {
                         for r in &f.reasons {
                             m.dead_letters.with_label_values(&[r.as_str()]).inc();
                         }
                     }
-                    fates.push(Fate {
-                        sink: node.name.clone(),
-                        envelope,
-                        record: Some(record),
-                    });
+                    match &mut reached {
+                        Reached::Fates(fates) => {
+                            let record = encoder.encode(&envelope);
+                            fates.push(Fate {
+                                sink: node.name.clone(),
+                                envelope,
+                                record: Some(record),
+                            });
+                        }
+                        Reached::Records(out) => out.push(encoder.encode_owned(envelope)),
+                    }
                 }
-                Stage::External => fates.push(Fate {
-                    sink: node.name.clone(),
-                    envelope,
-                    record: None,
-                }),
+                Stage::External => {
+                    if let Reached::Fates(fates) = &mut reached {
+                        fates.push(Fate {
+                            sink: node.name.clone(),
+                            envelope,
+                            record: None,
+                        });
+                    }
+                }
             }
         }
         self.work = work;
     }
+}
+
+/// What a caller of the pipeline keeps of each record: every fate, or only the records
+/// for Kafka.
+enum Reached<'a> {
+    Fates(&'a mut Vec<Fate>),
+    Records(&'a mut Vec<OutRecord>),
 }
 
 /// A refused record's bytes cut to [`REFUSED_PREVIEW_BYTES`] (at a character boundary when

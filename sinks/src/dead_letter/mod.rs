@@ -68,7 +68,7 @@ impl NodeConfig for DeadLetterConfig {
 
     fn build(&self, ctx: &BuildContext) -> Result<Built, String> {
         Ok(Built::Topic(Box::new(DeadLetterEncoder {
-            topic: self.topic.clone(),
+            topic: self.topic.as_str().into(),
             application_id: ctx.application_id.to_owned(),
         })))
     }
@@ -80,14 +80,14 @@ impl NodeConfig for DeadLetterConfig {
 
 /// Encodes a failed record as a dead letter.
 pub struct DeadLetterEncoder {
-    topic: String,
+    topic: std::sync::Arc<str>,
     application_id: String,
 }
 
 impl DeadLetterEncoder {
     pub fn new(topic: &str, application_id: &str) -> Self {
         Self {
-            topic: topic.to_owned(),
+            topic: topic.into(),
             application_id: application_id.to_owned(),
         }
     }
@@ -182,7 +182,7 @@ mod tests {
             }),
         };
         let r = e.encode(&env);
-        assert_eq!(r.topic, "dlq");
+        assert_eq!(&*r.topic, "dlq");
         assert_eq!(r.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(r.value, b"\xff{not json");
         assert_eq!(r.timestamp, Some(1_700_000_000_123));

@@ -147,7 +147,7 @@ pub fn replayed_record(d: &DeadLetter, to: &str) -> OutRecord {
         Some(ledger_key(d).into_bytes()),
     ));
     OutRecord {
-        topic: to.to_owned(),
+        topic: to.into(),
         key: d.key.clone(),
         value: d.value.clone(),
         headers,
@@ -220,7 +220,7 @@ impl Job for ReplayJob {
                 t.replayed += 1;
                 out.push(replayed_record(&d, &to));
                 out.push(OutRecord {
-                    topic: self.ledger_topic.clone(),
+                    topic: self.ledger_topic.as_str().into(),
                     key: Some(key.clone().into_bytes()),
                     value: serde_json::json!({
                         "to": to,
@@ -434,7 +434,7 @@ mod tests {
     #[test]
     fn a_replayed_record_is_the_original_with_its_headers_and_time() {
         let r = replayed_record(&dead(&["email.invalid"]), "raw");
-        assert_eq!(r.topic, "raw");
+        assert_eq!(&*r.topic, "raw");
         assert_eq!(r.key.as_deref(), Some(&b"k"[..]));
         assert_eq!(r.value, b"v");
         assert_eq!(r.timestamp, Some(500), "the original record's time");

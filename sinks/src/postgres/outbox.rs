@@ -72,7 +72,7 @@ pub async fn put(
             &topic,
             &partition,
             &offset,
-            &dead_letter.topic,
+            &&*dead_letter.topic,
             &dead_letter.key.as_deref(),
             &dead_letter.value.as_slice(),
             &names,
@@ -300,7 +300,7 @@ async fn waiting(
                 partition: r.get(0),
                 offset: r.get(1),
                 record: OutRecord {
-                    topic: r.get(2),
+                    topic: r.get::<_, String>(2).into(),
                     key: r.get(3),
                     value: r.get(4),
                     headers: names.into_iter().zip(values).collect(),

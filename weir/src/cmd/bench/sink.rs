@@ -170,7 +170,7 @@ fn fill(
             &mut fates,
         );
         for r in fates.iter().filter_map(|f| f.record.as_ref()) {
-            if r.topic == clean_topic {
+            if *r.topic == *clean_topic {
                 producer.send(r.key.as_deref(), &r.value, None, &[])?;
                 clean += 1;
             }
