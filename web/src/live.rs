@@ -84,9 +84,31 @@ pub struct DeadLetters {
     inner: Mutex<DeadLetterState>,
 }
 
+/// A dead letter as the panel shows it: made only when somebody asks (most are pushed out
+/// by newer ones before that).
+enum Shown {
+    Ready(Value),
+    Later(Box<dyn FnOnce() -> Value + Send>),
+}
+
+impl Shown {
+    fn value(&mut self) -> &Value {
+        if let Shown::Later(_) = self {
+            let Shown::Later(make) = std::mem::replace(self, Shown::Ready(Value::Null)) else {
+                unreachable!("just matched")
+            };
+            *self = Shown::Ready(make());
+        }
+        match self {
+            Shown::Ready(v) => v,
+            Shown::Later(_) => unreachable!("made above"),
+        }
+    }
+}
+
 #[derive(Default)]
 struct DeadLetterState {
-    recent: VecDeque<Value>,
+    recent: VecDeque<Shown>,
     by_reason: std::collections::BTreeMap<String, u64>,
     total: u64,
     since: Option<i64>,
@@ -101,22 +123,31 @@ impl DeadLetters {
         })
     }
 
-    /// Adds a dead letter (as `DeadLetter::to_json`: `reasons`, `failed_at`, `source`, …).
-    pub fn push(&self, dead_letter: Value) {
+    /// Counts a dead letter by its reasons and keeps it among the latest; `show` makes what
+    /// the panel shows of it (as `DeadLetter::to_json`), when somebody asks.
+    pub fn push(
+        &self,
+        reasons: &[String],
+        failed_at: Option<i64>,
+        show: impl FnOnce() -> Value + Send + 'static,
+    ) {
         let mut s = self.inner.lock().unwrap();
-        for r in dead_letter["reasons"].as_array().into_iter().flatten() {
-            if let Some(r) = r.as_str() {
-                *s.by_reason.entry(r.to_owned()).or_default() += 1;
+        for r in reasons {
+            match s.by_reason.get_mut(r) {
+                Some(n) => *n += 1,
+                None => {
+                    s.by_reason.insert(r.clone(), 1);
+                }
             }
         }
         s.total += 1;
-        if let Some(t) = dead_letter["failed_at"].as_i64() {
+        if let Some(t) = failed_at {
             s.since = Some(s.since.map_or(t, |x| x.min(t)));
         }
         if s.recent.len() == self.keep {
             s.recent.pop_front();
         }
-        s.recent.push_back(dead_letter);
+        s.recent.push_back(Shown::Later(Box::new(show)));
     }
 }
 
@@ -126,13 +157,19 @@ pub(crate) async fn dead_letters(state: web::Data<WebState>) -> HttpResponse {
         return HttpResponse::NotFound()
             .json(json!({"error": "this topology writes no dead letters"}));
     };
-    let s = d.inner.lock().unwrap();
+    let mut s = d.inner.lock().unwrap();
+    let recent: Vec<Value> = s
+        .recent
+        .iter_mut()
+        .rev()
+        .map(|d| d.value().clone())
+        .collect();
     HttpResponse::Ok().json(json!({
         "topics": d.topics,
         "total": s.total,
         "since": s.since,
         "by_reason": s.by_reason,
-        "recent": s.recent.iter().rev().collect::<Vec<_>>(),
+        "recent": recent,
     }))
 }
 

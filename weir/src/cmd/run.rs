@@ -319,7 +319,10 @@ fn dead_letter_feed(
             };
             while !shutdown.load(Ordering::Relaxed) {
                 match reader.next(std::time::Duration::from_millis(200)) {
-                    Some(Ok(d)) => fill.push(d.to_json(false)),
+                    Some(Ok(d)) => {
+                        let (reasons, failed_at) = (d.reasons.clone(), d.failed_at);
+                        fill.push(&reasons, failed_at, move || d.to_json(false));
+                    }
                     Some(Err(e)) => tracing::debug!(error = %e, "reading dead letters"),
                     None => {}
                 }
