@@ -175,6 +175,10 @@ impl Weir {
                 "--instance",
                 "eos-test",
                 "--no-http",
+                // records read together are processed on two threads: what is killed is a
+                // loop with records in hand on both
+                "--processing-threads",
+                "2",
             ])
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("WEIR_LOG", "warn")
