@@ -23,6 +23,12 @@
 //!   transaction's first offsets, which come before them. Before partitions are revoked,
 //!   a commit in flight finishes first; held records of revoked partitions are dropped (the
 //!   next owner reads them from the committed offsets).
+//! - Each step reads what the consumer has ready (up to 512 records) and, for a job
+//!   that overlaps commits, has the job make their outputs together (on several threads, for
+//!   a [`PipelineJob`] with helpers); they are sent in order as before. Records in hand of a
+//!   partition revoked meanwhile are dropped (the next owner reads them), and so are those
+//!   of a partition an abort rewinds (read again); a record an abort drops whose partition
+//!   nothing rewinds is sought back to.
 //! - On an abortable error: abort, seek every partition back to the first offset the aborted
 //!   transaction read — retried with backoff for a bounded time, else the loop stops with an
 //!   error; it never reads on from where it was. On a fatal error (fenced): stop.
@@ -1256,8 +1262,8 @@ impl<J: Job> Loop<'_, J> {
     /// Processes records read together, in order: their outputs made at once by the job
     /// when it allows that ([`Job::process_batch`]), else one by one. A record whose
     /// partition an abort rewound is dropped (read again); one that an abort dropped while
-    /// its partition was not rewound (it was the first of its partition since the aborted
-    /// transaction) has its partition sought back to it, so no record is left behind.
+    /// its partition was not rewound (none of its partition's records was in the aborted
+    /// transaction or held) has its partition sought back to it: no record is left behind.
     fn records(
         &mut self,
         consumer: &BaseConsumer<EngineContext>,
@@ -1585,7 +1591,6 @@ impl<J: Job> Loop<'_, J> {
                 None => Duration::from_millis(100),
             }
         };
-        // the rebalance callback may run inside poll: no lock is held here
         let first = match self.poll(consumer, wait) {
             Ok(m) => m,
             Err(e) => return Step::Stop(Err(e)),
