@@ -196,7 +196,8 @@ pub struct EngineConfig {
     /// Stop (after a last commit) once no record has arrived for this long; `None` runs
     /// until shut down (or, for a range, until its end). For batch runs and benchmarks.
     pub stop_when_idle: Option<Duration>,
-    /// How long a rewind after an abort is retried before the loop stops.
+    /// How long a rewind after an abort, or the producer's start (`init_transactions`, while
+    /// the broker cannot be reached), is retried before the loop stops.
     pub rewind_limit: Duration,
     pub input: InputMode,
 }
@@ -1762,6 +1763,42 @@ impl Job for PipelineJob {
     }
 }
 
+/// A transactional producer that holds its transactional id (an earlier run's open
+/// transaction aborted). A start that fails for another reason than fencing or a fatal
+/// error — the broker down or restarting — is tried again, with a new producer, for up to
+/// `rewind_limit`, as Kafka Streams waits for its broker rather than exit.
+fn start_producer(
+    config: &EngineConfig,
+    shutdown: &AtomicBool,
+) -> Result<EngineProducer, EngineError> {
+    let deadline = Instant::now() + config.rewind_limit;
+    let mut wait = Duration::from_millis(500);
+    loop {
+        let producer: EngineProducer = producer_config(config)
+            .create_with_context(DeliveryLog::default())
+            .map_err(|source| EngineError::Client {
+                what: "producer",
+                source,
+            })?;
+        let source = match producer.init_transactions(CALL_TIMEOUT) {
+            Ok(()) => return Ok(producer),
+            Err(source) => source,
+        };
+        let fatal =
+            is_fenced(&source) || matches!(&source, KafkaError::Transaction(t) if t.is_fatal());
+        if fatal || Instant::now() + wait > deadline || shutdown.load(Ordering::Relaxed) {
+            return Err(EngineError::Init {
+                id: config.transactional_id(),
+                source,
+            });
+        }
+        tracing::warn!(error = %source, "the transactional producer could not start; retrying in {wait:?}");
+        drop(producer);
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Runs a job until `shutdown` is set, its range ends or a fatal error occurs. Blocks.
 /// `topics` are what group mode subscribes to.
 ///
@@ -1830,19 +1867,7 @@ fn run_once<J: Job>(
     refusals: &mut Refusals,
     total: &mut RunSummary,
 ) -> Result<(), EngineError> {
-    let id = config.transactional_id();
-    let producer: EngineProducer = producer_config(config)
-        .create_with_context(DeliveryLog::default())
-        .map_err(|source| EngineError::Client {
-            what: "producer",
-            source,
-        })?;
-    producer
-        .init_transactions(CALL_TIMEOUT)
-        .map_err(|source| EngineError::Init {
-            id: id.clone(),
-            source,
-        })?;
+    let producer = start_producer(config, shutdown)?;
     job.on_start().map_err(EngineError::Start)?;
     let shared = Arc::new(Shared {
         producer,
@@ -1877,7 +1902,7 @@ fn run_once<J: Job>(
         topics: topics.to_vec(),
         source,
     })?;
-    tracing::info!(transactional_id = %id, ?topics, "exactly-once loop started");
+    tracing::info!(transactional_id = %config.transactional_id(), ?topics, "exactly-once loop started");
 
     let mut engine = Loop {
         job,
