@@ -57,6 +57,18 @@ pub struct TopicEncoder {
     topic: std::sync::Arc<str>,
 }
 
+impl TopicEncoder {
+    fn record(&self, key: Option<Vec<u8>>, value: Vec<u8>, timestamp: Option<i64>) -> OutRecord {
+        OutRecord {
+            topic: self.topic.clone(),
+            key,
+            value,
+            headers: Vec::new(),
+            timestamp,
+        }
+    }
+}
+
 impl SinkEncoder for TopicEncoder {
     fn encode(&self, record: &Envelope) -> OutRecord {
         // a clean row as the clean step wrote it; anything else as it was read
@@ -66,29 +78,16 @@ impl SinkEncoder for TopicEncoder {
                 record.value().map(<[u8]>::to_vec).unwrap_or_default()
             }
         };
-        OutRecord {
-            topic: self.topic.clone(),
-            key: record.origin.key.clone(),
-            value,
-            headers: Vec::new(),
-            timestamp: record.origin.timestamp,
-        }
+        self.record(record.origin.key.clone(), value, record.origin.timestamp)
     }
 
     fn encode_owned(&self, record: Envelope) -> OutRecord {
-        let timestamp = record.origin.timestamp;
-        let key = record.origin.key;
+        // the same bytes as `encode`, moved
         let value = match record.body {
             Body::Clean(row) => row.json,
             Body::Json(p) | Body::Valid(p) => p.text.into_bytes(),
             Body::Raw | Body::Failed(_) => record.origin.value.unwrap_or_default(),
         };
-        OutRecord {
-            topic: self.topic.clone(),
-            key,
-            value,
-            headers: Vec::new(),
-            timestamp,
-        }
+        self.record(record.origin.key, value, record.origin.timestamp)
     }
 }

@@ -79,11 +79,7 @@ pub trait Job: Send {
     /// (appended to `outs`, which is empty). Called only for a job that overlaps commits
     /// (it keeps nothing per transaction); a job may use more than one core here.
     fn process_batch(&mut self, inputs: &[BorrowedMessage<'_>], outs: &mut Vec<Vec<OutRecord>>) {
-        for input in inputs {
-            let mut out = Vec::new();
-            self.process(input, &mut out);
-            outs.push(out);
-        }
+        each(inputs, outs, |input, out| self.process(input, out));
     }
     /// The dead letter that replaces a record's outputs when the broker refused one of them;
     /// `None` when the job has nowhere to send it (the engine then stops).
@@ -851,6 +847,17 @@ pub fn retry_bounded<E: std::fmt::Display>(
     what: &str,
     limit: Duration,
     stop: &AtomicBool,
+    attempt: impl FnMut() -> Result<(), E>,
+) -> Result<(), E> {
+    retry_while(what, limit, stop, |_| true, attempt)
+}
+
+/// [`retry_bounded`], retrying only the errors `again` accepts.
+fn retry_while<E: std::fmt::Display>(
+    what: &str,
+    limit: Duration,
+    stop: &AtomicBool,
+    again: impl Fn(&E) -> bool,
     mut attempt: impl FnMut() -> Result<(), E>,
 ) -> Result<(), E> {
     let deadline = Instant::now() + limit;
@@ -866,7 +873,7 @@ pub fn retry_bounded<E: std::fmt::Display>(
             }
             Err(e) => {
                 tries += 1;
-                if Instant::now() + wait > deadline || stop.load(Ordering::Relaxed) {
+                if !again(&e) || Instant::now() + wait > deadline || stop.load(Ordering::Relaxed) {
                     return Err(e);
                 }
                 tracing::warn!(error = %e, tries, "{what} failed; retrying in {wait:?}");
@@ -1683,11 +1690,21 @@ impl Worker {
     }
 
     fn process_all(&mut self, inputs: &[BorrowedMessage<'_>], outs: &mut Vec<Vec<OutRecord>>) {
-        for input in inputs {
-            let mut out = Vec::with_capacity(1);
-            self.process(input, &mut out);
-            outs.push(out);
-        }
+        each(inputs, outs, |input, out| self.process(input, out));
+    }
+}
+
+/// Each input's outputs, made by `process`, one `Vec` each in order.
+fn each(
+    inputs: &[BorrowedMessage<'_>],
+    outs: &mut Vec<Vec<OutRecord>>,
+    mut process: impl FnMut(&BorrowedMessage<'_>, &mut Vec<OutRecord>),
+) {
+    outs.reserve(inputs.len());
+    for input in inputs {
+        let mut out = Vec::with_capacity(1);
+        process(input, &mut out);
+        outs.push(out);
     }
 }
 
@@ -1771,32 +1788,36 @@ fn start_producer(
     config: &EngineConfig,
     shutdown: &AtomicBool,
 ) -> Result<EngineProducer, EngineError> {
-    let deadline = Instant::now() + config.rewind_limit;
-    let mut wait = Duration::from_millis(500);
-    loop {
-        let producer: EngineProducer = producer_config(config)
-            .create_with_context(DeliveryLog::default())
-            .map_err(|source| EngineError::Client {
-                what: "producer",
-                source,
-            })?;
-        let source = match producer.init_transactions(CALL_TIMEOUT) {
-            Ok(()) => return Ok(producer),
-            Err(source) => source,
-        };
-        let fatal =
-            is_fenced(&source) || matches!(&source, KafkaError::Transaction(t) if t.is_fatal());
-        if fatal || Instant::now() + wait > deadline || shutdown.load(Ordering::Relaxed) {
-            return Err(EngineError::Init {
-                id: config.transactional_id(),
-                source,
-            });
-        }
-        tracing::warn!(error = %source, "the transactional producer could not start; retrying in {wait:?}");
-        drop(producer);
-        std::thread::sleep(wait);
-        wait = (wait * 2).min(Duration::from_secs(5));
-    }
+    let mut started = None;
+    retry_while(
+        "starting the transactional producer",
+        config.rewind_limit,
+        shutdown,
+        // the broker down or restarting; not a fenced id, a fatal error or a bad config
+        |e| match e {
+            EngineError::Init { source, .. } => {
+                !is_fenced(source) && !matches!(source, KafkaError::Transaction(t) if t.is_fatal())
+            }
+            _ => false,
+        },
+        || {
+            let producer: EngineProducer = producer_config(config)
+                .create_with_context(DeliveryLog::default())
+                .map_err(|source| EngineError::Client {
+                    what: "producer",
+                    source,
+                })?;
+            producer
+                .init_transactions(CALL_TIMEOUT)
+                .map_err(|source| EngineError::Init {
+                    id: config.transactional_id(),
+                    source,
+                })?;
+            started = Some(producer);
+            Ok(())
+        },
+    )?;
+    Ok(started.expect("started"))
 }
 
 /// Runs a job until `shutdown` is set, its range ends or a fatal error occurs. Blocks.

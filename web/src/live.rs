@@ -84,27 +84,9 @@ pub struct DeadLetters {
     inner: Mutex<DeadLetterState>,
 }
 
-/// A dead letter as the panel shows it: made only when somebody asks (most are pushed out
-/// by newer ones before that).
-enum Shown {
-    Ready(Value),
-    Later(Box<dyn FnOnce() -> Value + Send>),
-}
-
-impl Shown {
-    fn value(&mut self) -> &Value {
-        if let Shown::Later(_) = self {
-            let Shown::Later(make) = std::mem::replace(self, Shown::Ready(Value::Null)) else {
-                unreachable!("just matched")
-            };
-            *self = Shown::Ready(make());
-        }
-        match self {
-            Shown::Ready(v) => v,
-            Shown::Later(_) => unreachable!("made above"),
-        }
-    }
-}
+/// Makes what the panel shows of a dead letter, when somebody asks (most are pushed out by
+/// newer ones before that).
+type Shown = Box<dyn Fn() -> Value + Send>;
 
 #[derive(Default)]
 struct DeadLetterState {
@@ -129,7 +111,7 @@ impl DeadLetters {
         &self,
         reasons: &[String],
         failed_at: Option<i64>,
-        show: impl FnOnce() -> Value + Send + 'static,
+        show: impl Fn() -> Value + Send + 'static,
     ) {
         let mut s = self.inner.lock().unwrap();
         for r in reasons {
@@ -147,7 +129,7 @@ impl DeadLetters {
         if s.recent.len() == self.keep {
             s.recent.pop_front();
         }
-        s.recent.push_back(Shown::Later(Box::new(show)));
+        s.recent.push_back(Box::new(show));
     }
 }
 
@@ -157,13 +139,8 @@ pub(crate) async fn dead_letters(state: web::Data<WebState>) -> HttpResponse {
         return HttpResponse::NotFound()
             .json(json!({"error": "this topology writes no dead letters"}));
     };
-    let mut s = d.inner.lock().unwrap();
-    let recent: Vec<Value> = s
-        .recent
-        .iter_mut()
-        .rev()
-        .map(|d| d.value().clone())
-        .collect();
+    let s = d.inner.lock().unwrap();
+    let recent: Vec<Value> = s.recent.iter().rev().map(|show| show()).collect();
     HttpResponse::Ok().json(json!({
         "topics": d.topics,
         "total": s.total,
