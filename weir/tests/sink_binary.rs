@@ -75,6 +75,7 @@ async fn fast_path_stores_what_postgres_casts_would() {
                 })
                 .collect(),
             undecodable: None,
+            nul: false,
             time_problem: None,
             key: None,
             raw: Vec::new(),

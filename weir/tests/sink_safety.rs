@@ -310,8 +310,21 @@ fn records_postgres_cannot_take_become_rejects_and_dead_letters_without_a_loop()
     // year 287,000 and a day ahead of the clock
     send(103, "far@example.com", 9_000_000_000_000_000);
     send(104, "future@example.com", now_ms() + 86_400_000);
+    // a NUL character, which PostgreSQL's text cannot store
+    p.send(
+        BaseRecord::to(&t.clean)
+            .partition(1)
+            .key("k")
+            .payload(
+                &clean_json(105, "nul@example.com", base + 105_000)
+                    .replace("\"Name105\"", "\"Nul\\u0000\""),
+            )
+            .timestamp(base + 105_000),
+    )
+    .map_err(|(e, _)| e)
+    .unwrap();
     p.flush(Duration::from_secs(30)).unwrap();
-    assert_eq!(ends(&t.clean, 2).iter().sum::<i64>(), 105, "all produced");
+    assert_eq!(ends(&t.clean, 2).iter().sum::<i64>(), 106, "all produced");
 
     let port = common::free_port();
     let mut child = t.serve("refused", &db, port, &[("WEIR_ADMIN_TOKEN", TOKEN)]);
@@ -352,7 +365,7 @@ fn records_postgres_cannot_take_become_rejects_and_dead_letters_without_a_loop()
         .collect();
     assert_eq!(
         codes.iter().filter(|c| **c == "postgres.rejected").count(),
-        3,
+        4,
         "{rejects:?}"
     );
     assert!(codes.contains(&"timestamp.out_of_range"), "{rejects:?}");
@@ -366,10 +379,14 @@ fn records_postgres_cannot_take_become_rejects_and_dead_letters_without_a_loop()
         "the SQLSTATE is kept: {rejects:?}"
     );
     assert!(
+        rejects.iter().any(|(s, _)| s.as_deref() == Some("22021")),
+        "the NUL is refused before the COPY, as PostgreSQL would: {rejects:?}"
+    );
+    assert!(
         watermark.is_some_and(|w| w.timestamp_millis() < now_ms() + 60_000),
         "a future record does not move the watermark: {watermark:?}"
     );
-    let dead = dead_letters(&t.dlq, "", 5);
+    let dead = dead_letters(&t.dlq, "", 6);
     let mut reasons: Vec<String> = dead
         .iter()
         .map(|m| String::from_utf8_lossy(header(m, "weir.errors.reasons").unwrap()).into_owned())
@@ -378,6 +395,7 @@ fn records_postgres_cannot_take_become_rejects_and_dead_letters_without_a_loop()
     assert_eq!(
         reasons,
         [
+            "postgres.rejected:22021",
             "postgres.rejected:23514",
             "postgres.rejected:23514",
             "postgres.rejected:23514",

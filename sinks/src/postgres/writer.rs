@@ -50,6 +50,9 @@ pub struct Row {
     pub values: Vec<Option<String>>,
     /// Why the record could not be read as a clean record, if it could not.
     pub undecodable: Option<String>,
+    /// A value holds a NUL character, which PostgreSQL's text cannot store (found when the
+    /// row is made, on the reading thread, not in the write).
+    pub nul: bool,
     /// Why its time keeps it out of the windows (reason code, sentence), if it does.
     pub time_problem: Option<(&'static str, String)>,
     /// The Kafka key and value as read, for a dead letter (the value is empty when a column
@@ -630,17 +633,14 @@ pub async fn write_batch(
                 })
             }
             // PostgreSQL's text cannot hold NUL: refuse it here rather than fail the COPY
-            None if row.values.iter().flatten().any(|v| v.contains('\0')) => {
-                refused.push(Refused {
-                    row,
-                    code: "postgres.rejected:22021".into(),
-                    sqlstate: Some("22021".into()),
-                    message:
-                        "text contains a NUL character (0x00), which PostgreSQL text cannot store"
-                            .into(),
-                    counted: true,
-                })
-            }
+            None if row.nul => refused.push(Refused {
+                row,
+                code: "postgres.rejected:22021".into(),
+                sqlstate: Some("22021".into()),
+                message: "text contains a NUL character (0x00), which PostgreSQL text cannot store"
+                    .into(),
+                counted: true,
+            }),
             None => apply.push(row),
         }
     }
@@ -930,18 +930,23 @@ async fn insert_new<'r>(
         .partition(|r| r.values[key].as_deref().is_some_and(|k| !held.contains(k)));
     let fresh = match &table.binary {
         Some(kinds) => {
-            // a row with a value in a form not encoded here goes the staged way
-            let (values, fresh, odd) = binary_rows(kinds, fresh);
-            rest.extend(odd);
+            // encoded as it is sent (PostgreSQL reads one piece while the next is made); a row
+            // with a value in a form not encoded here is left out and goes the staged way
+            let odd = std::cell::RefCell::new(vec![false; fresh.len()]);
             if !fresh.is_empty() {
                 let copy = tx.copy_in::<_, Bytes>(&table.insert_binary_sql).await?;
                 pin_mut!(copy);
-                for chunk in binary_copy_chunks(&fresh, &values, kinds.len(), COPY_CHUNK) {
+                for chunk in binary_copy_chunks(&fresh, kinds, &odd, COPY_CHUNK) {
                     copy.feed(chunk).await?;
                 }
                 copy.finish().await?;
             }
-            fresh
+            let (odd, fresh): (Vec<_>, Vec<_>) = fresh
+                .into_iter()
+                .zip(odd.into_inner())
+                .partition(|(_, odd)| *odd);
+            rest.extend(odd.into_iter().map(|(r, _)| r));
+            fresh.into_iter().map(|(r, _)| r).collect()
         }
         None => {
             if !fresh.is_empty() {
@@ -963,40 +968,12 @@ async fn insert_new<'r>(
     Ok((windows, rest))
 }
 
-/// The rows' values encoded for binary `COPY` (`kinds.len()` a row, in row order), the rows
-/// encoded, and the rows with a value in a form not encoded here.
-fn binary_rows<'r>(
-    kinds: &[binary::Kind],
-    rows: Vec<&'r Row>,
-) -> (Vec<binary::Value<'r>>, Vec<&'r Row>, Vec<&'r Row>) {
-    let mut values = Vec::with_capacity(rows.len() * kinds.len());
-    let (mut encoded, mut odd) = (Vec::with_capacity(rows.len()), Vec::new());
-    'rows: for row in rows {
-        let start = values.len();
-        for (kind, v) in kinds.iter().zip(&row.values) {
-            let Some(text) = v.as_deref() else {
-                values.push(binary::Value::Null);
-                continue;
-            };
-            match binary::encode(*kind, text) {
-                Some(e) => values.push(e),
-                None => {
-                    values.truncate(start);
-                    odd.push(row);
-                    continue 'rows;
-                }
-            }
-        }
-        encoded.push(row);
-    }
-    (values, encoded, odd)
-}
-
-/// Binary `COPY` of rows whose values [`binary_rows`] encoded, `width` a row.
+/// Binary `COPY` of `rows`, each value encoded as its column's kind as the pieces are made;
+/// a row with a value not encoded here is left out and marked in `odd`.
 fn binary_copy_chunks<'r>(
     rows: &'r [&'r Row],
-    values: &'r [binary::Value<'r>],
-    width: usize,
+    kinds: &'r [binary::Kind],
+    odd: &'r std::cell::RefCell<Vec<bool>>,
     chunk: usize,
 ) -> impl Iterator<Item = Bytes> + 'r {
     in_pieces(
@@ -1004,10 +981,22 @@ fn binary_copy_chunks<'r>(
         chunk,
         BINARY_HEADER,
         BINARY_TRAILER,
-        move |buf, i, _| {
-            buf.put_i16(width as i16);
-            for v in &values[i * width..(i + 1) * width] {
-                binary::put(buf, v);
+        move |buf, i, row| {
+            let start = buf.len();
+            buf.put_i16(kinds.len() as i16);
+            for (kind, v) in kinds.iter().zip(&row.values) {
+                let encoded = match v.as_deref() {
+                    None => Some(binary::Value::Null),
+                    Some(text) => binary::encode(*kind, text),
+                };
+                match encoded {
+                    Some(e) => binary::put(buf, &e),
+                    None => {
+                        buf.truncate(start);
+                        odd.borrow_mut()[i] = true;
+                        return;
+                    }
+                }
             }
         },
     )
@@ -1254,6 +1243,7 @@ mod tests {
             window_start: 0,
             values: values.iter().map(|v| v.map(str::to_owned)).collect(),
             undecodable: None,
+            nul: false,
             time_problem: None,
             key: None,
             raw: Vec::new(),
@@ -1336,7 +1326,7 @@ mod tests {
 
     #[test]
     fn rows_with_a_value_not_encoded_here_go_the_staged_way() {
-        use binary::{Kind, Value};
+        use binary::Kind;
         let kinds = [Kind::Date, Kind::Text];
         let rows = [
             row(1, 0, &[Some("2000-01-02"), Some("a")]),
@@ -1344,16 +1334,12 @@ mod tests {
             row(3, 0, &[None, None]),
         ];
         let refs: Vec<&Row> = rows.iter().collect();
-        let (values, encoded, odd) = binary_rows(&kinds, refs);
-        assert_eq!(
-            values,
-            [Value::I32(1), Value::Text("a"), Value::Null, Value::Null]
-        );
-        assert_eq!(encoded.iter().map(|r| r.offset).collect::<Vec<_>>(), [1, 3]);
-        assert_eq!(odd.iter().map(|r| r.offset).collect::<Vec<_>>(), [2]);
-        let copy: Vec<u8> = binary_copy_chunks(&encoded, &values, 2, 1 << 20)
+        let odd = std::cell::RefCell::new(vec![false; refs.len()]);
+        let copy: Vec<u8> = binary_copy_chunks(&refs, &kinds, &odd, 1 << 20)
             .collect::<Vec<_>>()
             .concat();
+        // the odd row is left out whole: the copy holds the first and the third
+        assert_eq!(odd.into_inner(), [false, true, false]);
         assert!(copy.starts_with(BINARY_HEADER) && copy.ends_with(BINARY_TRAILER));
         assert_eq!(
             copy.len(),
