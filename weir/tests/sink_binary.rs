@@ -36,7 +36,14 @@ fn samples(pg_type: &str, i: usize) -> Option<String> {
             "2026-11-29 19:00:00Z",
             "2026-11-29T19:00:00.1234567Z",
         ]),
-        "jsonb" => pick(&[r#"{"b": 1, "a": [1, 2.50]}"#, r#"{"é":"\u00e9"}"#, "[]"]),
+        // keys out of jsonb's order, nested, escaped and repeated (jsonb keeps the last)
+        "jsonb" => pick(&[
+            r#"{"b": 1, "a": [1, 2.50]}"#,
+            r#"{"é":"\u00e9"}"#,
+            "[]",
+            r#"{"email": "x", "age": 3, "a\u00e9": {"zz": 1, "y": [{"b": 2, "a": 1}]}}"#,
+            r#"{"a": 1, "b": {"c": 1, "c": 2}, "a": 2}"#,
+        ]),
         t if t.starts_with("character varying") || t == "text" => {
             pick(&["O'Brien\tt\\b\nl", "Зоряна", "", "x"])
         }
