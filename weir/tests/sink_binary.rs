@@ -7,7 +7,7 @@
 mod common;
 
 use weir_sinks::dead_letter::DeadLetterEncoder;
-use weir_sinks::postgres::writer::{write_batch, DeadLetters, Row, SinkIdent, Table};
+use weir_sinks::postgres::writer::{write_batch, DeadLetters, Row, SinkIdent, Table, Tuples};
 use weir_sinks::postgres::LatePolicy;
 
 /// Texts for a column of `pg_type`: the forms encoded here and forms left to PostgreSQL.
@@ -67,7 +67,7 @@ async fn fast_path_stores_what_postgres_casts_would() {
     let (cfg, _) = common::windows::users_sink("weir-binary", 300_000);
     let table = Table::describe(&db, &cfg).await.expect("the users table");
     let now = chrono::Utc::now().timestamp_millis();
-    let rows: Vec<Row> = (0..60)
+    let mut rows: Vec<Row> = (0..60)
         .map(|i| Row {
             partition: 0,
             offset: i as i64,
@@ -87,8 +87,10 @@ async fn fast_path_stores_what_postgres_casts_would() {
             key: None,
             raw: Vec::new(),
             record_column: None,
+            tuple: None,
         })
         .collect();
+    let tuples = Tuples::encode(&table, &mut rows);
     let encoder = DeadLetterEncoder::new("weir-binary-dlq", "weir-binary");
     let dead = DeadLetters {
         encoder: &encoder,
@@ -101,21 +103,25 @@ async fn fast_path_stores_what_postgres_casts_would() {
         late_policy: LatePolicy::DeadLetter,
     };
     let mut client = common::pg::connect(&url).await;
-    let outcome = write_batch(&mut client, &table, &ident, &rows, &[], &dead)
+    let outcome = write_batch(&mut client, &table, &ident, &rows, &tuples, &[], &dead)
         .await
         .expect("the batch is written");
     assert_eq!(outcome.rows_written, rows.len() as u64, "{outcome:?}");
 
     let mut compared = 0;
     for row in &rows {
-        let email = row.values[table
-            .columns
-            .iter()
-            .position(|c| c.name == "email")
-            .unwrap()]
-        .clone()
-        .unwrap();
-        for (c, v) in table.columns.iter().zip(&row.values) {
+        let email = row
+            .values
+            .get(
+                table
+                    .columns
+                    .iter()
+                    .position(|c| c.name == "email")
+                    .unwrap(),
+            )
+            .unwrap()
+            .to_owned();
+        for (c, v) in table.columns.iter().zip(row.values.iter()) {
             let Some(text) = v else { continue };
             let stored: Option<String> = db
                 .query_one(
@@ -126,7 +132,7 @@ async fn fast_path_stores_what_postgres_casts_would() {
                 .unwrap()
                 .get(0);
             let cast: Option<String> = db
-                .query_one(&format!("SELECT $1::text::{}::text", c.pg_type), &[text])
+                .query_one(&format!("SELECT $1::text::{}::text", c.pg_type), &[&text])
                 .await
                 .unwrap()
                 .get(0);

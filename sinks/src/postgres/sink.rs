@@ -28,7 +28,7 @@ use super::upstream::{UpstreamCheck, UpstreamSpec};
 use super::window::{time_problem, window_start, Millis, Upstream, Watermarks};
 use super::writer::{
     load_offsets, raw_field, write_batch, write_unwritable, DeadLetters, ErrorKind, OffsetMove,
-    Outcome, RawRecord, Row, SinkIdent, Table, WriteError,
+    Outcome, RawRecord, Row, SinkIdent, Table, Tuples, Values, WriteError,
 };
 use crate::dead_letter::DeadLetterEncoder;
 
@@ -308,33 +308,38 @@ fn row_of<M: Message>(msg: &M, table: &Table, window_ms: i64, max_skew_ms: i64) 
     let (values, undecodable) = match &parsed {
         Ok((text, record)) => {
             let get = |f: &str| raw_field(record, f);
-            (
-                table
-                    .columns
-                    .iter()
-                    .map(|c| {
-                        Table::value(
-                            &c.field,
-                            &get,
-                            text,
-                            msg.topic(),
-                            msg.partition(),
-                            msg.offset(),
-                            timestamp,
-                            window,
-                        )
-                    })
-                    .collect(),
-                None,
-            )
+            // the record's own text is not copied twice; the others are made, then kept in
+            // one buffer of their exact size
+            let made: Vec<Option<std::borrow::Cow<'_, str>>> = table
+                .columns
+                .iter()
+                .map(|c| match c.field.as_str() {
+                    "@record" => Some(std::borrow::Cow::Borrowed(*text)),
+                    field => Table::value(
+                        field,
+                        &get,
+                        text,
+                        msg.topic(),
+                        msg.partition(),
+                        msg.offset(),
+                        timestamp,
+                        window,
+                    )
+                    .map(std::borrow::Cow::Owned),
+                })
+                .collect();
+            let size = made.iter().flatten().map(|v| v.len()).sum();
+            let mut values = Values::with_capacity(made.len(), size);
+            for v in &made {
+                values.push(v.as_deref());
+            }
+            (values, None)
         }
-        Err(e) => (Vec::new(), Some(e.clone())),
+        Err(e) => (Values::default(), Some(e.clone())),
     };
     // the value is kept once: the `@record` column holds it when the record was read
-    let record_column = table
-        .record_column
-        .filter(|i| values.get(*i).is_some_and(Option::is_some));
-    let nul = values.iter().flatten().any(|v: &String| v.contains('\0'));
+    let record_column = table.record_column.filter(|i| values.get(*i).is_some());
+    let nul = values.contains('\0');
     Row {
         partition: msg.partition(),
         offset: msg.offset(),
@@ -351,6 +356,7 @@ fn row_of<M: Message>(msg: &M, table: &Table, window_ms: i64, max_skew_ms: i64) 
             payload.to_vec()
         },
         record_column,
+        tuple: None,
     }
 }
 
@@ -524,7 +530,9 @@ fn consume(
             scope.spawn(move || {
                 for job in job_rx {
                     let started = Instant::now();
-                    let result = write(shared, table, ident, &job.rows, &job.moves, dead, metrics);
+                    let result = write(shared, table, ident, &job, dead, metrics);
+                    // the batch's encoded copy is not kept while the next one is made
+                    drop(job.tuples);
                     let answered = done_tx.send(Done {
                         job: job.info,
                         moves: job.moves,
@@ -605,9 +613,16 @@ fn consume(
                     .last_heartbeat
                     .is_none_or(|t| t.elapsed() >= heartbeat)
                 || stopping;
+            // the next batch's rows encoded for COPY while the one in flight is written
+            let mut prepared: Option<Tuples> = None;
             if due && in_flight {
-                // the next batch starts where the one in flight ends: wait for it
+                // the next batch is encoded while the one in flight is written (nothing but
+                // this thread touches the pending rows: they are taken out and put back)
+                let mut rows = std::mem::take(&mut state.pending);
                 drop(state);
+                prepared = Some(Tuples::encode(&table, &mut rows));
+                shared.state.lock().unwrap().pending = rows;
+                // the next batch starts where the one in flight ends: wait for it
                 let next = settle(true, &mut summary, &mut spent)?;
                 in_flight = false;
                 if next == Next::Stop {
@@ -639,11 +654,16 @@ fn consume(
                         watermark: state.watermarks.partition(*p, now, idle_ms, quiet),
                     })
                     .collect();
-                let rows = std::mem::take(&mut state.pending);
+                let mut rows = std::mem::take(&mut state.pending);
                 state.first_pending = None;
                 // a heartbeat is due again a second after this batch, not after it is written
                 state.last_heartbeat = Some(Instant::now());
                 drop(state);
+                // encoded ahead, unless the batch in flight was fenced and the rows dropped
+                let tuples = match prepared.take() {
+                    Some(t) if t.rows() == rows.len() => t,
+                    _ => Tuples::encode(&table, &mut rows),
+                };
                 shared.writer.started();
                 jobs.send(Job {
                     info: JobInfo {
@@ -653,6 +673,7 @@ fn consume(
                         batch: !rows.is_empty(),
                     },
                     rows,
+                    tuples,
                     moves,
                 })
                 .map_err(|_| SinkError::WriterStopped)?;
@@ -687,6 +708,8 @@ fn consume(
 /// A batch for the writer thread.
 struct Job {
     rows: Vec<Row>,
+    /// The rows encoded for binary COPY.
+    tuples: Tuples,
     moves: Vec<OffsetMove>,
     info: JobInfo,
 }
@@ -823,22 +846,27 @@ fn write(
     shared: &Shared,
     table: &Table,
     ident: &SinkIdent,
-    rows: &[Row],
-    moves: &[OffsetMove],
+    job: &Job,
     dead: &DeadLetters<'_>,
     metrics: &SinkMetrics,
 ) -> Result<Written, SinkError> {
+    let Job {
+        rows,
+        tuples,
+        moves,
+        ..
+    } = job;
     match attempt(shared, rows.len(), || {
         shared.rt.block_on(async {
             let mut client = shared.pool.get().await.map_err(pool_error)?;
-            write_batch(&mut client, table, ident, rows, moves, dead).await
+            write_batch(&mut client, table, ident, rows, tuples, moves, dead).await
         })
     }) {
         Ok(Attempt::Done(o)) => Ok(Written::Done(o)),
         Ok(Attempt::Fenced(e)) => Ok(Written::Fenced(e)),
         Ok(Attempt::Data(e)) => {
             tracing::warn!(error = %e, rows = rows.len(), "a record of the batch cannot be written: writing the batch one record at a time to find it");
-            isolate(shared, table, ident, rows, moves, dead, metrics)
+            isolate(shared, table, ident, job, dead, metrics)
         }
         Err(e) => Err(e),
     }
@@ -895,11 +923,16 @@ fn isolate(
     shared: &Shared,
     table: &Table,
     ident: &SinkIdent,
-    rows: &[Row],
-    moves: &[OffsetMove],
+    job: &Job,
     dead: &DeadLetters<'_>,
     metrics: &SinkMetrics,
 ) -> Result<Written, SinkError> {
+    let Job {
+        rows,
+        tuples,
+        moves,
+        ..
+    } = job;
     let mut at: BTreeMap<i32, i64> = moves.iter().map(|m| (m.partition, m.expected)).collect();
     let watermark = |p: i32| {
         moves
@@ -919,7 +952,7 @@ fn isolate(
         let alone = attempt(shared, 1, || {
             shared.rt.block_on(async {
                 let mut client = shared.pool.get().await.map_err(pool_error)?;
-                write_batch(&mut client, table, ident, one, &[step], dead).await
+                write_batch(&mut client, table, ident, one, tuples, &[step], dead).await
             })
         })?;
         match alone {
@@ -973,7 +1006,16 @@ fn isolate(
     match attempt(shared, 0, || {
         shared.rt.block_on(async {
             let mut client = shared.pool.get().await.map_err(pool_error)?;
-            write_batch(&mut client, table, ident, &[], &rest, dead).await
+            write_batch(
+                &mut client,
+                table,
+                ident,
+                &[],
+                &Tuples::default(),
+                &rest,
+                dead,
+            )
+            .await
         })
     })? {
         Attempt::Done(_) => Ok(Written::Done(total)),
