@@ -616,12 +616,10 @@ fn consume(
             // the next batch's rows encoded for COPY while the one in flight is written
             let mut prepared: Option<Tuples> = None;
             if due && in_flight {
-                // the next batch is encoded while the one in flight is written (nothing but
-                // this thread touches the pending rows: they are taken out and put back)
-                let mut rows = std::mem::take(&mut state.pending);
+                // the next batch is encoded while the one in flight is written (the lock is
+                // only ever taken on this thread: in the loop and the rebalance callbacks)
+                prepared = Some(Tuples::encode(&table, &mut state.pending));
                 drop(state);
-                prepared = Some(Tuples::encode(&table, &mut rows));
-                shared.state.lock().unwrap().pending = rows;
                 // the next batch starts where the one in flight ends: wait for it
                 let next = settle(true, &mut summary, &mut spent)?;
                 in_flight = false;
