@@ -211,23 +211,26 @@ fn fast(root: &Node, s: &str, values: &mut [Option<Stored>]) -> Option<()> {
     let string = |i: usize| string_end(b, i);
     // open containers: the node of an object whose wanted paths go on (None: nothing
     // wanted below), and whether it is an array
-    let mut stack: Vec<(Option<&Node>, bool)> = Vec::with_capacity(FAST_DEPTH);
+    // (on the stack: a record is read without an allocation)
+    let mut stack: [(Option<&Node>, bool); FAST_DEPTH] = [(None, false); FAST_DEPTH];
+    let mut depth = 0;
     let mut i = ws(0);
     if b.get(i) != Some(&b'{') {
         return None;
     }
     i += 1;
-    stack.push((Some(root), false));
+    stack[0] = (Some(root), false);
+    depth += 1;
     let mut first = true;
     loop {
         i = ws(i);
-        let &(node, array) = stack.last()?;
+        let (node, array) = stack[depth - 1];
         let close = if array { b']' } else { b'}' };
         // the end of the container, or (after a member) the comma before the next one
         if *b.get(i)? == close {
-            stack.pop();
+            depth -= 1;
             i += 1;
-            if stack.is_empty() {
+            if depth == 0 {
                 return (ws(i) == b.len()).then_some(());
             }
             first = false;
@@ -280,7 +283,7 @@ fn fast(root: &Node, s: &str, values: &mut [Option<Stored>]) -> Option<()> {
                 i = end + 1;
             }
             c @ (b'{' | b'[') => {
-                if stack.len() >= FAST_DEPTH {
+                if depth >= FAST_DEPTH {
                     return None;
                 }
                 let below = wanted
@@ -294,7 +297,8 @@ fn fast(root: &Node, s: &str, values: &mut [Option<Stored>]) -> Option<()> {
                         Stored::Array
                     },
                 );
-                stack.push((below, c == b'['));
+                stack[depth] = (below, c == b'[');
+                depth += 1;
                 first = true;
                 i += 1;
             }
@@ -364,8 +368,8 @@ fn fast(root: &Node, s: &str, values: &mut [Option<Stored>]) -> Option<()> {
     }
 }
 
-/// Nesting the fast reader takes; serde_json refuses 128.
-const FAST_DEPTH: usize = 100;
+/// Nesting the fast reader takes (deeper records go to serde_json, which refuses 128).
+const FAST_DEPTH: usize = 32;
 
 /// Writes `s` as a JSON string, exactly as serde_json does: with nothing to escape (no `"`,
 /// `\`, control character) quoted as it is, else by serde_json itself.

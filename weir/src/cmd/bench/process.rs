@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use weir_topology::pipeline::{Fate, Pipeline};
+use weir_topology::pipeline::{OutRecord, Pipeline};
 use weir_topology::Origin;
 
 use crate::cmd::parse_duration;
@@ -76,11 +76,12 @@ pub fn process(args: &ProcessArgs) -> anyhow::Result<()> {
         .filter(|l| !l.is_empty())
         .collect();
     anyhow::ensure!(!lines.is_empty(), "{from} has no records");
-    let mut fates: Vec<Fate> = Vec::with_capacity(4);
+    // the engine's path: outputs are the records its producer sends, bytes moved into them
+    let mut outs: Vec<OutRecord> = Vec::with_capacity(4);
     let mut run = |pipeline: &mut Pipeline, lines: &[&[u8]], tally: &mut Tally| {
         for (i, line) in lines.iter().enumerate() {
-            fates.clear();
-            pipeline.process(
+            outs.clear();
+            pipeline.process_into(
                 Origin {
                     topic: topic.clone(),
                     partition: 0,
@@ -90,15 +91,14 @@ pub fn process(args: &ProcessArgs) -> anyhow::Result<()> {
                     value: Some(line.to_vec()),
                     ..Origin::default()
                 },
-                &mut fates,
+                &mut outs,
             );
-            for f in &fates {
-                match &f.record {
-                    Some(r) if r.headers.is_empty() => tally.clean += 1,
-                    Some(_) => tally.dead += 1,
-                    None => {}
+            for r in &outs {
+                match r.headers.is_empty() {
+                    true => tally.clean += 1,
+                    false => tally.dead += 1,
                 }
-                tally.bytes_out += f.record.as_ref().map_or(0, |r| r.value.len() as u64);
+                tally.bytes_out += r.value.len() as u64;
             }
         }
         tally.records += lines.len() as u64;
