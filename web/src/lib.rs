@@ -9,13 +9,16 @@
 //! - `GET /api/windows`, `GET /api/windows/{start}`: the PostgreSQL sink's windows.
 //! - `GET /api/windows/{start}/sealable`: whether the watermark has passed the window's end
 //!   plus grace (also for a window with no rows); what Airflow's sensor polls.
+//! - `GET /api/dlq/stats`: dead letters counted by reason since the server started.
 //! - `GET /api/dlq`: the latest dead letters (reasons, source coordinates, an escaped
-//!   preview) and counts by reason since the server started.
+//!   preview) and the counts: admin token, since a dead letter holds personal data.
 //! - `POST /api/windows/{start}/seal[?force=true]`, `GET|POST /api/windows/{start}/audit`:
 //!   admin calls, `Authorization: Bearer <WEIR_ADMIN_TOKEN>` (compared in constant time).
 //!
 //! Errors are JSON `{"error": "..."}` with the status that fits: 400 bad input, 401 no or
-//! wrong token, 404 unknown window, 409 not sealable yet, 503 not ready. The server never
+//! wrong token, 404 unknown window, 409 not sealable yet, 421 a `Host` not allowed, 503 not
+//! ready or too many live clients. Every response carries a strict CSP (no inline script or
+//! style, no framing), `nosniff` and no referrer. The server never
 //! sees a component's types: what it serves comes through the [`Admin`] trait, which the
 //! `weir` binary implements.
 
@@ -23,10 +26,13 @@ pub mod live;
 
 use std::sync::Arc;
 
+use actix_web::dev::Service;
 use actix_web::http::StatusCode;
+use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -45,7 +51,7 @@ impl ApiError {
         }
     }
 
-    fn response(&self) -> HttpResponse {
+    pub(crate) fn response(&self) -> HttpResponse {
         HttpResponse::build(
             StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         )
@@ -91,7 +97,64 @@ pub struct WebState {
     pub live: Option<Arc<live::Live>>,
     /// The latest dead letters, when the topology writes any.
     pub dead_letters: Option<Arc<live::DeadLetters>>,
+    /// Host names a request may name in its `Host` header (without the port; `*`: any). A
+    /// page of another name that resolves to this server (DNS rebinding) gets 421.
+    pub allowed_hosts: Vec<String>,
+    /// The last readiness answer and when it was made: `/readyz` asks again after a second.
+    pub ready_cache: tokio::sync::Mutex<Option<(std::time::Instant, Readiness)>>,
 }
+
+/// Ready, or the reasons it is not.
+pub type Readiness = Result<(), Vec<String>>;
+
+/// How long a readiness answer is reused.
+const READY_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The name a `Host` header gives, lower case, without its port (`[::1]:5000` → `[::1]`).
+pub fn host_name(host: &str) -> String {
+    let name = if host.starts_with('[') {
+        host.find(']').map_or(host, |end| &host[..=end])
+    } else {
+        host.split(':').next().unwrap_or(host)
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether a request naming `host` may be served: a request without `Host` is not a
+/// browser's (DNS rebinding needs one) and is served.
+pub fn host_allowed(allowed: &[String], host: Option<&str>) -> bool {
+    let Some(host) = host else { return true };
+    let name = host_name(host);
+    allowed.iter().any(|a| a == "*" || host_name(a) == name)
+}
+
+/// The refusal of a request whose `Host` is not allowed.
+fn host_refusal(req: &HttpRequest) -> Option<ApiError> {
+    let state = req.app_data::<web::Data<WebState>>()?;
+    let host = req.headers().get("host").map(|h| h.to_str().unwrap_or("?"));
+    (!host_allowed(&state.allowed_hosts, host)).then(|| {
+        ApiError::new(
+            421,
+            format!(
+                "this server does not answer for host {} (WEIR_ALLOWED_HOSTS)",
+                host.unwrap_or_default()
+            ),
+        )
+    })
+}
+
+/// Headers on every response: a CSP with no inline script or style, no framing, no MIME
+/// sniffing, no referrer.
+const SECURITY_HEADERS: [(&str, &str); 5] = [
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+];
 
 /// Compares two strings in time that depends only on their lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -101,7 +164,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorize(req: &HttpRequest, state: &WebState) -> Result<(), ApiError> {
+pub(crate) fn authorize(req: &HttpRequest, state: &WebState) -> Result<(), ApiError> {
     let Some(token) = &state.admin_token else {
         return Err(ApiError::new(
             401,
@@ -165,7 +228,20 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<WebState>) -> HttpResponse {
-    match state.admin.ready().await {
+    // one check at a time, its answer reused for a second: a busy probe or scraper never
+    // makes more than one Kafka and PostgreSQL round trip a second
+    let answer = {
+        let mut cache = state.ready_cache.lock().await;
+        match &*cache {
+            Some((at, answer)) if at.elapsed() < READY_TTL => answer.clone(),
+            _ => {
+                let answer = state.admin.ready().await;
+                *cache = Some((std::time::Instant::now(), answer.clone()));
+                answer
+            }
+        }
+    };
+    match answer {
         Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
         Err(reasons) => HttpResponse::ServiceUnavailable()
             .json(json!({"status": "not ready", "reasons": reasons})),
@@ -261,9 +337,12 @@ async fn audit_post(
 /// The routes, for the server and for tests.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(live::page))
+        .route("/live.css", web::get().to(live::style))
+        .route("/live.js", web::get().to(live::script))
         .route("/ws", web::get().to(live::ws))
         .route("/api/vitals", web::get().to(live::vitals))
         .route("/api/dlq", web::get().to(live::dead_letters))
+        .route("/api/dlq/stats", web::get().to(live::dead_letter_stats))
         .route("/metrics", web::get().to(metrics))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
@@ -280,11 +359,25 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub fn serve(state: WebState, addr: &str) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::new(state);
     Ok(HttpServer::new(move || {
+        let headers = SECURITY_HEADERS
+            .iter()
+            .fold(DefaultHeaders::new(), |h, &(k, v)| h.add((k, v)));
         App::new()
             .app_data(data.clone())
             .app_data(web::PayloadConfig::new(64 * 1024))
             .app_data(web::JsonConfig::default().limit(64 * 1024))
             .configure(configure)
+            .wrap_fn(|req, srv| match host_refusal(req.request()) {
+                Some(e) => {
+                    let res = req.into_response(e.response()).map_into_right_body();
+                    async move { Ok(res) }.boxed_local()
+                }
+                None => {
+                    let call = srv.call(req);
+                    async move { call.await.map(|r| r.map_into_left_body()) }.boxed_local()
+                }
+            })
+            .wrap(headers)
     })
     .workers(2)
     // open websockets (live pages) would hold a graceful stop for actix's default 30 s
@@ -303,6 +396,20 @@ mod tests {
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
         assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn hosts_are_compared_by_name_without_port_or_case() {
+        let allowed = vec!["127.0.0.1".to_owned(), "localhost".into(), "[::1]".into()];
+        assert!(host_allowed(&allowed, Some("127.0.0.1:5000")));
+        assert!(host_allowed(&allowed, Some("LocalHost:80")));
+        assert!(host_allowed(&allowed, Some("localhost.")));
+        assert!(host_allowed(&allowed, Some("[::1]:5000")));
+        assert!(host_allowed(&allowed, None));
+        assert!(!host_allowed(&allowed, Some("evil.example:5000")));
+        assert!(!host_allowed(&allowed, Some("localhost.evil.example")));
+        assert!(!host_allowed(&allowed, Some("[::2]:5000")));
+        assert!(host_allowed(&["*".to_owned()], Some("anything:1")));
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! The live view: `/` (the page, served by Weir itself, no CDN) and `/ws` (greetings as JSON
-//! messages), plus `/api/vitals` for the page's vital signs and `/api/dlq` for its dead-letter
-//! panel.
+//! messages), plus `/api/vitals` for the page's vital signs and `/api/dlq/stats` and
+//! `/api/dlq` (admin token) for its dead-letter panel.
 //!
 //! Every client has its own task reading a bounded broadcast queue: a slow or dead client
 //! never slows the others or the pipeline; a client that falls behind skips what it missed
 //! and is told how many (`{"type":"skipped","count":n}`). New clients get the last greetings
-//! first. The websocket checks `Origin` against an allow-list.
+//! first. The websocket checks `Origin` against an allow-list, caps its clients, pings each
+//! and drops one that stays silent.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,8 @@ pub struct Live {
     clients: IntGauge,
     /// Origins allowed to open `/ws` (a request without `Origin` is not a browser's and is allowed).
     pub allowed_origins: Vec<String>,
+    /// Clients at most; one more is refused with 503 and `Retry-After`.
+    pub max_clients: usize,
 }
 
 /// Messages a client may fall behind by before it skips. The sink publishes a Kafka fetch at
@@ -35,12 +38,17 @@ pub struct Live {
 const QUEUE: usize = 4096;
 /// The largest message a client may send (it has nothing to say but pings).
 const MAX_FRAME: usize = 4 * 1024;
+/// How often the server pings each client.
+const PING: std::time::Duration = std::time::Duration::from_secs(10);
+/// A client that has sent nothing (pongs included) for this long is dropped.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Live {
     pub fn new(
         history_len: usize,
         registry: &prometheus::Registry,
         allowed_origins: Vec<String>,
+        max_clients: usize,
     ) -> Arc<Self> {
         let clients = IntGauge::new(
             "websocket_clients",
@@ -55,6 +63,7 @@ impl Live {
             history_len,
             clients,
             allowed_origins,
+            max_clients,
         })
     }
 
@@ -133,11 +142,29 @@ impl DeadLetters {
     }
 }
 
-/// `GET /api/dlq`: the latest dead letters, newest first, and counts by reason.
-pub(crate) async fn dead_letters(state: web::Data<WebState>) -> HttpResponse {
+/// `GET /api/dlq/stats`: counts by reason, the total and since when (public: no record's
+/// content).
+pub(crate) async fn dead_letter_stats(state: web::Data<WebState>) -> HttpResponse {
     let Some(d) = &state.dead_letters else {
-        return HttpResponse::NotFound()
-            .json(json!({"error": "this topology writes no dead letters"}));
+        return no_dead_letters();
+    };
+    let s = d.inner.lock().unwrap();
+    HttpResponse::Ok().json(json!({
+        "topics": d.topics,
+        "total": s.total,
+        "since": s.since,
+        "by_reason": s.by_reason,
+    }))
+}
+
+/// `GET /api/dlq`: the latest dead letters, newest first (their values, keys and messages:
+/// admin token), and the counts of `/api/dlq/stats`.
+pub(crate) async fn dead_letters(req: HttpRequest, state: web::Data<WebState>) -> HttpResponse {
+    if let Err(e) = crate::authorize(&req, &state) {
+        return e.response();
+    }
+    let Some(d) = &state.dead_letters else {
+        return no_dead_letters();
     };
     let s = d.inner.lock().unwrap();
     let recent: Vec<Value> = s.recent.iter().rev().map(|show| show()).collect();
@@ -150,11 +177,29 @@ pub(crate) async fn dead_letters(state: web::Data<WebState>) -> HttpResponse {
     }))
 }
 
+fn no_dead_letters() -> HttpResponse {
+    HttpResponse::NotFound().json(json!({"error": "this topology writes no dead letters"}))
+}
+
+/// `GET /`: the live page. Its style and script are files of their own (`/live.css`,
+/// `/live.js`), so the server's CSP needs no `'unsafe-inline'`.
 pub(crate) async fn page() -> HttpResponse {
+    asset("text/html; charset=utf-8", include_str!("live.html"))
+}
+
+pub(crate) async fn style() -> HttpResponse {
+    asset("text/css; charset=utf-8", include_str!("live.css"))
+}
+
+pub(crate) async fn script() -> HttpResponse {
+    asset("text/javascript; charset=utf-8", include_str!("live.js"))
+}
+
+fn asset(content_type: &str, body: &'static str) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .insert_header(("Content-Security-Policy", "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; connect-src 'self'"))
-        .body(include_str!("live.html"))
+        .content_type(content_type)
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(body)
 }
 
 pub(crate) async fn ws(
@@ -174,6 +219,14 @@ pub(crate) async fn ws(
             ));
         }
     }
+    if live.clients() >= live.max_clients as i64 {
+        return Ok(HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "10"))
+            .json(json!({"error": format!(
+                "the live page has its {} clients already (WEIR_WS_MAX_CLIENTS): try again later",
+                live.max_clients
+            )})));
+    }
     let (response, mut session, stream) = actix_ws::handle(&req, body)?;
     let mut stream = stream.max_frame_size(MAX_FRAME);
     let mut rx = live.tx.subscribe();
@@ -189,8 +242,17 @@ pub(crate) async fn ws(
                 return;
             }
         }
+        // a ping every PING; a client that has sent nothing (not even the pong) for IDLE is
+        // gone (a laptop closed without a FIN) and is dropped
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING, PING);
+        let mut heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
+                _ = ping.tick() => {
+                    if heard.elapsed() > IDLE || session.ping(b"").await.is_err() {
+                        break;
+                    }
+                }
                 m = rx.recv() => match m {
                     Ok(m) => {
                         if session.text(m).await.is_err() {
@@ -206,12 +268,13 @@ pub(crate) async fn ws(
                 },
                 incoming = stream.next() => match incoming {
                     Some(Ok(actix_ws::Message::Ping(p))) => {
+                        heard = tokio::time::Instant::now();
                         if session.pong(&p).await.is_err() {
                             break;
                         }
                     }
                     Some(Ok(actix_ws::Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => {}
+                    Some(Ok(_)) => heard = tokio::time::Instant::now(),
                 },
             }
         }

@@ -1,18 +1,22 @@
 // The live page in a real browser: Debian's chromium, headless, driven by playwright-core.
 // Run by weir/tests/browser.rs, which starts `weir run` and produces records into Kafka when
 // this script prints READY. Checks: "Hello …!" lines appear within 5 s of READY; a name made
-// of HTML shows as text; the vital signs and the dead-letter panel move. Saves a screenshot.
+// of HTML shows as text; the vital signs and the dead-letter panel move; the dead letters'
+// values show only once the admin token is typed in; the page runs under its CSP with no
+// violation. Saves a screenshot.
 //
-//   WEIR_URL=http://127.0.0.1:PORT/ WEIR_SCREENSHOT=out.png WEIR_XSS_GREETING='Hello <b>x</b>!' node web/tests/live.browser.mjs
+//   WEIR_URL=http://127.0.0.1:PORT/ WEIR_SCREENSHOT=out.png WEIR_XSS_GREETING='Hello <b>x</b>!' \
+//   WEIR_ADMIN_TOKEN=… node web/tests/live.browser.mjs
 
 import { chromium } from 'playwright-core';
 
 const url = process.env.WEIR_URL;
 const screenshot = process.env.WEIR_SCREENSHOT;
 const xssText = process.env.WEIR_XSS_GREETING;
+const adminToken = process.env.WEIR_ADMIN_TOKEN;
 const executablePath = process.env.WEIR_CHROMIUM || '/usr/bin/chromium';
-if (!url || !screenshot || !xssText) {
-  console.error('set WEIR_URL, WEIR_SCREENSHOT and WEIR_XSS_GREETING');
+if (!url || !screenshot || !xssText || !adminToken) {
+  console.error('set WEIR_URL, WEIR_SCREENSHOT, WEIR_XSS_GREETING and WEIR_ADMIN_TOKEN');
   process.exit(2);
 }
 
@@ -34,6 +38,8 @@ try {
   page.on('dialog', async (d) => { alerts.push(d.message()); await d.dismiss(); });
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
+  // a CSP violation is reported on the console
+  page.on('console', (m) => { if (/Content Security Policy/i.test(m.text())) errors.push(m.text()); });
   const external = [];
   page.on('request', (r) => { if (!r.url().startsWith(url.replace(/\/$/, ''))) external.push(r.url()); });
 
@@ -64,9 +70,20 @@ try {
   await page.waitForFunction((b) => document.getElementById('clean').textContent !== b.clean &&
     document.getElementById('dead').textContent !== b.dead, before, { timeout: 10000 })
     .catch(() => fail('the vital signs did not move'));
+  // counts by reason show to anybody; the dead letters themselves only with the token
+  await page.waitForFunction(() => document.querySelectorAll('#reasons li').length > 0 &&
+    !document.getElementById('dlq-token').hidden, null, { timeout: 10000 })
+    .catch(() => fail('the dead-letter counts or the token form did not show'));
+  if (await page.$$eval('#dlq-rows tr', (trs) => trs.length) !== 0) fail('dead letters shown without the token');
+  await page.fill('#token', 'not-the-token');
+  await page.click('#dlq-token button');
+  await page.waitForTimeout(2500);
+  if (await page.$$eval('#dlq-rows tr', (trs) => trs.length) !== 0) fail('dead letters shown with a wrong token');
+  await page.fill('#token', adminToken);
+  await page.click('#dlq-token button');
   await page.waitForFunction(() => document.querySelectorAll('#dlq-rows tr').length > 0 &&
-    document.querySelectorAll('#reasons li').length > 0, null, { timeout: 10000 })
-    .catch(() => fail('the dead-letter panel stayed empty'));
+    document.getElementById('dlq-token').hidden, null, { timeout: 10000 })
+    .catch(() => fail('the dead-letter panel stayed empty with the token'));
   const vitals = await page.evaluate(() => Object.fromEntries(['rate', 'clean', 'dead', 'lag', 'window', 'rows', 'clients']
     .map((id) => [id, document.getElementById(id).textContent])));
   console.log('vitals ' + JSON.stringify(vitals));

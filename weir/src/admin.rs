@@ -24,13 +24,14 @@ pub struct SinkAdmin {
     table: OnceCell<Table>,
     source: TopicSource,
     health: Vec<Arc<Health>>,
+    kafka: KafkaProbe,
     /// Counts windows this process seals (`weir_sink_windows_sealed_total`).
     sealed: Option<prometheus::IntCounter>,
 }
 
 /// The admin calls of a topology with no PostgreSQL sink: there are no windows.
 pub struct NoSink {
-    pub bootstrap_servers: String,
+    pub kafka: KafkaProbe,
 }
 
 fn pg_error(e: impl std::fmt::Display) -> ApiError {
@@ -64,6 +65,7 @@ impl SinkAdmin {
             spec,
             config,
             table: OnceCell::new(),
+            kafka: KafkaProbe::new(&source.bootstrap_servers),
             source,
             health,
             sealed: None,
@@ -81,22 +83,44 @@ impl SinkAdmin {
     }
 }
 
-/// Kafka answers a metadata request within a few seconds.
-async fn kafka_ready(bootstrap: &str) -> Result<(), String> {
-    let bootstrap = bootstrap.to_owned();
-    tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let c: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set_log_level(rdkafka::config::RDKafkaLogLevel::Critical)
-            .create()
-            .map_err(|e| e.to_string())?;
-        c.fetch_metadata(None, Duration::from_secs(3))
-            .map(|_| ())
-            .map_err(|e| format!("Kafka ({bootstrap}): {e}"))
-    })
-    .await
-    .map_err(|e| e.to_string())?
+/// Kafka's readiness: a metadata request within a few seconds, on one client made at the
+/// first check and kept (librdkafka reconnects it), not a client a call.
+pub struct KafkaProbe {
+    bootstrap: String,
+    client: std::sync::OnceLock<Result<Arc<rdkafka::consumer::BaseConsumer>, String>>,
+}
+
+impl KafkaProbe {
+    pub fn new(bootstrap: &str) -> Self {
+        Self {
+            bootstrap: bootstrap.to_owned(),
+            client: std::sync::OnceLock::new(),
+        }
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let client = self
+            .client
+            .get_or_init(|| {
+                rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", &self.bootstrap)
+                    .set_log_level(rdkafka::config::RDKafkaLogLevel::Critical)
+                    .create()
+                    .map(Arc::new)
+                    .map_err(|e| format!("Kafka ({}): {e}", self.bootstrap))
+            })
+            .clone()?;
+        let bootstrap = self.bootstrap.clone();
+        tokio::task::spawn_blocking(move || {
+            use rdkafka::consumer::Consumer;
+            client
+                .fetch_metadata(None, Duration::from_secs(3))
+                .map(|_| ())
+                .map_err(|e| format!("Kafka ({bootstrap}): {e}"))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
 }
 
 impl Admin for SinkAdmin {
@@ -234,7 +258,7 @@ impl Admin for SinkAdmin {
                 }
                 Err(e) => reasons.push(format!("PostgreSQL: {e}")),
             }
-            if let Err(e) = kafka_ready(&self.source.bootstrap_servers).await {
+            if let Err(e) = self.kafka.check().await {
                 reasons.push(e);
             }
             for h in &self.health {
@@ -310,11 +334,6 @@ impl Admin for NoSink {
         self.windows(0)
     }
     fn ready(&self) -> BoxFuture<'_, Result<(), Vec<String>>> {
-        async move {
-            kafka_ready(&self.bootstrap_servers)
-                .await
-                .map_err(|e| vec![e])
-        }
-        .boxed()
+        async move { self.kafka.check().await.map_err(|e| vec![e]) }.boxed()
     }
 }

@@ -20,6 +20,9 @@ const XSS_NAME: &str = "<img src=x onerror=alert(1)>";
 /// What the clean processor makes of it (title case), as the page must show it: text.
 const XSS_GREETING: &str = "Hello <img Src=x Onerror=alert(1)> Lee!";
 
+/// The admin token the page is given to show the dead letters' values.
+const ADMIN_TOKEN: &str = "browser-admin-token-5678";
+
 fn record(i: usize, first: &str, valid: bool) -> String {
     let email = if valid {
         format!("browser{i}@example.com")
@@ -72,7 +75,7 @@ fn the_live_page_in_chromium_and_metrics_that_promtool_accepts() {
         "playwright-core is missing: deploy/dev test runs npm ci in web/"
     );
     let t = Topics::create("weir-browser", 2);
-    let (mut weir, port) = t.serve_fresh("browser", &[]);
+    let (mut weir, port) = t.serve_fresh("browser", &[("WEIR_ADMIN_TOKEN", ADMIN_TOKEN)]);
     let base = format!("http://127.0.0.1:{port}");
     // the websocket sink reads from the end of the clean topic: let it be assigned
     std::thread::sleep(Duration::from_secs(2));
@@ -88,6 +91,7 @@ fn the_live_page_in_chromium_and_metrics_that_promtool_accepts() {
             .env("WEIR_SCREENSHOT", &screenshot)
             .env("WEIR_XSS_GREETING", XSS_GREETING)
             .env("WEIR_CHROMIUM", &chromium)
+            .env("WEIR_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

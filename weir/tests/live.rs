@@ -1,5 +1,5 @@
 //! The live view against the real stack: the page is served by Weir with no external asset,
-//! the websocket refuses a foreign Origin, greets each clean record within seconds as plain
+//! the websocket refuses a foreign Origin and a client over its cap, greets each clean record within seconds as plain
 //! text (an HTML-looking name stays text), and the vital signs count the records.
 
 mod common;
@@ -37,7 +37,7 @@ fn connect(
 fn greetings_reach_the_websocket_as_text_within_seconds() {
     let t = common::weir::Topics::create("weir-live", 2);
     let raw = t.raw.clone();
-    let (mut child, port) = t.serve_fresh("live", &[]);
+    let (mut child, port) = t.serve_fresh("live", &[("WEIR_WS_MAX_CLIENTS", "1")]);
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let page = loop {
@@ -49,10 +49,21 @@ fn greetings_reach_the_websocket_as_text_within_seconds() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(page.contains("<title>Weir — live</title>"));
-    assert!(
-        !page.contains("<script src") && !page.contains("<link"),
-        "no external asset"
-    );
+    // its style and script are its own files (its CSP allows nothing inline), from nowhere else
+    for attr in ["src=\"", "href=\""] {
+        for (at, _) in page.match_indices(attr) {
+            let url = &page[at + attr.len()..];
+            assert!(
+                url.starts_with('/') && !url.starts_with("//"),
+                "an asset from elsewhere: {}",
+                &url[..url.len().min(60)]
+            );
+        }
+    }
+    for asset in ["/live.js", "/live.css"] {
+        assert!(page.contains(asset), "{page}");
+        assert!(!common::get_text(&format!("{base}{asset}")).is_empty());
+    }
     assert!(!page.contains("innerHTML"), "record text is never HTML");
 
     // a foreign page may not open the websocket
@@ -61,6 +72,15 @@ fn greetings_reach_the_websocket_as_text_within_seconds() {
         other => panic!("a foreign origin was not refused: {:?}", other.map(|_| ())),
     }
     let mut ws = connect(port, Some(&base)).expect("the page's own origin is allowed");
+    // one client at most here: the next is refused, clearly
+    match connect(port, Some(&base)) {
+        Err(tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 503);
+            let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default());
+            assert!(body.contains("WEIR_WS_MAX_CLIENTS"), "{body}");
+        }
+        other => panic!("a client over the cap was let in: {:?}", other.map(|_| ())),
+    }
     let hello = ws.read().unwrap();
     assert!(
         hello.to_text().unwrap().contains("\"type\":\"hello\""),

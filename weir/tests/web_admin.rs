@@ -1,7 +1,8 @@
 //! The HTTP server of `weir run`, against the real stack: health and readiness, Prometheus
 //! metrics, the topology, and every admin endpoint with and without the bearer token —
 //! 401 without it, 409 for a window not sealable yet, 400 for a bad start, 404 for an
-//! unknown window, and a forced seal and an audit that pass.
+//! unknown window, and a forced seal and an audit that pass; dead letters' content behind
+//! the token (counts public); 421 for a foreign `Host`; a strict CSP on every response.
 
 mod common;
 
@@ -181,13 +182,56 @@ fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
         metrics.contains("weir_sink_windows_sealed_total{sink=\"users\"} 1"),
         "one seal counted, not the repeat:\n{metrics}"
     );
-    let (status, dlq) = http.call("GET", "/api/dlq", None);
+    // dead letters: counts are public, their values and keys need the token
+    let (status, stats) = http.call("GET", "/api/dlq/stats", None);
+    assert_eq!(status, 200, "{stats}");
+    assert!(
+        stats["by_reason"]["json.malformed"].as_u64() >= Some(1),
+        "{stats}"
+    );
+    assert!(stats.get("recent").is_none(), "no record content: {stats}");
+    for token in [None, Some("wrong")] {
+        let (status, body) = http.call("GET", "/api/dlq", token);
+        assert_eq!(status, 401, "{body}");
+        assert!(!body.to_string().contains("oops"), "{body}");
+    }
+    let (status, dlq) = http.call("GET", "/api/dlq", Some(TOKEN));
     assert_eq!(status, 200, "{dlq}");
     assert!(
         dlq["by_reason"]["json.malformed"].as_u64() >= Some(1),
         "{dlq}"
     );
     assert!(dlq["recent"][0]["preview"].is_string(), "{dlq}");
+    // another host name that resolves here (DNS rebinding) is refused; ours are served
+    assert_eq!(raw_status(port, "evil.example:80", "/api/dlq/stats"), 421);
+    assert_eq!(raw_status(port, "localhost.evil.example", "/healthz"), 421);
+    assert_eq!(
+        raw_status(port, &format!("localhost:{port}"), "/healthz"),
+        200
+    );
+    // every response: a CSP without inline script or style, no framing, no sniffing
+    for path in ["/", "/live.js", "/healthz", "/api/dlq"] {
+        let r = http
+            .agent
+            .get(&format!("{}{path}", http.base))
+            .call()
+            .unwrap();
+        let h = |name: &str| {
+            r.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_else(|| panic!("{path}: no {name} header"))
+        };
+        let csp = h("content-security-policy");
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert_eq!(h("x-content-type-options"), "nosniff", "{path}");
+    }
+    let (_, page) = http.text("/");
+    assert!(
+        !page.contains("<script>") && !page.contains("<style>") && !page.contains("style="),
+        "the page has inline script or style:\n{page}"
+    );
     let (status, list) = http.call("GET", "/api/windows", None);
     assert_eq!(status, 200);
     assert!(list["windows"]
@@ -201,4 +245,23 @@ fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
         .status()
         .unwrap();
     assert!(child.wait().unwrap().success());
+}
+
+/// The status of a GET that names `host` in its `Host` header (written by hand: an HTTP
+/// client sets `Host` from the URL).
+fn raw_status(port: u16, host: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    reply
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {reply:?}"))
 }

@@ -61,6 +61,24 @@ pub struct RunArgs {
     /// Origins allowed to open the websocket, comma-separated (default: this server's own).
     #[arg(long, env = "WEIR_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Host names requests may name (the `Host` header, without port), comma-separated; `*`
+    /// for any (default: localhost, 127.0.0.1, [::1] and `--http-host`). Others get 421.
+    #[arg(long, env = "WEIR_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Live page clients at most; more are refused with 503.
+    #[arg(long, env = "WEIR_WS_MAX_CLIENTS", default_value_t = 10_000)]
+    pub ws_max_clients: usize,
+}
+
+fn allowed_hosts(args: &RunArgs) -> Vec<String> {
+    if !args.allowed_hosts.is_empty() {
+        return args.allowed_hosts.clone();
+    }
+    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].map(String::from).into();
+    if !matches!(args.http_host.as_str(), "0.0.0.0" | "::" | "[::]") {
+        hosts.push(args.http_host.clone());
+    }
+    hosts
 }
 
 fn allowed_origins(args: &RunArgs) -> Vec<String> {
@@ -125,6 +143,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                     cfg.history,
                     &metrics.registry,
                     allowed_origins(args),
+                    args.ws_max_clients,
                 );
                 let topic = input_topic(&t, node)?;
                 let bootstrap = t.settings.kafka.bootstrap_servers.clone();
@@ -191,7 +210,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 .count_seals(sealed.clone()),
             ),
             None => Arc::new(weir::admin::NoSink {
-                bootstrap_servers: t.settings.kafka.bootstrap_servers.clone(),
+                kafka: weir::admin::KafkaProbe::new(&t.settings.kafka.bootstrap_servers),
             }),
         };
         let state = weir_web::WebState {
@@ -203,6 +222,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             admin,
             live: live.clone(),
             dead_letters: dead_letter_feed(&t, shutdown.clone())?,
+            allowed_hosts: allowed_hosts(args),
+            ready_cache: Default::default(),
         };
         Some(start_web(
             state,
