@@ -7,8 +7,8 @@ use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use weir_topology::config::KafkaSettings;
 
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -101,24 +101,24 @@ pub fn render(template: &str, record: &serde_json::Value) -> String {
 /// (`{"type":"greeting","text":…,"ts":…,"at":…}`: the record's timestamp and when it was
 /// broadcast, in ms since the epoch, `at` with µs as decimals) until `shutdown`. Blocks.
 pub fn run(
-    bootstrap_servers: &str,
+    kafka: &KafkaSettings,
     topic: &str,
     template: &str,
     publish: &dyn Fn(String),
     shutdown: Arc<AtomicBool>,
 ) -> Result<(), rdkafka::error::KafkaError> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap_servers)
-        .set("group.id", "weir-live")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "50")
-        .set("queued.max.messages.kbytes", "2048")
-        .set("fetch.max.bytes", "2097152")
-        .set("max.partition.fetch.bytes", "262144")
-        // not librdkafka's 1 s pause after the local queue was full: greetings would lag
-        .set("fetch.queue.backoff.ms", "10")
-        .set_log_level(RDKafkaLogLevel::Warning)
+    let consumer: BaseConsumer = kafka
+        .client("live", |c| {
+            c.set("group.id", "weir-live")
+                .set("isolation.level", "read_committed")
+                .set("enable.auto.commit", "false")
+                .set("fetch.wait.max.ms", "50")
+                .set("queued.max.messages.kbytes", "2048")
+                .set("fetch.max.bytes", "2097152")
+                .set("max.partition.fetch.bytes", "262144")
+                // not librdkafka's 1 s pause after the local queue was full: greetings would lag
+                .set("fetch.queue.backoff.ms", "10");
+        })
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(30))?;
     let mut tpl = TopicPartitionList::new();

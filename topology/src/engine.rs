@@ -48,7 +48,7 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
 };
@@ -58,6 +58,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::config::KafkaSettings;
 use crate::metrics::Metrics;
 use crate::pipeline::{OutRecord, Pipeline};
 use crate::record::Origin;
@@ -181,9 +182,8 @@ pub struct EngineConfig {
     pub instance: String,
     /// Which sub-topology this loop runs (for metric labels and ids).
     pub subtopology: usize,
-    pub bootstrap_servers: String,
-    /// Extra librdkafka settings for both clients.
-    pub options: HashMap<String, String>,
+    /// The cluster and every client's options (`[kafka]`, `-X`).
+    pub kafka: KafkaSettings,
     pub commit_interval: Duration,
     pub commit_max_records: usize,
     /// Upper bound of a transaction's life; a crashed instance's open transaction is
@@ -474,83 +474,63 @@ impl ConsumerContext for EngineContext {
     }
 }
 
-fn client_config(cfg: &EngineConfig) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &cfg.bootstrap_servers)
-        .set("client.id", format!("weir-{}", cfg.transactional_id()))
-        // librdkafka's warnings and errors reach the log; its debug lines too when the
-        // topology asks for them (`[kafka] options = { debug = "eos" }`)
-        .set_log_level(if cfg.options.contains_key("debug") {
-            RDKafkaLogLevel::Debug
-        } else {
-            RDKafkaLogLevel::Warning
-        });
-    c
-}
-
 /// The engine's transactional producer settings (also the bench's pass-through's).
 pub fn producer_config(cfg: &EngineConfig) -> ClientConfig {
-    let mut c = client_config(cfg);
-    c.set("transactional.id", cfg.transactional_id())
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set(
-            "transaction.timeout.ms",
-            cfg.transaction_timeout.as_millis().to_string(),
-        )
-        .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        // 16 MB of records waiting for the broker at most: send waits when it is full
-        .set("queue.buffering.max.kbytes", "16384")
-        .set("compression.type", "lz4")
-        // as Kafka's Java producer and `weir ingest`: a key lands where Kafka Streams would
-        // put it, and a replayed record goes back to its original partition
-        .set("partitioner", "murmur2_random");
-    for (k, v) in &cfg.options {
-        c.set(k, v);
-    }
-    c
+    cfg.kafka.client(&cfg.transactional_id(), |c| {
+        c.set("transactional.id", cfg.transactional_id())
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "transaction.timeout.ms",
+                cfg.transaction_timeout.as_millis().to_string(),
+            )
+            .set("linger.ms", "5")
+            .set("batch.num.messages", "10000")
+            .set("queue.buffering.max.messages", "1000000")
+            // 16 MB of records waiting for the broker at most: send waits when it is full
+            .set("queue.buffering.max.kbytes", "16384")
+            .set("compression.type", "lz4")
+            // as Kafka's Java producer and `weir ingest`: a key lands where Kafka Streams would
+            // put it, and a replayed record goes back to its original partition
+            .set("partitioner", "murmur2_random");
+    })
 }
 
 /// The engine's consumer settings (also the bench's pass-through's).
 pub fn consumer_config(cfg: &EngineConfig) -> ClientConfig {
-    let mut c = client_config(cfg);
-    c.set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("session.timeout.ms", "10000")
-        .set("statistics.interval.ms", "1000")
-        .set("fetch.wait.max.ms", "50")
-        .set("queued.min.messages", "20000")
-        // librdkafka waits fetch.queue.backoff.ms (1 s by default) before it fetches again for
-        // a partition whose local queue was full: the loop then drains the queue and polls
-        // nothing for most of a second after each commit (measured: 28,700 records/s with
-        // the default, 73,000 with 10 ms, on the bench topology without processors)
-        .set("fetch.queue.backoff.ms", "10")
-        // read-ahead of at most 4 MB (a few thousand records: ample at 100 ms commits) and
-        // fetches of at most 4 MB, 512 kB a partition: librdkafka's defaults (64 MB, 50 MB
-        // and 1 MB) made most of the process's memory under load
-        .set("queued.max.messages.kbytes", "4096")
-        .set("fetch.max.bytes", "4194304")
-        .set("max.partition.fetch.bytes", "524288");
-    match &cfg.input {
-        InputMode::Group => {
-            c.set("group.id", &cfg.application_id)
-                .set("group.instance.id", cfg.transactional_id());
+    cfg.kafka.client(&cfg.transactional_id(), |c| {
+        c.set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", "10000")
+            .set("statistics.interval.ms", "1000")
+            .set("fetch.wait.max.ms", "50")
+            .set("queued.min.messages", "20000")
+            // librdkafka waits fetch.queue.backoff.ms (1 s by default) before it fetches again
+            // for a partition whose local queue was full: the loop then drains the queue and
+            // polls nothing for most of a second after each commit (measured: 28,700 records/s
+            // with the default, 73,000 with 10 ms, on the bench topology without processors)
+            .set("fetch.queue.backoff.ms", "10")
+            // read-ahead of at most 4 MB (a few thousand records: ample at 100 ms commits) and
+            // fetches of at most 4 MB, 512 kB a partition: librdkafka's defaults (64 MB, 50 MB
+            // and 1 MB) made most of the process's memory under load
+            .set("queued.max.messages.kbytes", "4096")
+            .set("fetch.max.bytes", "4194304")
+            .set("max.partition.fetch.bytes", "524288");
+        match &cfg.input {
+            InputMode::Group => {
+                c.set("group.id", &cfg.application_id)
+                    .set("group.instance.id", cfg.transactional_id());
+            }
+            InputMode::Range { group_id, .. } => {
+                // the end of each partition, past transaction markers, ends the range
+                c.set("group.id", group_id)
+                    .set("enable.partition.eof", "true");
+            }
         }
-        InputMode::Range { group_id, .. } => {
-            // the end of each partition, past transaction markers, ends the range
-            c.set("group.id", group_id)
-                .set("enable.partition.eof", "true");
-        }
-    }
-    for (k, v) in &cfg.options {
-        c.set(k, v);
-    }
-    c
+    })
 }
 
 fn is_fenced(e: &KafkaError) -> bool {
@@ -1982,8 +1962,7 @@ mod tests {
             application_id: "users".into(),
             instance: "a".into(),
             subtopology: 0,
-            bootstrap_servers: "x".into(),
-            options: HashMap::new(),
+            kafka: KafkaSettings::plain("x"),
             commit_interval: Duration::from_millis(100),
             commit_max_records: 10,
             transaction_timeout: Duration::from_secs(10),

@@ -13,7 +13,8 @@
 //! - [`pipeline`]: a sub-topology compiled into processors and sink encoders; the same code
 //!   runs in `weir process`, `weir test` and the engine.
 //! - [`source`]: the Kafka source component (decodes raw bytes as JSON).
-//! - [`engine`]: the exactly-once Kafka → Kafka loop of a sub-topology.
+//! - [`engine`]: the exactly-once Kafka → Kafka loop of a sub-topology; [`kafka`] makes every
+//!   librdkafka client from the `[kafka]` section.
 //! - [`metrics`]: Prometheus metrics shared by every component.
 //!
 //! Components in `processors/`, `sinks/` and `web/` depend on this crate; only the `weir`
@@ -29,6 +30,7 @@ pub mod engine;
 pub mod fields;
 pub mod graph;
 pub mod interpolate;
+pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;

@@ -65,7 +65,7 @@ impl SinkAdmin {
             spec,
             config,
             table: OnceCell::new(),
-            kafka: KafkaProbe::new(&source.bootstrap_servers),
+            kafka: KafkaProbe::new(&source.kafka),
             source,
             health,
             sealed: None,
@@ -86,14 +86,14 @@ impl SinkAdmin {
 /// Kafka's readiness: a metadata request within a few seconds, on one client made at the
 /// first check and kept (librdkafka reconnects it), not a client a call.
 pub struct KafkaProbe {
-    bootstrap: String,
+    kafka: weir_topology::config::KafkaSettings,
     client: std::sync::OnceLock<Result<Arc<rdkafka::consumer::BaseConsumer>, String>>,
 }
 
 impl KafkaProbe {
-    pub fn new(bootstrap: &str) -> Self {
+    pub fn new(kafka: &weir_topology::config::KafkaSettings) -> Self {
         Self {
-            bootstrap: bootstrap.to_owned(),
+            kafka: kafka.clone(),
             client: std::sync::OnceLock::new(),
         }
     }
@@ -102,15 +102,14 @@ impl KafkaProbe {
         let client = self
             .client
             .get_or_init(|| {
-                rdkafka::ClientConfig::new()
-                    .set("bootstrap.servers", &self.bootstrap)
-                    .set_log_level(rdkafka::config::RDKafkaLogLevel::Critical)
+                self.kafka
+                    .client("readiness", |_| {})
                     .create()
                     .map(Arc::new)
-                    .map_err(|e| format!("Kafka ({}): {e}", self.bootstrap))
+                    .map_err(|e| format!("Kafka ({}): {e}", self.kafka.bootstrap_servers))
             })
             .clone()?;
-        let bootstrap = self.bootstrap.clone();
+        let bootstrap = self.kafka.bootstrap_servers.clone();
         tokio::task::spawn_blocking(move || {
             use rdkafka::consumer::Consumer;
             client

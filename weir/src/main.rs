@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage error, 3 fenced by another instance,
 //! 4 a record had no possible fate (its output and then its dead letter were refused),
-//! 78 a configuration error (as `vector validate`), 130 interrupted (`dlq replay`).
+//! 77 Kafka refused the credentials or the TLS handshake, 78 a configuration error (as `vector validate`), 130 interrupted (`dlq replay`).
 
 mod cmd;
 

@@ -85,7 +85,7 @@ async fn a_tampered_row_fails_the_audit_with_a_clear_report() {
     let (cfg, spec) = common::windows::users_sink(&app, WINDOW_MS);
     let table = Table::describe(&client, &cfg).await.unwrap();
     let source = TopicSource {
-        bootstrap_servers: common::bootstrap(),
+        kafka: weir_topology::config::KafkaSettings::plain(&common::bootstrap()),
         topic: clean.clone(),
         slack: Duration::from_secs(3600),
         upstream: None,

@@ -326,7 +326,7 @@ async fn a_hundred_thousand_records_exactly_once_into_postgres_despite_sigkill_a
     let mut client = common::pg::connect(&url).await;
     let table = Table::describe(&client, &cfg).await.unwrap();
     let source = TopicSource {
-        bootstrap_servers: common::bootstrap(),
+        kafka: weir_topology::config::KafkaSettings::plain(&common::bootstrap()),
         topic: clean.clone(),
         slack: Duration::from_secs(3600),
         upstream: None,

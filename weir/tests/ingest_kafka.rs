@@ -207,13 +207,13 @@ fn the_ingest_producer_delivers_every_value_byte_for_byte() {
     let topic = common::unique("weir-ingest-bytes");
     create_topics(&[&topic], 3);
     let producer = IngestProducer::new(ProducerSettings {
-        bootstrap_servers: common::bootstrap(),
+        // a queue of about 3 MB: several 1 MB slabs in flight at once, and "queue full"
+        // (taking a value back out of its slab) is frequent
+        kafka: weir_topology::config::KafkaSettings::plain(&common::bootstrap())
+            .with_options(&[("queue.buffering.max.messages".into(), "2000".into())]),
         topic: topic.clone(),
         source: "test",
         linger: std::time::Duration::from_millis(50),
-        // a queue of about 3 MB: several 1 MB slabs in flight at once, and "queue full"
-        // (taking a value back out of its slab) is frequent
-        overrides: vec![("queue.buffering.max.messages".into(), "2000".into())],
     })
     .unwrap();
     // sizes from empty to 3 kB, and a few of 300 kB (too big for a slab: copied)

@@ -4,8 +4,8 @@
 //! and the live page's dead-letter panel.
 
 use std::time::{Duration, Instant};
+use weir_topology::config::KafkaSettings;
 
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
@@ -262,14 +262,18 @@ pub struct Reader {
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Reader {
-    pub fn open(bootstrap: &str, topics: &[String], start: Start) -> Result<Self, KafkaError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", "weir-dlq-reader")
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "100")
-            .set_log_level(RDKafkaLogLevel::Warning)
+    pub fn open(
+        kafka: &KafkaSettings,
+        topics: &[String],
+        start: Start,
+    ) -> Result<Self, KafkaError> {
+        let consumer: BaseConsumer = kafka
+            .client("dlq-reader", |c| {
+                c.set("group.id", "weir-dlq-reader")
+                    .set("isolation.level", "read_committed")
+                    .set("enable.auto.commit", "false")
+                    .set("fetch.wait.max.ms", "100");
+            })
             .create()?;
         let extent = Extent::of(&consumer, topics)?;
         let mut tpl = TopicPartitionList::new();

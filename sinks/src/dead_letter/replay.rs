@@ -21,10 +21,10 @@
 
 use std::collections::HashSet;
 use std::time::Duration;
+use weir_topology::config::KafkaSettings;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -163,8 +163,7 @@ pub type ProgressFn = Box<dyn FnMut(&Tally) + Send>;
 pub struct ReplayJob {
     rules: ReplayRules,
     ledger_topic: String,
-    bootstrap_servers: String,
-    options: Vec<(String, String)>,
+    kafka: KafkaSettings,
     ledger: HashSet<String>,
     /// Ledger entries of the open transaction.
     pending: Vec<String>,
@@ -176,17 +175,11 @@ pub struct ReplayJob {
 }
 
 impl ReplayJob {
-    pub fn new(
-        rules: ReplayRules,
-        ledger_topic: &str,
-        bootstrap_servers: &str,
-        options: Vec<(String, String)>,
-    ) -> Self {
+    pub fn new(rules: ReplayRules, ledger_topic: &str, kafka: KafkaSettings) -> Self {
         Self {
             rules,
             ledger_topic: ledger_topic.to_owned(),
-            bootstrap_servers: bootstrap_servers.to_owned(),
-            options,
+            kafka,
             ledger: HashSet::new(),
             pending: Vec::new(),
             pending_tally: Tally::default(),
@@ -199,7 +192,7 @@ impl ReplayJob {
 impl Job for ReplayJob {
     fn on_start(&mut self) -> Result<(), String> {
         // after init_transactions: a killed replay's open transaction is aborted by now
-        self.ledger = read_ledger(&self.bootstrap_servers, &self.options, &self.ledger_topic)
+        self.ledger = read_ledger(&self.kafka, &self.ledger_topic)
             .map_err(|e| format!("reading the replay ledger {}: {e}", self.ledger_topic))?;
         self.pending.clear();
         self.pending_tally = Tally::default();
@@ -264,18 +257,9 @@ impl Job for ReplayJob {
 
 /// Creates the ledger topic (compacted, one partition, the broker's replication) unless it
 /// exists.
-pub fn ensure_ledger(
-    bootstrap_servers: &str,
-    options: &[(String, String)],
-    topic: &str,
-) -> Result<(), KafkaError> {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", bootstrap_servers)
-        .set_log_level(RDKafkaLogLevel::Warning);
-    for (k, v) in options {
-        cc.set(k, v);
-    }
-    let admin: AdminClient<DefaultClientContext> = cc.create()?;
+pub fn ensure_ledger(kafka: &KafkaSettings, topic: &str) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> =
+        kafka.client("dlq-replay-admin", |_| {}).create()?;
     let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
     let results = futures::executor::block_on(admin.create_topics(
         [&new],
@@ -292,22 +276,15 @@ pub fn ensure_ledger(
 }
 
 /// Every key of the ledger topic, read committed up to its end.
-pub fn read_ledger(
-    bootstrap_servers: &str,
-    options: &[(String, String)],
-    topic: &str,
-) -> Result<HashSet<String>, KafkaError> {
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", bootstrap_servers)
-        .set("group.id", "weir-dlq-replay-ledger")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set_log_level(RDKafkaLogLevel::Warning);
-    for (k, v) in options {
-        cc.set(k, v);
-    }
-    let consumer: BaseConsumer = cc.create()?;
+pub fn read_ledger(kafka: &KafkaSettings, topic: &str) -> Result<HashSet<String>, KafkaError> {
+    let consumer: BaseConsumer = kafka
+        .client("dlq-replay-ledger", |c| {
+            c.set("group.id", "weir-dlq-replay-ledger")
+                .set("isolation.level", "read_committed")
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "true");
+        })
+        .create()?;
     let timeout = Duration::from_secs(30);
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let mut tpl = TopicPartitionList::new();

@@ -13,9 +13,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
+use weir_topology::config::KafkaSettings;
 
 use chrono::{DateTime, TimeZone, Utc};
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -278,7 +278,8 @@ pub async fn seal(
 /// Where the audit reads the clean topic, and what is upstream of it.
 #[derive(Debug, Clone)]
 pub struct TopicSource {
-    pub bootstrap_servers: String,
+    /// The cluster and every client's options.
+    pub kafka: KafkaSettings,
     pub topic: String,
     /// How far before the window's start to begin reading each partition: records are in
     /// offset order, their timestamps only roughly so.
@@ -383,13 +384,14 @@ fn scan_topic(
     end: Millis,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) -> Result<(), String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &source.bootstrap_servers)
-        .set("group.id", format!("weir-audit-{}", std::process::id()))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set_log_level(RDKafkaLogLevel::Warning)
+    let consumer: BaseConsumer = source
+        .kafka
+        .client("audit", |c| {
+            c.set("group.id", format!("weir-audit-{}", std::process::id()))
+                .set("isolation.level", "read_committed")
+                .set("enable.auto.commit", "false")
+                .set("enable.partition.eof", "true");
+        })
         .create()
         .map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(30);

@@ -15,8 +15,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use weir_topology::config::KafkaSettings;
 
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -32,8 +33,8 @@ pub struct OutboxSettings {
     pub sink_id: String,
     /// The topic the sink reads (the outbox rows' source topic).
     pub topic: String,
-    pub bootstrap_servers: String,
-    pub kafka_options: HashMap<String, String>,
+    /// The cluster and every client's options.
+    pub kafka: KafkaSettings,
     pub database_url: String,
 }
 
@@ -145,13 +146,7 @@ async fn hold_and_forward(settings: &OutboxSettings, shutdown: &AtomicBool) -> R
 }
 
 fn kafka_config(settings: &OutboxSettings) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &settings.bootstrap_servers)
-        .set_log_level(RDKafkaLogLevel::Warning);
-    for (k, v) in &settings.kafka_options {
-        c.set(k, v);
-    }
-    c
+    settings.kafka.client(&settings.transactional_id(), |_| {})
 }
 
 async fn forward(

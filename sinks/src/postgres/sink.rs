@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+use weir_topology::config::KafkaSettings;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -43,8 +43,8 @@ pub struct SinkSettings {
     pub config: PostgresSinkConfig,
     /// The clean topic the sink reads.
     pub topic: String,
-    pub bootstrap_servers: String,
-    pub kafka_options: std::collections::HashMap<String, String>,
+    /// The cluster and every client's options.
+    pub kafka: KafkaSettings,
     /// PostgreSQL URL (a secret: never logged).
     pub database_url: String,
     /// The application that writes the topic, when the topology names it: idle partitions
@@ -373,8 +373,7 @@ pub fn run(
         let outbox = OutboxSettings {
             sink_id: settings.sink_id(),
             topic: settings.topic.clone(),
-            bootstrap_servers: settings.bootstrap_servers.clone(),
-            kafka_options: settings.kafka_options.clone(),
+            kafka: settings.kafka.clone(),
             database_url: settings.database_url.clone(),
         };
         let stop = stop_outbox.clone();
@@ -449,35 +448,30 @@ fn consume(
     };
 
     let group = format!("{}-{}", settings.application_id, settings.node);
-    let mut cc = ClientConfig::new();
-    cc.set("bootstrap.servers", &settings.bootstrap_servers)
-        .set("group.id", &group)
-        .set(
-            "group.instance.id",
-            format!("{group}-{}", settings.instance),
-        )
-        .set("client.id", format!("weir-{group}"))
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        // the end of a partition (past transaction markers) is what makes it idle
-        .set("enable.partition.eof", "true")
-        .set("session.timeout.ms", "10000")
-        .set("max.poll.interval.ms", "600000")
-        .set("fetch.wait.max.ms", "50")
-        // the loop reads while a batch is written: 4 MB of read-ahead is enough (librdkafka's
-        // defaults hold ~1 GB and fetch 50 MB at a time)
-        .set("queued.max.messages.kbytes", "4096")
-        .set("fetch.max.bytes", "4194304")
-        .set("max.partition.fetch.bytes", "524288")
-        // not librdkafka's 1 s pause after the local queue was full: the sink would wait for
-        // records between batches
-        .set("fetch.queue.backoff.ms", "10")
-        .set_log_level(RDKafkaLogLevel::Warning);
-    for (k, v) in &settings.kafka_options {
-        cc.set(k, v);
-    }
+    let cc = settings.kafka.client(&group, |c| {
+        c.set("group.id", &group)
+            .set(
+                "group.instance.id",
+                format!("{group}-{}", settings.instance),
+            )
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // the end of a partition (past transaction markers) is what makes it idle
+            .set("enable.partition.eof", "true")
+            .set("session.timeout.ms", "10000")
+            .set("max.poll.interval.ms", "600000")
+            .set("fetch.wait.max.ms", "50")
+            // the loop reads while a batch is written: 4 MB of read-ahead is enough (librdkafka's
+            // defaults hold ~1 GB and fetch 50 MB at a time)
+            .set("queued.max.messages.kbytes", "4096")
+            .set("fetch.max.bytes", "4194304")
+            .set("max.partition.fetch.bytes", "524288")
+            // not librdkafka's 1 s pause after the local queue was full: the sink would wait for
+            // records between batches
+            .set("fetch.queue.backoff.ms", "10");
+    });
     let consumer: BaseConsumer<SinkContext> = cc
         .create_with_context(SinkContext {
             shared: shared.clone(),
@@ -493,17 +487,12 @@ fn consume(
             source,
         })?;
     let mut upstream = match &settings.upstream {
-        Some(spec) => Some(
-            UpstreamCheck::new(
-                spec.clone(),
-                &settings.bootstrap_servers,
-                &settings.kafka_options,
-            )
-            .map_err(|source| SinkError::Kafka {
+        Some(spec) => Some(UpstreamCheck::new(spec.clone(), &settings.kafka).map_err(
+            |source| SinkError::Kafka {
                 what: "upstream check",
                 source,
-            })?,
-        ),
+            },
+        )?),
         None => None,
     };
     let encoder = DeadLetterEncoder::new(&cfg.late_topic, &settings.application_id);

@@ -4,10 +4,10 @@
 //! end (past transaction markers and aborted records, which a `read_committed` read skips).
 //! Asked at most once a second, and only while some partition of the sink is idle.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use weir_topology::config::KafkaSettings;
 
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
@@ -25,25 +25,19 @@ pub struct UpstreamSpec {
 pub struct UpstreamCheck {
     spec: UpstreamSpec,
     consumer: BaseConsumer,
-    bootstrap: String,
-    options: HashMap<String, String>,
+    kafka: KafkaSettings,
     last: Option<(Instant, bool)>,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 impl UpstreamCheck {
-    pub fn new(
-        spec: UpstreamSpec,
-        bootstrap: &str,
-        options: &HashMap<String, String>,
-    ) -> Result<Self, KafkaError> {
-        let consumer = client(bootstrap, options, &spec.group)?.create()?;
+    pub fn new(spec: UpstreamSpec, kafka: &KafkaSettings) -> Result<Self, KafkaError> {
+        let consumer = client(kafka, &spec.group).create()?;
         Ok(Self {
             spec,
             consumer,
-            bootstrap: bootstrap.to_owned(),
-            options: options.clone(),
+            kafka: kafka.clone(),
             last: None,
         })
     }
@@ -107,7 +101,7 @@ impl UpstreamCheck {
     }
 
     fn nothing_from(&self, from: &[(String, i32, i64, i64)]) -> Result<bool, KafkaError> {
-        let probe: BaseConsumer = client(&self.bootstrap, &self.options, "weir-upstream-probe")?
+        let probe: BaseConsumer = client(&self.kafka, "weir-upstream-probe")
             .set("enable.partition.eof", "true")
             .create()?;
         let mut tpl = TopicPartitionList::new();
@@ -132,19 +126,10 @@ impl UpstreamCheck {
     }
 }
 
-fn client(
-    bootstrap: &str,
-    options: &HashMap<String, String>,
-    group: &str,
-) -> Result<ClientConfig, KafkaError> {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set_log_level(RDKafkaLogLevel::Warning);
-    for (k, v) in options {
-        c.set(k, v);
-    }
-    Ok(c)
+fn client(kafka: &KafkaSettings, group: &str) -> ClientConfig {
+    kafka.client("upstream-check", |c| {
+        c.set("group.id", group)
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false");
+    })
 }

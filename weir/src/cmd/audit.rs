@@ -19,6 +19,8 @@ use super::{parse_duration, parse_time, Exit};
 pub struct AuditArgs {
     /// The topology file.
     pub file: PathBuf,
+    #[command(flatten)]
+    pub kafka: super::KafkaOptions,
     /// The window's start (RFC 3339, or milliseconds since 1970).
     #[arg(long, value_parser = parse_time)]
     pub window: DateTime<Utc>,
@@ -37,7 +39,7 @@ pub struct AuditArgs {
 }
 
 pub fn run(args: &AuditArgs) -> anyhow::Result<()> {
-    let t = super::load(&args.file)?;
+    let t = super::load_with(&args.file, &args.kafka)?;
     let sinks: Vec<_> = t
         .nodes
         .iter()
@@ -64,7 +66,7 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<()> {
         grace_ms: cfg.grace.as_millis() as i64,
     };
     let source = TopicSource {
-        bootstrap_servers: settings.bootstrap_servers.clone(),
+        kafka: settings.kafka.clone(),
         topic: settings.topic.clone(),
         slack: args.slack,
         upstream: settings.upstream.clone(),

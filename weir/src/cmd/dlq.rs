@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use weir_sinks::dead_letter::reader::{escape, DeadLetter, Extent, Reader, Start};
@@ -38,6 +37,8 @@ pub struct Common {
     /// or an age such as 90m or 2h.
     #[arg(long, value_parser = parse_since)]
     pub since: Option<i64>,
+    #[command(flatten)]
+    pub kafka: super::KafkaOptions,
 }
 
 /// Options of `weir dlq tail`.
@@ -105,13 +106,13 @@ pub struct ReplayArgs {
 }
 
 struct Target {
-    bootstrap: String,
+    kafka: weir_topology::config::KafkaSettings,
     application_id: String,
     topics: Vec<String>,
 }
 
 fn target(c: &Common) -> anyhow::Result<Target> {
-    target_of(&super::load(&c.topology)?, c)
+    target_of(&super::load_with(&c.topology, &c.kafka)?, c)
 }
 
 fn target_of(t: &Topology, c: &Common) -> anyhow::Result<Target> {
@@ -126,7 +127,7 @@ fn target_of(t: &Topology, c: &Common) -> anyhow::Result<Target> {
         );
     }
     Ok(Target {
-        bootstrap: t.settings.kafka.bootstrap_servers.clone(),
+        kafka: t.settings.kafka.clone(),
         application_id: t.settings.application_id.clone(),
         topics,
     })
@@ -168,7 +169,7 @@ const STALL: Duration = Duration::from_secs(10);
 
 pub fn tail(args: &TailArgs) -> anyhow::Result<()> {
     let target = target(&args.common)?;
-    let mut reader = Reader::open(&target.bootstrap, &target.topics, Start::Beginning)
+    let mut reader = Reader::open(&target.kafka, &target.topics, Start::Beginning)
         .with_context(|| format!("reading {}", target.topics.join(", ")))?;
     let reason = args.reason.as_deref();
     // the latest by failure time across partitions (read order is partition by partition)
@@ -261,7 +262,7 @@ impl TailTable {
 
 pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
     let target = target(&args.common)?;
-    let mut reader = Reader::open(&target.bootstrap, &target.topics, Start::Beginning)
+    let mut reader = Reader::open(&target.kafka, &target.topics, Start::Beginning)
         .with_context(|| format!("reading {}", target.topics.join(", ")))?;
     let mut total = 0u64;
     let mut by_reason: HashMap<String, u64> = HashMap::new();
@@ -327,7 +328,7 @@ pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
 }
 
 pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
-    let t = super::load(&args.common.topology)?;
+    let t = super::load_with(&args.common.topology, &args.common.kafka)?;
     let target = target_of(&t, &args.common)?;
     let rules = ReplayRules {
         reason: args.reason.clone(),
@@ -339,24 +340,15 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
         .ledger
         .clone()
         .unwrap_or_else(|| ledger_topic(&target.application_id));
-    let options: Vec<(String, String)> = t
-        .settings
-        .kafka
-        .options
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
     let shutdown = weir::signals::shutdown_flag()?;
     let tally = if args.dry_run {
-        dry_run(&target, &rules, &ledger, &options)?
+        dry_run(&target, &rules, &ledger)?
     } else {
-        ensure_ledger(&target.bootstrap, &options, &ledger)
+        ensure_ledger(&target.kafka, &ledger)
             .with_context(|| format!("creating the replay ledger topic {ledger}"))?;
         let mut tally = Tally::default();
         for topic in &target.topics {
-            tally = replay_topic(
-                args, &t, &target, topic, &rules, &ledger, &options, &shutdown, tally,
-            )?;
+            tally = replay_topic(args, &target, topic, &rules, &ledger, &shutdown, tally)?;
             if shutdown.load(Ordering::Relaxed) {
                 break;
             }
@@ -398,13 +390,8 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
 }
 
 /// What a replay would do, from the ledger and the dead letters; sends nothing.
-fn dry_run(
-    target: &Target,
-    rules: &ReplayRules,
-    ledger: &str,
-    options: &[(String, String)],
-) -> anyhow::Result<Tally> {
-    let replayed = match read_ledger(&target.bootstrap, options, ledger) {
+fn dry_run(target: &Target, rules: &ReplayRules, ledger: &str) -> anyhow::Result<Tally> {
+    let replayed = match read_ledger(&target.kafka, ledger) {
         Ok(keys) => keys,
         // no ledger yet: nothing replayed yet
         Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition)) => {
@@ -412,7 +399,7 @@ fn dry_run(
         }
         Err(e) => return Err(e).with_context(|| format!("reading the replay ledger {ledger}")),
     };
-    let mut reader = Reader::open(&target.bootstrap, &target.topics, Start::Beginning)
+    let mut reader = Reader::open(&target.kafka, &target.topics, Start::Beginning)
         .with_context(|| format!("reading {}", target.topics.join(", ")))?;
     let mut tally = Tally::default();
     reader
@@ -435,18 +422,16 @@ fn dry_run(
 #[allow(clippy::too_many_arguments)]
 fn replay_topic(
     args: &ReplayArgs,
-    t: &Topology,
     target: &Target,
     topic: &str,
     rules: &ReplayRules,
     ledger: &str,
-    options: &[(String, String)],
     shutdown: &std::sync::Arc<std::sync::atomic::AtomicBool>,
     before: Tally,
 ) -> anyhow::Result<Tally> {
-    let probe: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &target.bootstrap)
-        .set_log_level(RDKafkaLogLevel::Warning)
+    let probe: BaseConsumer = target
+        .kafka
+        .client("dlq-replay-probe", |_| {})
         .create()
         .context("creating a Kafka client")?;
     let extent = Extent::of(&probe, &[topic.to_owned()])
@@ -467,8 +452,7 @@ fn replay_topic(
         application_id: app.clone(),
         instance: "replay".into(),
         subtopology: 0,
-        bootstrap_servers: target.bootstrap.clone(),
-        options: t.settings.kafka.options.clone(),
+        kafka: target.kafka.clone(),
         commit_interval: Duration::from_secs(1),
         commit_max_records: args.batch.max(1),
         transaction_timeout: Duration::from_secs(10),
@@ -482,7 +466,7 @@ fn replay_topic(
             partitions,
         },
     };
-    let mut job = ReplayJob::new(rules.clone(), ledger, &target.bootstrap, options.to_vec());
+    let mut job = ReplayJob::new(rules.clone(), ledger, target.kafka.clone());
     let mut progress = Progress::new(total.max(0) as u64);
     job.on_progress = Some(Box::new(move |t: &Tally| progress.show(t)));
     let result = engine::run(

@@ -135,12 +135,14 @@ fn producer(
     source: &'static str,
     linger: Duration,
 ) -> anyhow::Result<IngestProducer> {
+    let kafka = weir_topology::config::KafkaSettings::plain(&args.bootstrap_servers)
+        .with_options(&args.producer_options);
+    super::check_kafka(&kafka)?;
     IngestProducer::new(ProducerSettings {
-        bootstrap_servers: args.bootstrap_servers.clone(),
+        kafka,
         topic: args.topic.clone(),
         source,
         linger,
-        overrides: args.producer_options.clone(),
     })
     .context("creating the Kafka producer")
 }

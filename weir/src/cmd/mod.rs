@@ -30,6 +30,41 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
+/// `-X KEY=VALUE`: a librdkafka option for every Kafka client of a command, over the
+/// topology's `[kafka] options` (as kcat's `-X`): `-X security.protocol=SASL_SSL`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct KafkaOptions {
+    /// A librdkafka option for every Kafka client, over the topology's `[kafka] options`
+    /// (`-X security.protocol=SASL_SSL -X sasl.mechanisms=SCRAM-SHA-512`).
+    #[arg(short = 'X', long = "kafka-option", value_name = "KEY=VALUE", value_parser = ingest::parse_option)]
+    pub options: Vec<(String, String)>,
+}
+
+/// [`load`] with `-X` options over the topology's `[kafka] options`; checks that the cluster
+/// takes them ([`check_kafka`]).
+pub fn load_with(path: &Path, kafka: &KafkaOptions) -> anyhow::Result<Topology> {
+    let mut t = load(path)?;
+    t.settings.kafka = t.settings.kafka.clone().with_options(&kafka.options);
+    check_kafka(&t.settings.kafka)?;
+    Ok(t)
+}
+
+/// Exit code when Kafka refuses the credentials or the TLS handshake (EX_NOPERM).
+pub const EXIT_KAFKA_REFUSED: u8 = 77;
+
+/// Stops the command with exit code 77 and the broker's reason when Kafka refuses the
+/// settings (a wrong password, a certificate it cannot verify), instead of retrying for
+/// ever; a cluster that does not answer yet is left to the command's own clients.
+pub fn check_kafka(kafka: &weir_topology::config::KafkaSettings) -> anyhow::Result<()> {
+    match kafka.check(std::time::Duration::from_secs(10)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            eprintln!("weir: {e}");
+            Err(Exit(EXIT_KAFKA_REFUSED).into())
+        }
+    }
+}
+
 /// Loads a topology file; on config errors prints every one and returns exit code 78.
 pub fn load(path: &Path) -> anyhow::Result<Topology> {
     match weir_topology::load_file(path, &weir::registry::registry()) {

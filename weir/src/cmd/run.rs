@@ -30,6 +30,8 @@ use super::{parse_duration, Exit};
 pub struct RunArgs {
     /// The topology file.
     pub file: std::path::PathBuf,
+    #[command(flatten)]
+    pub kafka: super::KafkaOptions,
     /// This process's instance id: distinct per process of one application, stable across
     /// its restarts (part of the transactional id and the group membership).
     #[arg(long, env = "WEIR_INSTANCE", default_value = "0")]
@@ -94,7 +96,7 @@ fn allowed_origins(args: &RunArgs) -> Vec<String> {
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let path: &Path = &args.file;
-    let t = super::load(path)?;
+    let t = super::load_with(path, &args.kafka)?;
     let metrics = Metrics::new();
     let sub = super::processing_subtopology(&t)?;
     let shutdown = weir::signals::shutdown_flag()?;
@@ -146,7 +148,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                     args.ws_max_clients,
                 );
                 let topic = input_topic(&t, node)?;
-                let bootstrap = t.settings.kafka.bootstrap_servers.clone();
+                let kafka = t.settings.kafka.clone();
                 let template = cfg.message.clone();
                 let shutdown = shutdown.clone();
                 let publish_to = feed.clone();
@@ -155,7 +157,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                     .name(format!("weir-ws-{name}"))
                     .spawn(move || {
                         if let Err(e) = weir_sinks::websocket::run(
-                            &bootstrap,
+                            &kafka,
                             &topic,
                             &template,
                             &|m| publish_to.publish(m),
@@ -177,8 +179,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         application_id: s.application_id.clone(),
         instance: args.instance.clone(),
         subtopology: sub.id,
-        bootstrap_servers: s.kafka.bootstrap_servers.clone(),
-        options: s.kafka.options.clone(),
+        kafka: s.kafka.clone(),
         commit_interval: s.commit_interval.as_std(),
         commit_max_records: s.commit_max_records,
         transaction_timeout: args.transaction_timeout,
@@ -200,7 +201,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                     },
                     settings.config.clone(),
                     TopicSource {
-                        bootstrap_servers: settings.bootstrap_servers.clone(),
+                        kafka: settings.kafka.clone(),
                         topic: settings.topic.clone(),
                         slack: std::time::Duration::from_secs(3600),
                         upstream: settings.upstream.clone(),
@@ -210,7 +211,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 .count_seals(sealed.clone()),
             ),
             None => Arc::new(weir::admin::NoSink {
-                kafka: weir::admin::KafkaProbe::new(&t.settings.kafka.bootstrap_servers),
+                kafka: weir::admin::KafkaProbe::new(&t.settings.kafka),
             }),
         };
         let state = weir_web::WebState {
@@ -321,12 +322,12 @@ fn dead_letter_feed(
     }
     let feed = weir_web::live::DeadLetters::new(topics.clone(), 50);
     let fill = feed.clone();
-    let bootstrap = t.settings.kafka.bootstrap_servers.clone();
+    let kafka = t.settings.kafka.clone();
     std::thread::Builder::new()
         .name("weir-dlq-view".into())
         .spawn(move || {
             let mut reader = loop {
-                match Reader::open(&bootstrap, &topics, Start::Last(20)) {
+                match Reader::open(&kafka, &topics, Start::Last(20)) {
                     Ok(r) => break r,
                     Err(e) if !shutdown.load(Ordering::Relaxed) => {
                         tracing::warn!(error = %e, "the dead-letter panel cannot read its topics yet; retrying");
@@ -391,8 +392,7 @@ pub fn postgres_settings(
         config: cfg.clone(),
         upstream: upstream_of(t, &topic),
         topic,
-        bootstrap_servers: t.settings.kafka.bootstrap_servers.clone(),
-        kafka_options: t.settings.kafka.options.clone(),
+        kafka: t.settings.kafka.clone(),
         database_url,
     })
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use rdkafka::bindings as rdsys;
 use rdkafka::bindings::rd_kafka_vtype_t::*;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
@@ -63,14 +62,13 @@ impl ProducerContext for CountingContext {
 /// Settings of the ingest producer.
 #[derive(Debug, Clone)]
 pub struct ProducerSettings {
-    pub bootstrap_servers: String,
+    /// The cluster, with `weir ingest -X key=value` as options over the producer's defaults.
+    pub kafka: weir_topology::config::KafkaSettings,
     pub topic: String,
     /// The value of the `weir.ingest.source` header.
     pub source: &'static str,
     /// How long a batch may wait to fill (higher: more throughput, more latency).
     pub linger: Duration,
-    /// librdkafka properties set last, over the defaults (`weir ingest -X key=value`).
-    pub overrides: Vec<(String, String)>,
 }
 
 /// Bytes per slab of payload memory.
@@ -189,32 +187,28 @@ impl IngestProducer {
     pub fn new(settings: ProducerSettings) -> Result<Self, KafkaError> {
         let stats = Arc::new(DeliveryStats::default());
         let slabs = Slabs::new();
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &settings.bootstrap_servers)
-            .set("client.id", format!("weir-ingest-{}", settings.source))
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", settings.linger.as_millis().to_string())
-            .set("batch.num.messages", "10000")
-            .set("batch.size", "1000000")
-            .set("queue.buffering.max.messages", "1000000")
-            // 64 MB (0.2 s at full speed) measured as fast as 512 MB, at a third of the memory
-            .set("queue.buffering.max.kbytes", "65536")
-            // the Java client's default: a key lands in the partition Kafka's own
-            // producers (and Kafka Streams) would pick
-            .set("partitioner", "murmur2_random")
-            // Kafka's own default. Measured on one 2-core node with the broker beside it:
-            // uncompressed gave 20–30% more records/s than lz4 (compressing was a fifth of
-            // weir's CPU; the broker decompresses to validate). Set it with
-            // `-X compression.type=lz4` where the network or the disk is the limit.
-            .set("compression.type", "none")
-            // every record gets a delivery report (turning successes off made freeing
-            // slower and throughput lower)
-            .set_log_level(RDKafkaLogLevel::Warning);
-        for (k, v) in &settings.overrides {
-            config.set(k, v);
-        }
+        let config = settings
+            .kafka
+            .client(&format!("ingest-{}", settings.source), |c| {
+                c.set("enable.idempotence", "true")
+                    .set("acks", "all")
+                    .set("linger.ms", settings.linger.as_millis().to_string())
+                    .set("batch.num.messages", "10000")
+                    .set("batch.size", "1000000")
+                    .set("queue.buffering.max.messages", "1000000")
+                    // 64 MB (0.2 s at full speed) measured as fast as 512 MB, at a third of the memory
+                    .set("queue.buffering.max.kbytes", "65536")
+                    // the Java client's default: a key lands in the partition Kafka's own
+                    // producers (and Kafka Streams) would pick
+                    .set("partitioner", "murmur2_random")
+                    // Kafka's own default. Measured on one 2-core node with the broker beside it:
+                    // uncompressed gave 20–30% more records/s than lz4 (compressing was a fifth of
+                    // weir's CPU; the broker decompresses to validate). Set it with
+                    // `-X compression.type=lz4` where the network or the disk is the limit.
+                    .set("compression.type", "none");
+                // every record gets a delivery report (turning successes off made freeing
+                // slower and throughput lower)
+            });
         let producer: BaseProducer<CountingContext> =
             config.create_with_context(CountingContext {
                 stats: stats.clone(),

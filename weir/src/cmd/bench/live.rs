@@ -29,6 +29,8 @@ pub struct LiveArgs {
     /// The topology file (its websocket sink and the topic it reads).
     #[arg(default_value = "topology/users.toml")]
     pub file: PathBuf,
+    #[command(flatten)]
+    pub kafka: crate::cmd::KafkaOptions,
     /// Websocket clients that read everything.
     #[arg(long, default_value_t = 1000)]
     pub clients: usize,
@@ -238,7 +240,7 @@ fn clients_connected(port: u16) -> Option<i64> {
 
 /// (peak resident memory in kB, CPU seconds) of a process.
 pub fn live(args: &LiveArgs) -> anyhow::Result<()> {
-    let t = crate::cmd::load(&args.file)?;
+    let t = crate::cmd::load_with(&args.file, &args.kafka)?;
     let subs = weir_topology::graph::sub_topologies(&t);
     let (sub, node) = subs
         .iter()
@@ -250,7 +252,7 @@ pub fn live(args: &LiveArgs) -> anyhow::Result<()> {
         })
         .with_context(|| format!("{} has no websocket sink", args.file.display()))?;
     let topic = crate::cmd::run::input_topic(&t, node)?;
-    let partitions = topic_partitions(&t.settings.kafka.bootstrap_servers, &topic)?;
+    let partitions = topic_partitions(&t.settings.kafka, &topic)?;
     if partitions == 0 {
         anyhow::bail!(
             "topic {topic} does not exist: create it (deploy/dev up does) or set WEIR_TOPIC_CLEAN"
@@ -274,19 +276,14 @@ pub fn live(args: &LiveArgs) -> anyhow::Result<()> {
             "--http-port",
             &port.to_string(),
         ])
+        .args(super::forward_options(&args.kafka))
         .env("WEIR_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
         .context("starting weir run")?;
     let server_pid = server.id();
-    let result = drive(
-        args,
-        port,
-        &topic,
-        &t.settings.kafka.bootstrap_servers,
-        server_pid,
-    );
+    let result = drive(args, port, &topic, &t.settings.kafka, server_pid);
     let (peak_kb, cpu) = process_usage(server_pid);
     let _ = Command::new("kill")
         .args(["-TERM", &server_pid.to_string()])
@@ -308,12 +305,16 @@ pub fn live(args: &LiveArgs) -> anyhow::Result<()> {
 }
 
 /// How many partitions `topic` has (0 when it does not exist); never creates it.
-fn topic_partitions(bootstrap: &str, topic: &str) -> anyhow::Result<usize> {
+fn topic_partitions(
+    kafka: &weir_topology::config::KafkaSettings,
+    topic: &str,
+) -> anyhow::Result<usize> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("allow.auto.create.topics", "false")
-        .set_log_level(rdkafka::config::RDKafkaLogLevel::Critical)
+    let bootstrap = &kafka.bootstrap_servers;
+    let c: BaseConsumer = kafka
+        .client("bench-live-probe", |c| {
+            c.set("allow.auto.create.topics", "false");
+        })
         .create()?;
     let md = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))
@@ -334,7 +335,7 @@ fn drive(
     args: &LiveArgs,
     port: u16,
     topic: &str,
-    bootstrap: &str,
+    kafka: &weir_topology::config::KafkaSettings,
     server_pid: u32,
 ) -> anyhow::Result<Report> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -403,9 +404,10 @@ fn drive(
         "{} clients and {} stalled connected to 127.0.0.1:{port}; producing {} greetings/s into {topic} for {:?}",
         args.clients, args.stalled, args.rate, args.duration
     );
-    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "1")
+    let producer: ThreadedProducer<DefaultProducerContext> = kafka
+        .client("bench-live", |c| {
+            c.set("linger.ms", "1");
+        })
         .create()
         .context("creating the producer")?;
     let total = args.rate * args.duration.as_secs();

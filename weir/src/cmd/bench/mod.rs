@@ -34,6 +34,17 @@ pub struct Load {
     /// Runs of each contender, alternating.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    #[command(flatten)]
+    pub kafka: crate::cmd::KafkaOptions,
+}
+
+/// `-X KEY=VALUE` again, for a `weir run` the bench starts.
+fn forward_options(kafka: &crate::cmd::KafkaOptions) -> Vec<String> {
+    kafka
+        .options
+        .iter()
+        .flat_map(|(k, v)| ["-X".to_owned(), format!("{k}={v}")])
+        .collect()
 }
 
 /// The median (the upper one of an even count).
@@ -51,14 +62,18 @@ struct FreshTopics {
 }
 
 impl FreshTopics {
-    fn create(bootstrap: &str, partitions: i32, whats: &[&str]) -> anyhow::Result<Self> {
+    fn create(
+        kafka: &weir_topology::config::KafkaSettings,
+        partitions: i32,
+        whats: &[&str],
+    ) -> anyhow::Result<Self> {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let prefix = format!("weir-bench-{stamp}-{}", std::process::id());
-        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let admin: AdminClient<DefaultClientContext> = kafka
+            .client("bench-admin", |_| {})
             .create()
             .context("creating the admin client")?;
         let names: Vec<String> = whats.iter().map(|w| format!("{prefix}-{w}")).collect();

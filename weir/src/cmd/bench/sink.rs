@@ -47,10 +47,6 @@ pub struct SinkArgs {
     /// The raw records made (the clean ones among them are the sink's input) and the rounds.
     #[command(flatten)]
     pub load: super::Load,
-    /// A librdkafka property for the sink's consumer, over the topology's `[kafka] options`
-    /// (repeatable).
-    #[arg(short = 'X', long = "consumer-option", value_name = "KEY=VALUE", value_parser = crate::cmd::ingest::parse_option)]
-    pub consumer_options: Vec<(String, String)>,
 }
 
 /// `url` with its session's search path set to `schema` (URL or key=value form).
@@ -64,7 +60,7 @@ pub fn with_search_path(url: &str, schema: &str) -> String {
 }
 
 pub fn sink(args: &SinkArgs) -> anyhow::Result<()> {
-    let t = crate::cmd::load(&args.file)?;
+    let t = crate::cmd::load_with(&args.file, &args.load.kafka)?;
     let node = match &args.sink {
         Some(name) => t
             .node(name)
@@ -86,8 +82,8 @@ pub fn sink(args: &SinkArgs) -> anyhow::Result<()> {
         .expect("a PostgreSQL sink")
         .clone();
     let settings = crate::cmd::run::postgres_settings(&t, node, &cfg, "bench")?;
-    let bootstrap = t.settings.kafka.bootstrap_servers.clone();
-    let fresh = super::FreshTopics::create(&bootstrap, args.load.partitions, &["sink"])?;
+    let kafka = t.settings.kafka.clone();
+    let fresh = super::FreshTopics::create(&kafka, args.load.partitions, &["sink"])?;
     let topic = fresh.name("sink");
     // a schema is named like a topic, with underscores
     let schema = fresh.name("schema").replace('-', "_");
@@ -109,7 +105,7 @@ pub fn sink(args: &SinkArgs) -> anyhow::Result<()> {
             Ok::<_, anyhow::Error>(db)
         })
         .and_then(|db| {
-            let clean = fill(args, &t, &bootstrap, &topic, &settings.topic)?;
+            let clean = fill(args, &t, &kafka, &topic, &settings.topic)?;
             rounds(args, &rt, &db, settings, &url, &topic, clean)
         });
     let drop_schema = rt.block_on(async {
@@ -135,7 +131,7 @@ async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
 fn fill(
     args: &SinkArgs,
     t: &weir_topology::Topology,
-    bootstrap: &str,
+    kafka: &weir_topology::config::KafkaSettings,
     topic: &str,
     clean_topic: &str,
 ) -> anyhow::Result<u64> {
@@ -144,11 +140,10 @@ fn fill(
     let raw_topic = pipeline.topics().into_iter().next().unwrap_or_default();
     let producer =
         weir::ingest::producer::IngestProducer::new(weir::ingest::producer::ProducerSettings {
-            bootstrap_servers: bootstrap.to_owned(),
+            kafka: kafka.clone(),
             topic: topic.to_owned(),
             source: "bench",
             linger: Duration::from_millis(50),
-            overrides: Vec::new(),
         })?;
     let mut generator = weir::ingest::synthetic::Synthetic::new(7, args.load.dirty);
     let (mut key, mut value) = (String::new(), Vec::new());
@@ -215,9 +210,6 @@ fn rounds(
         settings.topic = topic.to_owned();
         settings.database_url = url.to_owned();
         settings.upstream = None;
-        settings
-            .kafka_options
-            .extend(args.consumer_options.iter().cloned());
         let sink_id = settings.sink_id();
         let registry = prometheus::Registry::new();
         let metrics = SinkMetrics::register(&registry, &settings.node)?;

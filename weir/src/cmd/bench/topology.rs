@@ -56,15 +56,15 @@ struct Run {
 }
 
 pub fn topology(args: &TopologyArgs) -> anyhow::Result<()> {
-    let t = crate::cmd::load(&args.file)?;
-    let bootstrap = t.settings.kafka.bootstrap_servers.clone();
+    let t = crate::cmd::load_with(&args.file, &args.load.kafka)?;
+    let kafka = t.settings.kafka.clone();
     let fresh = super::FreshTopics::create(
-        &bootstrap,
+        &kafka,
         args.load.partitions,
         &["raw", "clean", "dlq", "copy"],
     )?;
     let [raw, clean, dlq, copy] = ["raw", "clean", "dlq", "copy"].map(|w| fresh.name(w));
-    rounds(args, &t, &bootstrap, &raw, &clean, &dlq, &copy, &|w| {
+    rounds(args, &t, &kafka, &raw, &clean, &dlq, &copy, &|w| {
         fresh.name(w)
     })
 }
@@ -73,7 +73,7 @@ pub fn topology(args: &TopologyArgs) -> anyhow::Result<()> {
 fn rounds(
     args: &TopologyArgs,
     t: &weir_topology::Topology,
-    bootstrap: &str,
+    kafka: &weir_topology::config::KafkaSettings,
     raw: &str,
     clean: &str,
     dlq: &str,
@@ -87,11 +87,10 @@ fn rounds(
     );
     let producer =
         weir::ingest::producer::IngestProducer::new(weir::ingest::producer::ProducerSettings {
-            bootstrap_servers: bootstrap.to_owned(),
+            kafka: kafka.clone(),
             topic: raw.to_owned(),
             source: "synthetic",
             linger: Duration::from_millis(50),
-            overrides: Vec::new(),
         })?;
     let mut generator = weir::ingest::synthetic::Synthetic::new(7, args.load.dirty);
     let (mut key, mut value) = (String::new(), Vec::new());
@@ -104,7 +103,7 @@ fn rounds(
 
     let (mut pass, mut weir) = (Vec::new(), Vec::new());
     for round in 1..=args.load.rounds {
-        let p = pass_through(t, bootstrap, raw, copy, &name(&format!("pass-{round}")))?;
+        let p = pass_through(t, raw, copy, &name(&format!("pass-{round}")))?;
         eprintln!(
             "round {round}: pass-through {:.0} records/s ({} records, {} transactions committed, {:.1} s of it committing)",
             p.per_second, p.records, p.committed, p.commit
@@ -157,7 +156,6 @@ fn rounds(
 /// `commit_interval` the offsets and the copies in one transaction.
 fn pass_through(
     t: &weir_topology::Topology,
-    bootstrap: &str,
     raw: &str,
     to: &str,
     group: &str,
@@ -167,8 +165,7 @@ fn pass_through(
         application_id: group.to_owned(),
         instance: "bench".into(),
         subtopology: 0,
-        bootstrap_servers: bootstrap.to_owned(),
-        options: s.kafka.options.clone(),
+        kafka: s.kafka.clone(),
         commit_interval: s.commit_interval.as_std(),
         commit_max_records: s.commit_max_records,
         transaction_timeout: Duration::from_secs(10),
@@ -285,6 +282,7 @@ fn run_weir(
             "--instance",
             "bench",
         ])
+        .args(super::forward_options(&args.load.kafka))
         .env("WEIR_TOPIC_RAW", raw)
         .env("WEIR_TOPIC_CLEAN", clean)
         .env("WEIR_TOPIC_DLQ", dlq)
