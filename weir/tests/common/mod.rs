@@ -850,9 +850,36 @@ pub mod stack {
                 .replace("@HOST@", "127.0.0.1")
                 .replace("@PORT@", &port.to_string())
                 .replace("@CONTROLLER_PORT@", &controller.to_string())
-                .replace("@DATA@", data.to_str().unwrap());
+                .replace("@DATA@", data.to_str().unwrap())
+                // its SASL_SSL listener on a port of its own, with deploy/dev's certificate
+                .replace("@SASL_PORT@", &super::free_port().to_string())
+                .replace(
+                    "@TLS@",
+                    Path::new(&super::env("WEIR_KAFKA_CA"))
+                        .parent()
+                        .unwrap()
+                        .to_str()
+                        .unwrap(),
+                )
+                .replace(
+                    "@KEYSTORE_PASSWORD@",
+                    &super::env("WEIR_KAFKA_KEYSTORE_PASSWORD"),
+                );
             let props_path = dir.join("server.properties");
-            std::fs::write(&props_path, props).unwrap();
+            // it holds the keystore's password
+            std::io::Write::write_all(
+                &mut std::os::unix::fs::OpenOptionsExt::mode(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true),
+                    0o600,
+                )
+                .open(&props_path)
+                .unwrap(),
+                props.as_bytes(),
+            )
+            .unwrap();
             let tool = |args: &[&str]| {
                 let out = Command::new("java")
                     .args(["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"])
