@@ -6,7 +6,8 @@
 //! - `GET /healthz`: the process is up. `GET /readyz`: Kafka and PostgreSQL answer and no
 //!   sink is degraded (503 otherwise, with the reasons).
 //! - `GET /api/topology`: the topology's description.
-//! - `GET /api/windows`, `GET /api/windows/{start}`: the PostgreSQL sink's windows.
+//! - `GET /api/windows`, `GET /api/windows/{start}`: a PostgreSQL sink's windows (every
+//!   window call takes `?sink=NAME`; by default the topology's first PostgreSQL sink).
 //! - `GET /api/windows/{start}/sealable`: whether the watermark has passed the window's end
 //!   plus grace (also for a window with no rows); what Airflow's sensor polls.
 //! - `GET /api/dlq/stats`: dead letters counted by reason since the server started.
@@ -92,7 +93,10 @@ pub struct WebState {
     pub topology: Value,
     /// The admin token; `None` refuses every admin call.
     pub admin_token: Option<String>,
-    pub admin: Arc<dyn Admin>,
+    /// The admin API of each PostgreSQL sink by node name, the first answering when a call
+    /// names no `?sink=`; never empty (a topology without one has an entry that answers
+    /// readiness and has no windows).
+    pub admins: Vec<(String, Arc<dyn Admin>)>,
     /// The greeting feed, when the topology has a websocket sink.
     pub live: Option<Arc<live::Live>>,
     /// The latest dead letters, when the topology writes any.
@@ -189,6 +193,45 @@ pub(crate) fn authorize(req: &HttpRequest, state: &WebState) -> Result<(), ApiEr
     }
 }
 
+/// The admin of the sink a call names (`?sink=`), or the first.
+fn admin_for<'a>(
+    state: &'a WebState,
+    sink: &Option<String>,
+) -> Result<&'a Arc<dyn Admin>, ApiError> {
+    match sink {
+        None => state
+            .admins
+            .first()
+            .map(|(_, a)| a)
+            .ok_or_else(|| ApiError::new(404, "this topology has no PostgreSQL sink")),
+        Some(name) => state
+            .admins
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| a)
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    format!(
+                        "no PostgreSQL sink \"{name}\" (sinks: {})",
+                        state
+                            .admins
+                            .iter()
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            }),
+    }
+}
+
+/// Which sink a call is for: `?sink=NAME` (default: the first).
+#[derive(Deserialize)]
+struct SinkQuery {
+    sink: Option<String>,
+}
+
 fn parse_start(s: &str) -> Result<DateTime<Utc>, ApiError> {
     DateTime::parse_from_rfc3339(s)
         .map(|d| d.with_timezone(&Utc))
@@ -235,7 +278,22 @@ async fn readyz(state: web::Data<WebState>) -> HttpResponse {
         match &*cache {
             Some((at, answer)) if at.elapsed() < READY_TTL => answer.clone(),
             _ => {
-                let answer = state.admin.ready().await;
+                // every sink's database and health, and Kafka
+                let mut reasons: Vec<String> = Vec::new();
+                for (_, admin) in &state.admins {
+                    if let Err(r) = admin.ready().await {
+                        reasons.extend(
+                            r.into_iter()
+                                .filter(|r| !reasons.contains(r))
+                                .collect::<Vec<_>>(),
+                        );
+                    }
+                }
+                let answer = if reasons.is_empty() {
+                    Ok(())
+                } else {
+                    Err(reasons)
+                };
                 *cache = Some((std::time::Instant::now(), answer.clone()));
                 answer
             }
@@ -255,24 +313,36 @@ async fn topology(state: web::Data<WebState>) -> HttpResponse {
 #[derive(Deserialize)]
 struct Limit {
     limit: Option<i64>,
+    sink: Option<String>,
 }
 
 async fn windows(state: web::Data<WebState>, q: web::Query<Limit>) -> HttpResponse {
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    reply(state.admin.windows(limit).await)
-}
-
-async fn window(state: web::Data<WebState>, path: web::Path<String>) -> HttpResponse {
-    match parse_start(&path) {
-        Ok(start) => reply(state.admin.window(start).await),
+    match admin_for(&state, &q.sink) {
+        Ok(admin) => reply(admin.windows(limit).await),
         Err(e) => e.response(),
     }
 }
 
-async fn sealable(state: web::Data<WebState>, path: web::Path<String>) -> HttpResponse {
-    match parse_start(&path) {
-        Ok(start) => reply(state.admin.sealable(start).await),
-        Err(e) => e.response(),
+async fn window(
+    state: web::Data<WebState>,
+    path: web::Path<String>,
+    q: web::Query<SinkQuery>,
+) -> HttpResponse {
+    match (parse_start(&path), admin_for(&state, &q.sink)) {
+        (Ok(start), Ok(admin)) => reply(admin.window(start).await),
+        (Err(e), _) | (_, Err(e)) => e.response(),
+    }
+}
+
+async fn sealable(
+    state: web::Data<WebState>,
+    path: web::Path<String>,
+    q: web::Query<SinkQuery>,
+) -> HttpResponse {
+    match (parse_start(&path), admin_for(&state, &q.sink)) {
+        (Ok(start), Ok(admin)) => reply(admin.sealable(start).await),
+        (Err(e), _) | (_, Err(e)) => e.response(),
     }
 }
 
@@ -280,6 +350,7 @@ async fn sealable(state: web::Data<WebState>, path: web::Path<String>) -> HttpRe
 struct SealQuery {
     force: Option<bool>,
     by: Option<String>,
+    sink: Option<String>,
 }
 
 async fn seal(
@@ -291,31 +362,33 @@ async fn seal(
     if let Err(e) = authorize(&req, &state) {
         return e.response();
     }
-    match parse_start(&path) {
-        Ok(start) => {
+    match (parse_start(&path), admin_for(&state, &q.sink)) {
+        (Ok(start), Ok(admin)) => {
             let by = q.by.clone().unwrap_or_else(|| "api".into());
-            reply(state.admin.seal(start, q.force.unwrap_or(false), by).await)
+            reply(admin.seal(start, q.force.unwrap_or(false), by).await)
         }
-        Err(e) => e.response(),
+        (Err(e), _) | (_, Err(e)) => e.response(),
     }
 }
 
 #[derive(Deserialize)]
 struct AuditQuery {
     run_id: Option<String>,
+    sink: Option<String>,
 }
 
 async fn audit_get(
     req: HttpRequest,
     state: web::Data<WebState>,
     path: web::Path<String>,
+    q: web::Query<SinkQuery>,
 ) -> HttpResponse {
     if let Err(e) = authorize(&req, &state) {
         return e.response();
     }
-    match parse_start(&path) {
-        Ok(start) => reply(state.admin.last_audit(start).await),
-        Err(e) => e.response(),
+    match (parse_start(&path), admin_for(&state, &q.sink)) {
+        (Ok(start), Ok(admin)) => reply(admin.last_audit(start).await),
+        (Err(e), _) | (_, Err(e)) => e.response(),
     }
 }
 
@@ -328,9 +401,9 @@ async fn audit_post(
     if let Err(e) = authorize(&req, &state) {
         return e.response();
     }
-    match parse_start(&path) {
-        Ok(start) => reply(state.admin.audit(start, q.run_id.clone()).await),
-        Err(e) => e.response(),
+    match (parse_start(&path), admin_for(&state, &q.sink)) {
+        (Ok(start), Ok(admin)) => reply(admin.audit(start, q.run_id.clone()).await),
+        (Err(e), _) | (_, Err(e)) => e.response(),
     }
 }
 

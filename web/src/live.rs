@@ -340,7 +340,10 @@ pub(crate) async fn vitals(state: web::Data<WebState>) -> HttpResponse {
             label(m, "node").is_some_and(|n| names.iter().any(|x| x == n))
         })
     };
-    let window: Value = match state.admin.windows(1).await {
+    let Some((_, admin)) = state.admins.first() else {
+        return HttpResponse::InternalServerError().finish();
+    };
+    let window: Value = match admin.windows(1).await {
         Ok(v) => v["windows"].get(0).cloned().unwrap_or(Value::Null),
         Err(_) => Value::Null,
     };

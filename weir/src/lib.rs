@@ -4,9 +4,12 @@
 //! - [`admin`]: the admin API's answers (windows, seal, audit, readiness) for the web server.
 //! - [`ingest`]: raw records into Kafka, from randomuser.me or a synthetic generator.
 //! - [`registry`]: every component type the binary knows.
+//! - [`services`]: the sinks with a loop of their own (PostgreSQL, websocket), started by
+//!   `weir run` whatever their type, and what the HTTP server serves of each.
 //! - [`signals`]: SIGINT/SIGTERM as a shutdown flag for blocking loops.
 
 pub mod admin;
 pub mod ingest;
 pub mod registry;
+pub mod services;
 pub mod signals;

@@ -247,6 +247,100 @@ fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
     assert!(child.wait().unwrap().success());
 }
 
+/// Every PostgreSQL sink is started the same way and gets the admin API: a topology with two
+/// (the users sink and a copy into the same table) answers `?sink=` for each, and names the
+/// sinks when asked for one it does not have.
+#[test]
+fn every_postgres_sink_gets_the_admin_api() {
+    let users = std::fs::read_to_string(common::weir::users_toml()).unwrap();
+    let copy = "\n[sinks.users_copy]\ntype = \"postgres\"\ninputs = [\"clean_topic\"]\ntable = \"users\"\nkey = \"email\"\nwindow = \"5m\"\ngrace = \"30s\"\n";
+    let i = users
+        .find("[sinks.live]")
+        .expect("users.toml has a live sink");
+    let topology = common::scratch_dir("two-sinks").join("users-two-sinks.toml");
+    std::fs::write(&topology, format!("{}{copy}\n{}", &users[..i], &users[i..])).unwrap();
+    let t = common::weir::Topics::create("weir-two-sinks", 2);
+    let url = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(common::pg::fresh_database("weir_two_sinks"));
+    let port = common::free_port();
+    let mut child = common::Guard(
+        t.command(&["run", topology.to_str().unwrap(), "--instance", "two"])
+            .env("WEIR_DATABASE_URL", &url)
+            .env("WEIR_HTTP_PORT", port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::bootstrap())
+        .create()
+        .unwrap();
+    for i in 0..5 {
+        producer
+            .send(
+                rdkafka::producer::BaseRecord::<str, str>::to(&t.raw)
+                    .key("k")
+                    .payload(&common::users::valid_user(i)),
+            )
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    let http = Http::local(port);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for sink in ["users", "users_copy"] {
+        loop {
+            assert!(child.try_wait().unwrap().is_none(), "weir run exited");
+            if let Ok(mut r) = http
+                .agent
+                .get(&format!("{}/api/windows?sink={sink}", http.base))
+                .call()
+            {
+                let body: serde_json::Value =
+                    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+                let rows: i64 = body["windows"]
+                    .as_array()
+                    .map(|w| {
+                        w.iter()
+                            .map(|w| w["rows_written"].as_i64().unwrap_or(0))
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                if rows == 5 {
+                    assert!(
+                        body["sink"]
+                            .as_str()
+                            .unwrap()
+                            .ends_with(&format!("/{sink}")),
+                        "{body}"
+                    );
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sink {sink} never showed its 5 rows"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let (status, body) = http.call("GET", "/api/windows?sink=nope", None);
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("users, users_copy"),
+        "{body}"
+    );
+    let (status, body) = http.call("GET", "/readyz", None);
+    assert_eq!(status, 200, "{body}");
+}
+
 /// The status of a GET that names `host` in its `Host` header (written by hand: an HTTP
 /// client sets `Host` from the URL).
 fn raw_status(port: u16, host: &str, path: &str) -> u16 {

@@ -59,7 +59,7 @@ pub fn run(args: &AuditArgs) -> anyhow::Result<()> {
         _ => anyhow::bail!("several PostgreSQL sinks: choose one with --sink"),
     };
     let cfg = node.config::<PostgresSinkConfig>().expect("postgres sink");
-    let settings = super::run::postgres_settings(&t, node, cfg, "audit")?;
+    let settings = weir::services::postgres::settings(&t, node, cfg, "audit")?;
     let spec = WindowSpec {
         sink_id: sink_id(&t.settings.application_id, &node.name),
         window_ms: cfg.window.as_millis() as i64,

@@ -13,15 +13,7 @@ use weir_topology::engine::{self, EngineConfig, EngineError};
 use weir_topology::graph::sub_topologies;
 use weir_topology::metrics::Metrics;
 use weir_topology::pipeline::Pipeline;
-use weir_topology::{Node, NodeKind, Topology};
-
-use weir_sinks::dead_letter::DeadLetterConfig;
-use weir_sinks::postgres::admin::{TopicSource, WindowSpec};
-use weir_sinks::postgres::metrics::SinkMetrics;
-use weir_sinks::postgres::sink::{self as postgres_sink, Health, SinkSettings};
-use weir_sinks::postgres::upstream::UpstreamSpec;
-use weir_sinks::postgres::PostgresSinkConfig;
-use weir_sinks::websocket::WebsocketSinkConfig;
+use weir_topology::Topology;
 
 use super::{parse_duration, Exit};
 
@@ -100,9 +92,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let sub = super::processing_subtopology(&t)?;
     let shutdown = weir::signals::shutdown_flag()?;
-    let mut sinks = Vec::new();
-    let mut web_admin: Option<(SinkSettings, Arc<Health>, prometheus::IntCounter)> = None;
-    let mut live: Option<Arc<weir_web::live::Live>> = None;
+    let mut services = Vec::new();
     let all = sub_topologies(&t);
     if let Some(bad) = args
         .subtopologies
@@ -120,52 +110,24 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         return Err(Exit(2).into());
     }
     let selected = |id: usize| args.subtopologies.is_empty() || args.subtopologies.contains(&id);
+    // the sinks with a loop of their own (PostgreSQL, websocket), whatever their type
+    let live_settings = weir::services::LiveSettings {
+        allowed_origins: allowed_origins(args),
+        max_clients: args.ws_max_clients,
+    };
     for other in all.iter().filter(|s| s.id != sub.id && selected(s.id)) {
         for name in &other.nodes {
             let node = t.node(name).expect("node of the topology");
-            if let Some(cfg) = node.config::<PostgresSinkConfig>() {
-                let settings = postgres_settings(&t, node, cfg, &args.instance)?;
-                let metrics = SinkMetrics::register(&metrics_registry(&metrics), name)
-                    .context("registering the sink's metrics")?;
-                let health = Arc::new(Health::default());
-                if web_admin.is_none() {
-                    web_admin = Some((
-                        settings.clone(),
-                        health.clone(),
-                        metrics.windows_sealed.clone(),
-                    ));
-                }
-                let shutdown = shutdown.clone();
-                let thread = std::thread::Builder::new()
-                    .name(format!("weir-pg-{name}"))
-                    .spawn(move || postgres_sink::run(settings, metrics, health, shutdown))?;
-                sinks.push((name.clone(), thread));
-            } else if let Some(cfg) = node.config::<WebsocketSinkConfig>() {
-                let feed = weir_web::live::Live::new(
-                    cfg.history,
-                    &metrics.registry,
-                    allowed_origins(args),
-                    args.ws_max_clients,
-                );
-                let topic = input_topic(&t, node)?;
-                let kafka = t.settings.kafka.clone();
-                let template = cfg.message.clone();
-                let shutdown = shutdown.clone();
-                let publish_to = feed.clone();
-                live = Some(feed);
-                std::thread::Builder::new()
-                    .name(format!("weir-ws-{name}"))
-                    .spawn(move || {
-                        if let Err(e) = weir_sinks::websocket::run(
-                            &kafka,
-                            &topic,
-                            &template,
-                            &|m| publish_to.publish(m),
-                            shutdown,
-                        ) {
-                            tracing::error!(error = %e, "the websocket sink stopped");
-                        }
-                    })?;
+            let ctx = weir::services::StartContext {
+                topology: &t,
+                node,
+                instance: &args.instance,
+                metrics: &metrics,
+                shutdown: shutdown.clone(),
+                live: live_settings.clone(),
+            };
+            if let Some(started) = weir::services::start(&ctx)? {
+                services.push((name.clone(), started));
             }
         }
     }
@@ -190,38 +152,26 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let web = if args.no_http {
         None
     } else {
-        let admin: Arc<dyn weir_web::Admin> = match &web_admin {
-            Some((settings, health, sealed)) => Arc::new(
-                weir::admin::SinkAdmin::new(
-                    &settings.database_url,
-                    WindowSpec {
-                        sink_id: settings.sink_id(),
-                        window_ms: settings.config.window.as_millis() as i64,
-                        grace_ms: settings.config.grace.as_millis() as i64,
-                    },
-                    settings.config.clone(),
-                    TopicSource {
-                        kafka: settings.kafka.clone(),
-                        topic: settings.topic.clone(),
-                        slack: std::time::Duration::from_secs(3600),
-                        upstream: settings.upstream.clone(),
-                    },
-                    vec![health.clone()],
-                )?
-                .count_seals(sealed.clone()),
-            ),
-            None => Arc::new(weir::admin::NoSink {
-                kafka: weir::admin::KafkaProbe::new(&t.settings.kafka),
-            }),
-        };
+        let mut admins: Vec<(String, Arc<dyn weir_web::Admin>)> = services
+            .iter()
+            .filter_map(|(name, s)| Some((name.clone(), s.admin.clone()?)))
+            .collect();
+        if admins.is_empty() {
+            admins.push((
+                String::new(),
+                Arc::new(weir::admin::NoSink {
+                    kafka: weir::admin::KafkaProbe::new(&t.settings.kafka),
+                }),
+            ));
+        }
         let state = weir_web::WebState {
             registry: metrics.registry.clone(),
             topology: serde_json::to_value(weir_topology::describe::describe(&t))?,
             admin_token: std::env::var("WEIR_ADMIN_TOKEN")
                 .ok()
                 .filter(|t| !t.is_empty()),
-            admin,
-            live: live.clone(),
+            admins,
+            live: services.iter().find_map(|(_, s)| s.live.clone()),
             dead_letters: dead_letter_feed(&t, shutdown.clone())?,
             allowed_hosts: allowed_hosts(args),
             ready_cache: Default::default(),
@@ -253,7 +203,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     // wait for a signal, or for a loop to stop on its own (a fatal error)
     while !shutdown.load(Ordering::Relaxed)
         && !engine_thread.as_ref().is_some_and(|t| t.is_finished())
-        && !sinks.iter().any(|(_, t)| t.is_finished())
+        && !services
+            .iter()
+            .any(|(_, s)| s.critical && s.thread.is_finished())
     {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -263,15 +215,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         let _ = thread.join();
     }
     let mut failed = false;
-    for (name, thread) in sinks {
-        match thread.join() {
-            Ok(Ok(summary)) => tracing::info!(sink = %name, ?summary, "sink stopped"),
+    for (name, service) in services {
+        match service.thread.join() {
+            Ok(Ok(summary)) => tracing::info!(sink = %name, %summary, "sink stopped"),
             Ok(Err(e)) => {
-                failed = true;
+                failed |= service.critical;
                 eprintln!("weir run: sink \"{name}\": {e}");
             }
             Err(_) => {
-                failed = true;
+                failed |= service.critical;
                 eprintln!("weir run: sink \"{name}\" panicked");
             }
         }
@@ -348,76 +300,6 @@ fn dead_letter_feed(
             }
         })?;
     Ok(Some(feed))
-}
-
-fn metrics_registry(m: &Metrics) -> prometheus::Registry {
-    m.registry.clone()
-}
-
-/// The topic a sink reads: the topic its input (a topic sink) writes.
-pub fn input_topic(t: &Topology, node: &Node) -> anyhow::Result<String> {
-    node.inputs
-        .iter()
-        .filter_map(|i| t.node(&i.node))
-        .find_map(|up| up.config.topic().map(str::to_owned))
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "sink \"{}\" reads no topic: its input must be a kafka sink",
-                node.name
-            )
-        })
-}
-
-/// Everything a PostgreSQL sink of the topology needs to run.
-pub fn postgres_settings(
-    t: &Topology,
-    node: &Node,
-    cfg: &PostgresSinkConfig,
-    instance: &str,
-) -> anyhow::Result<SinkSettings> {
-    let database_url = match &cfg.url {
-        Some(u) => u.clone(),
-        None => std::env::var("WEIR_DATABASE_URL").map_err(|_| {
-            anyhow::anyhow!(
-                "sink \"{}\" needs a PostgreSQL URL: set WEIR_DATABASE_URL (deploy/dev exports it) or the sink's url",
-                node.name
-            )
-        })?,
-    };
-    let topic = input_topic(t, node)?;
-    Ok(SinkSettings {
-        application_id: t.settings.application_id.clone(),
-        node: node.name.clone(),
-        instance: instance.to_owned(),
-        config: cfg.clone(),
-        upstream: upstream_of(t, &topic),
-        topic,
-        kafka: t.settings.kafka.clone(),
-        database_url,
-    })
-}
-
-/// The application upstream of `topic` in this topology: the sub-topology whose topic sink
-/// writes it, read by the application's consumer group from its sources' topics.
-pub fn upstream_of(t: &Topology, topic: &str) -> Option<UpstreamSpec> {
-    let writer = t
-        .nodes
-        .iter()
-        .find(|n| n.kind == NodeKind::Sink && n.config.topic() == Some(topic))?;
-    let sub = sub_topologies(t)
-        .into_iter()
-        .find(|s| s.nodes.contains(&writer.name))?;
-    let dead_letter_topics = sub
-        .nodes
-        .iter()
-        .filter_map(|n| t.node(n)?.config::<DeadLetterConfig>())
-        .map(|c| c.topic.clone())
-        .collect();
-    (!sub.source_topics.is_empty()).then(|| UpstreamSpec {
-        group: t.settings.application_id.clone(),
-        topics: sub.source_topics,
-        dead_letter_topics,
-    })
 }
 
 /// Starts the HTTP server on a thread of its own (an actix system); fails at once when the

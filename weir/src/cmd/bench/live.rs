@@ -251,7 +251,7 @@ pub fn live(args: &LiveArgs) -> anyhow::Result<()> {
             })
         })
         .with_context(|| format!("{} has no websocket sink", args.file.display()))?;
-    let topic = crate::cmd::run::input_topic(&t, node)?;
+    let topic = weir::services::input_topic(&t, node)?;
     let partitions = topic_partitions(&t.settings.kafka, &topic)?;
     if partitions == 0 {
         anyhow::bail!(

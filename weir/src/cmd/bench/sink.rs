@@ -81,7 +81,7 @@ pub fn sink(args: &SinkArgs) -> anyhow::Result<()> {
         .config::<PostgresSinkConfig>()
         .expect("a PostgreSQL sink")
         .clone();
-    let settings = crate::cmd::run::postgres_settings(&t, node, &cfg, "bench")?;
+    let settings = weir::services::postgres::settings(&t, node, &cfg, "bench")?;
     let kafka = t.settings.kafka.clone();
     let fresh = super::FreshTopics::create(&kafka, args.load.partitions, &["sink"])?;
     let topic = fresh.name("sink");
