@@ -10,8 +10,8 @@ use std::any::Any;
 use std::io::Write;
 
 use serde::Deserialize;
+use weir_topology::build::{BuildContext, BuildError, Built, Processor};
 use weir_topology::fields::{write_json_str, Field, FieldPlan, Parsed};
-use weir_topology::pipeline::{BuildContext, Built, Processor};
 use weir_topology::schema::{FieldType, Schema, SchemaField};
 use weir_topology::{Body, CleanRow, DataType, Envelope, NodeConfig, OutputSpec};
 
@@ -186,10 +186,10 @@ impl NodeConfig for CleanConfig {
         })
     }
 
-    fn build(&self, ctx: &BuildContext) -> Result<Built, String> {
+    fn build(&self, ctx: &BuildContext) -> Result<Built, BuildError> {
         let problems = self.check();
         if !problems.is_empty() {
-            return Err(problems.join("; "));
+            return Err(BuildError::Problems(problems));
         }
         Ok(Built::Processor(Box::new(Clean::new(self, ctx.plan)?)))
     }
@@ -233,7 +233,7 @@ pub struct Clean {
 }
 
 impl Clean {
-    pub fn new(config: &CleanConfig, plan: &FieldPlan) -> Result<Self, String> {
+    pub fn new(config: &CleanConfig, plan: &FieldPlan) -> Result<Self, BuildError> {
         let mut fields = Vec::new();
         for (i, f) in config.fields.iter().enumerate() {
             let mut sources = Vec::new();
@@ -243,11 +243,14 @@ impl Clean {
                         config.fields[..i]
                             .iter()
                             .position(|g| g.name == name)
-                            .ok_or_else(|| format!("no field \"{name}\" above \"{}\"", f.name))?,
+                            .ok_or_else(|| BuildError::UnknownField {
+                                name: name.to_owned(),
+                                field: f.name.clone(),
+                            })?,
                     ),
                     None => Source::Path(
                         plan.index(s)
-                            .ok_or_else(|| format!("the source does not read {s}"))?,
+                            .ok_or_else(|| BuildError::Unread(s.to_owned()))?,
                     ),
                 });
             }

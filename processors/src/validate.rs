@@ -8,8 +8,8 @@
 use serde::Deserialize;
 use std::any::Any;
 use std::collections::BTreeMap;
+use weir_topology::build::{BuildContext, BuildError, Built, Processor};
 use weir_topology::fields::{Field, FieldPlan, Parsed};
-use weir_topology::pipeline::{BuildContext, Built, Processor};
 use weir_topology::{Body, DataType, Envelope, Failure, NodeConfig, OutputSpec};
 
 /// Checks records against rules; sends failures, with every reason, to `invalid`.
@@ -128,7 +128,7 @@ impl NodeConfig for ValidateConfig {
         self.paths().map(str::to_owned).collect()
     }
 
-    fn build(&self, ctx: &BuildContext) -> Result<Built, String> {
+    fn build(&self, ctx: &BuildContext) -> Result<Built, BuildError> {
         Ok(Built::Processor(Box::new(Validate::new(
             self.clone(),
             ctx.node,
@@ -261,11 +261,11 @@ pub struct Validate {
 
 impl Validate {
     /// The processor for `config`, its paths looked up in `plan` (which holds them all).
-    pub fn new(config: ValidateConfig, node: &str, plan: &FieldPlan) -> Result<Self, String> {
+    pub fn new(config: ValidateConfig, node: &str, plan: &FieldPlan) -> Result<Self, BuildError> {
         let at = |path: &String| {
             plan.index(path)
                 .map(|i| (path.clone(), i))
-                .ok_or_else(|| format!("the source does not read {path}"))
+                .ok_or_else(|| BuildError::Unread(path.clone()))
         };
         let mut formats = Vec::new();
         for (paths, check) in [

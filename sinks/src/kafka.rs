@@ -5,7 +5,7 @@
 use std::any::Any;
 
 use serde::Deserialize;
-use weir_topology::pipeline::{BuildContext, Built, OutRecord, SinkEncoder};
+use weir_topology::build::{BuildContext, BuildError, Built, OutRecord, SinkEncoder};
 use weir_topology::{Body, DataType, Envelope, NodeConfig, OutputSpec};
 
 /// Writes records as JSON to a Kafka topic.
@@ -41,7 +41,7 @@ impl NodeConfig for KafkaSinkConfig {
         format!("topic: {}", self.topic)
     }
 
-    fn build(&self, _ctx: &BuildContext) -> Result<Built, String> {
+    fn build(&self, _ctx: &BuildContext) -> Result<Built, BuildError> {
         Ok(Built::Topic(Box::new(TopicEncoder {
             topic: self.topic.as_str().into(),
         })))

@@ -109,9 +109,9 @@ pub trait NodeConfig: fmt::Debug + Send + Sync + Any {
     /// with its own loop. The error names what is wrong.
     fn build(
         &self,
-        _ctx: &crate::pipeline::BuildContext,
-    ) -> Result<crate::pipeline::Built, String> {
-        Ok(crate::pipeline::Built::External)
+        _ctx: &crate::build::BuildContext,
+    ) -> Result<crate::build::Built, crate::build::BuildError> {
+        Ok(crate::build::Built::External)
     }
     fn as_any(&self) -> &dyn Any;
 }

@@ -7,7 +7,6 @@
 //! struct (serde, `deny_unknown_fields`).
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -147,8 +146,11 @@ impl NodeConfig for Unchecked {
     fn outputs(&self) -> Vec<crate::OutputSpec> {
         Vec::new()
     }
-    fn build(&self, _: &crate::pipeline::BuildContext) -> Result<crate::Built, String> {
-        Err("the node's configuration has errors".into())
+    fn build(
+        &self,
+        _: &crate::build::BuildContext,
+    ) -> Result<crate::Built, crate::build::BuildError> {
+        Err(crate::build::BuildError::Unchecked)
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self
@@ -245,24 +247,15 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "tests",
 ];
 
-/// Reads and checks a topology file; environment variables come from the process.
-pub fn load_file(path: &Path, registry: &Registry) -> Result<Topology, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    load_str(&path.display().to_string(), &text, registry, &|k| {
-        std::env::var(k).ok()
-    })
-}
-
-/// Parses and checks a topology from text. `env` resolves `${VAR}` references.
-pub fn load_str(
+/// Parses a topology from text and checks each node (`env` resolves `${VAR}` references):
+/// the topology and what is wrong with it so far, or only what is wrong when it has no
+/// settings to stand on. [`crate::load`] adds the checks of the graph.
+pub(crate) fn parse(
     file: &str,
     text: &str,
     registry: &Registry,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Topology, LoadError> {
+) -> Result<(Topology, Vec<Diagnostic>), LoadError> {
     let map = SourceMap::new(file, text);
     let doc = match ImDocument::parse(text) {
         Ok(doc) => doc,
@@ -374,14 +367,7 @@ pub fn load_str(
         tests,
         map: map.clone(),
     };
-    diags.extend(crate::graph::check(&topology));
-    if diags.is_empty() {
-        Ok(topology)
-    } else {
-        diags.sort_by_key(|d| (d.line, d.column));
-        diags.dedup();
-        Err(LoadError::Invalid(diags))
-    }
+    Ok((topology, diags))
 }
 
 fn key_offset(table: &Table, key: &str) -> Option<usize> {

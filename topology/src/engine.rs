@@ -61,6 +61,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::config::KafkaSettings;
 use crate::metrics::Metrics;
 use crate::pipeline::{OutRecord, Pipeline};
+pub use crate::pipeline::{Refusal, REFUSED_PREVIEW_BYTES};
 use crate::record::Origin;
 
 /// The header that counts how often a record was replayed from the dead-letter topic.
@@ -68,9 +69,6 @@ pub const REPLAY_COUNT_HEADER: &str = "weir.replay.count";
 
 /// At most this many records ready in the consumer are read and processed together.
 const BATCH_MAX: usize = 512;
-
-/// How many bytes of a refused record's value its dead letter keeps.
-pub const REFUSED_PREVIEW_BYTES: usize = 1024;
 
 /// What the engine runs: turns each input record into output records.
 pub trait Job: Send {
@@ -87,7 +85,7 @@ pub trait Job: Send {
     fn refusal(&mut self, input: &BorrowedMessage<'_>, refusal: &Refusal) -> Option<OutRecord>;
     /// Called once the producer holds its transactional id (an earlier run's open
     /// transaction is aborted by then), before the first record; again after a restart.
-    fn on_start(&mut self) -> Result<(), String> {
+    fn on_start(&mut self) -> Result<(), StartError> {
         Ok(())
     }
     /// The open transaction committed: what the job did since the last call is settled.
@@ -101,17 +99,6 @@ pub trait Job: Send {
     /// The open transaction aborted: what the job did since the last commit is undone, and
     /// its records come again.
     fn on_abort(&mut self) {}
-}
-
-/// Why the broker (or the producer, before sending) refused an output record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// `record.too_large` or `produce.refused`.
-    pub reason: &'static str,
-    /// One sentence: which output, how large, what the broker said.
-    pub message: String,
-    /// The topic of the refused output.
-    pub topic: String,
 }
 
 impl Refusal {
@@ -171,6 +158,15 @@ pub enum InputMode {
         group_id: String,
         partitions: Vec<PartitionRange>,
     },
+}
+
+/// Why a job could not start: what it reads before its first transaction, and Kafka's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct StartError {
+    /// What the job was reading (`the replay ledger <topic>`).
+    pub what: String,
+    pub source: KafkaError,
 }
 
 /// Settings of one engine instance.
@@ -238,7 +234,7 @@ pub enum EngineError {
     #[error("could not rewind to the aborted transaction's first offsets within {limit:?} ({source}); stopping rather than reading on past records that were not committed")]
     Rewind { limit: Duration, source: KafkaError },
     #[error("the job could not start: {0}")]
-    Start(String),
+    Start(#[from] StartError),
     #[error("record {topic}/{partition}@{offset} has no possible fate: {why}")]
     NoFate {
         topic: String,

@@ -1,10 +1,11 @@
 //! Weir's core: what every component builds on.
 //!
-//! - [`config`]: the topology file model and its loader, which collects every problem with
-//!   its `file:line:column` before anything connects ([`diagnostic`], [`duration`],
-//!   [`interpolate`]).
+//! - [`config`]: the topology file model and its parser; [`load`] adds the graph's checks
+//!   and collects every problem with its `file:line:column` before anything connects
+//!   ([`diagnostic`], [`duration`], [`interpolate`]).
 //! - [`component`]: what a component declares (kind, accepted and emitted record types,
-//!   topic) and the [`component::Registry`] the binary fills.
+//!   topic) and the [`component::Registry`] the binary fills; [`build`] is what a node
+//!   becomes when it runs (a processor or a topic sink's encoder) and why it cannot.
 //! - [`graph`]: input checks, cycles, and the split into sub-topologies at topics;
 //!   [`describe`] prints it.
 //! - [`record`]: records in flight, the clean row and failures; [`fields`] reads the fields
@@ -21,6 +22,7 @@
 //! binary knows every component. The topology files that ship (`users.toml`) sit beside
 //! this crate's `Cargo.toml`.
 
+pub mod build;
 pub mod component;
 pub mod config;
 pub mod describe;
@@ -31,14 +33,17 @@ pub mod fields;
 pub mod graph;
 pub mod interpolate;
 pub mod kafka;
+pub mod load;
 pub mod metrics;
 pub mod pipeline;
 pub mod record;
 pub mod schema;
 pub mod source;
 
+pub use build::{BuildError, Built, OutRecord, Processor, SinkEncoder};
 pub use component::{ComponentType, DataType, NodeConfig, NodeKind, OutputSpec, Registry};
-pub use config::{load_file, load_str, LoadError, Node, Topology};
+pub use config::{LoadError, Node, Topology};
 pub use duration::Duration;
-pub use pipeline::{Built, OutRecord, Pipeline, Processor, SinkEncoder};
+pub use load::{load_file, load_str};
+pub use pipeline::Pipeline;
 pub use record::{Body, CleanRow, Envelope, Failure, Origin};

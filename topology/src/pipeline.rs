@@ -6,64 +6,12 @@ use std::collections::HashMap;
 
 use prometheus::IntCounter;
 
+pub use crate::build::{BuildContext, BuildError, Built, OutRecord, Processor, SinkEncoder};
 use crate::component::NodeKind;
 use crate::config::Topology;
-use crate::engine::{Refusal, REFUSED_PREVIEW_BYTES};
 use crate::graph::SubTopology;
 use crate::metrics::Metrics;
 use crate::record::{Body, Envelope, Failure, Origin};
-
-/// A node that transforms records. It pushes zero or more `(output, record)` pairs, where
-/// `None` is the default output and `Some("invalid")` a named one.
-pub trait Processor: Send {
-    fn process(&mut self, record: Envelope, out: &mut Vec<(Option<&'static str>, Envelope)>);
-}
-
-/// A record ready for a Kafka producer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutRecord {
-    /// Shared by every record a sink writes.
-    pub topic: std::sync::Arc<str>,
-    pub key: Option<Vec<u8>>,
-    pub value: Vec<u8>,
-    /// Headers in order; a header may have no value.
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
-    /// Milliseconds since the epoch; downstream records keep the input record's timestamp.
-    pub timestamp: Option<i64>,
-}
-
-/// A sink that writes a Kafka topic inside the sub-topology's transaction.
-pub trait SinkEncoder: Send {
-    fn encode(&self, record: &Envelope) -> OutRecord;
-    /// [`SinkEncoder::encode`] of a record nobody needs afterwards: an encoder may move its
-    /// bytes instead of copying them.
-    fn encode_owned(&self, record: Envelope) -> OutRecord {
-        self.encode(&record)
-    }
-    /// True for a dead-letter sink: it takes failed records, including those whose output
-    /// the broker refused.
-    fn dead_letters(&self) -> bool {
-        false
-    }
-}
-
-/// What a node turns into when its sub-topology runs.
-pub enum Built {
-    Processor(Box<dyn Processor>),
-    /// A sink whose records go out in the Kafka transaction.
-    Topic(Box<dyn SinkEncoder>),
-    /// A sink with its own loop (PostgreSQL, websocket): it reads a topic, not this pipeline.
-    External,
-}
-
-/// What a node's build step may use.
-pub struct BuildContext<'a> {
-    pub application_id: &'a str,
-    pub node: &'a str,
-    /// Every raw JSON path the sub-topology's nodes read: the source reads them, the others
-    /// look their values up by index.
-    pub plan: &'a std::sync::Arc<crate::fields::FieldPlan>,
-}
 
 /// Where one input record ended up.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,12 +24,26 @@ pub struct Fate {
     pub record: Option<OutRecord>,
 }
 
-/// A sub-topology's nodes failed to build.
+/// A node of a sub-topology failed to build.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build node \"{node}\": {message}")]
-pub struct BuildError {
+#[error("cannot build node \"{node}\": {source}")]
+pub struct NodeBuildError {
     pub node: String,
+    pub source: BuildError,
+}
+
+/// How many bytes of a refused record's value its dead letter keeps.
+pub const REFUSED_PREVIEW_BYTES: usize = 1024;
+
+/// Why the broker (or the producer, before sending) refused an output record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `record.too_large` or `produce.refused`.
+    pub reason: &'static str,
+    /// One sentence: which output, how large, what the broker said.
     pub message: String,
+    /// The topic of the refused output.
+    pub topic: String,
 }
 
 enum Stage {
@@ -118,7 +80,7 @@ impl Pipeline {
         t: &Topology,
         sub: &SubTopology,
         metrics: Option<&Metrics>,
-    ) -> Result<Self, BuildError> {
+    ) -> Result<Self, NodeBuildError> {
         let index: HashMap<&str, usize> = sub
             .nodes
             .iter()
@@ -141,9 +103,9 @@ impl Pipeline {
                 node: name,
                 plan: &plan,
             };
-            let stage = match node.config.build(&ctx).map_err(|message| BuildError {
+            let stage = match node.config.build(&ctx).map_err(|source| NodeBuildError {
                 node: name.clone(),
-                message,
+                source,
             })? {
                 Built::Processor(p) => Stage::Processor(p),
                 Built::Topic(e) => Stage::Topic(e),

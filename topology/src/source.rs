@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use crate::fields::{FieldPlan, Parsed};
 
+use crate::build::{BuildContext, BuildError, Built, Processor};
 use crate::component::{DataType, NodeConfig, OutputSpec};
-use crate::pipeline::{BuildContext, Built, Processor};
 use crate::record::{Body, Envelope, Failure};
 
 /// Reads a Kafka topic (`read_committed`) as the start of a sub-topology.
@@ -48,7 +48,7 @@ impl NodeConfig for KafkaSourceConfig {
         format!("topic: {}", self.topic)
     }
 
-    fn build(&self, ctx: &BuildContext) -> Result<Built, String> {
+    fn build(&self, ctx: &BuildContext) -> Result<Built, BuildError> {
         Ok(Built::Processor(Box::new(Decode {
             node: ctx.node.to_owned(),
             plan: ctx.plan.clone(),

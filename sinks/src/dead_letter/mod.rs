@@ -20,8 +20,8 @@
 use std::any::Any;
 
 use serde::Deserialize;
+use weir_topology::build::{BuildContext, BuildError, Built, OutRecord, SinkEncoder};
 use weir_topology::engine::REPLAY_COUNT_HEADER;
-use weir_topology::pipeline::{BuildContext, Built, OutRecord, SinkEncoder};
 use weir_topology::{Body, DataType, Envelope, NodeConfig, OutputSpec};
 
 pub mod reader;
@@ -66,7 +66,7 @@ impl NodeConfig for DeadLetterConfig {
         format!("topic: {}", self.topic)
     }
 
-    fn build(&self, ctx: &BuildContext) -> Result<Built, String> {
+    fn build(&self, ctx: &BuildContext) -> Result<Built, BuildError> {
         Ok(Built::Topic(Box::new(DeadLetterEncoder {
             topic: self.topic.as_str().into(),
             application_id: ctx.application_id.to_owned(),

@@ -29,7 +29,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use weir_topology::engine::{Job, Refusal, REPLAY_COUNT_HEADER};
+use weir_topology::engine::{Job, Refusal, StartError, REPLAY_COUNT_HEADER};
 use weir_topology::pipeline::OutRecord;
 
 use super::reader::DeadLetter;
@@ -190,10 +190,13 @@ impl ReplayJob {
 }
 
 impl Job for ReplayJob {
-    fn on_start(&mut self) -> Result<(), String> {
+    fn on_start(&mut self) -> Result<(), StartError> {
         // after init_transactions: a killed replay's open transaction is aborted by now
-        self.ledger = read_ledger(&self.kafka, &self.ledger_topic)
-            .map_err(|e| format!("reading the replay ledger {}: {e}", self.ledger_topic))?;
+        self.ledger =
+            read_ledger(&self.kafka, &self.ledger_topic).map_err(|source| StartError {
+                what: format!("reading the replay ledger {}", self.ledger_topic),
+                source,
+            })?;
         self.pending.clear();
         self.pending_tally = Tally::default();
         Ok(())

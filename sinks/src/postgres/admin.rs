@@ -341,13 +341,24 @@ pub struct AuditReport {
     pub run_id: Option<String>,
 }
 
+/// Why a topic could not be read for an audit.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("topic \"{0}\" has no partitions (does it exist?)")]
+    NoPartitions(String),
+    #[error("{0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
 /// Why an audit could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("PostgreSQL: {0}")]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("reading the clean topic: {0}")]
-    Kafka(String),
+    #[error("reading the topics: {0}")]
+    Scan(#[from] ScanError),
+    #[error("the audit's reading thread: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("{start} is not the start of a window of {window_ms} ms")]
     NotAligned {
         start: DateTime<Utc>,
@@ -359,7 +370,7 @@ fn scan(
     source: &TopicSource,
     start: Millis,
     end: Millis,
-) -> Result<HashMap<(i32, i64), Scanned>, String> {
+) -> Result<HashMap<(i32, i64), Scanned>, ScanError> {
     let mut found = HashMap::new();
     scan_topic(source, &source.topic, start, end, |m| {
         let t = m.timestamp().to_millis().unwrap_or(0);
@@ -383,7 +394,7 @@ fn scan_topic(
     start: Millis,
     end: Millis,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
-) -> Result<(), String> {
+) -> Result<(), ScanError> {
     let consumer: BaseConsumer = source
         .kafka
         .client("audit", |c| {
@@ -392,53 +403,40 @@ fn scan_topic(
                 .set("enable.auto.commit", "false")
                 .set("enable.partition.eof", "true");
         })
-        .create()
-        .map_err(|e| e.to_string())?;
+        .create()?;
     let timeout = Duration::from_secs(30);
-    let metadata = consumer
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| e.to_string())?;
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
         .topics()
         .iter()
         .flat_map(|t| t.partitions().iter().map(|p| p.id()))
         .collect();
     if partitions.is_empty() {
-        return Err(format!(
-            "topic \"{topic}\" has no partitions (does it exist?)"
-        ));
+        return Err(ScanError::NoPartitions(topic.to_owned()));
     }
     let from = start - source.slack.as_millis() as i64;
     let mut times = TopicPartitionList::new();
     for p in &partitions {
-        times
-            .add_partition_offset(topic, *p, Offset::Offset(from.max(0)))
-            .map_err(|e| e.to_string())?;
+        times.add_partition_offset(topic, *p, Offset::Offset(from.max(0)))?;
     }
-    let starts = consumer
-        .offsets_for_times(times, timeout)
-        .map_err(|e| e.to_string())?;
+    let starts = consumer.offsets_for_times(times, timeout)?;
     let mut open = HashSet::new();
     let mut assign = TopicPartitionList::new();
     for e in starts.elements() {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, e.partition(), timeout)
-            .map_err(|e| e.to_string())?;
+        let (_, high) = consumer.fetch_watermarks(topic, e.partition(), timeout)?;
         let offset = match e.offset() {
             Offset::Offset(o) => o,
             _ => high,
         };
         if offset < high {
             open.insert(e.partition());
-            assign
-                .add_partition_offset(topic, e.partition(), Offset::Offset(offset))
-                .map_err(|e| e.to_string())?;
+            assign.add_partition_offset(topic, e.partition(), Offset::Offset(offset))?;
         }
     }
     if assign.count() == 0 {
         return Ok(());
     }
-    consumer.assign(&assign).map_err(|e| e.to_string())?;
+    consumer.assign(&assign)?;
     let mut last_progress = std::time::Instant::now();
     // the end of each partition (past transaction markers) ends its read; an open
     // transaction holds the committed end back: what follows it is not committed, so after
@@ -455,7 +453,7 @@ fn scan_topic(
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                 open.remove(&p);
             }
-            Some(Err(e)) => return Err(e.to_string()),
+            Some(Err(e)) => return Err(e.into()),
             None => {}
         }
     }
@@ -470,7 +468,7 @@ fn reconcile_raw(
     clean: &HashMap<(i32, i64), Scanned>,
     start: Millis,
     end: Millis,
-) -> Result<Vec<RawPartition>, String> {
+) -> Result<Vec<RawPartition>, ScanError> {
     // (raw topic, partition, offset) → fates
     let mut fates: HashMap<(String, i32, i64), (i64, i64)> = HashMap::new();
     for s in clean.values() {
@@ -593,10 +591,7 @@ pub async fn audit(
     }
     let end_ms = start_ms + spec.window_ms;
     let source2 = source.clone();
-    let scanned = tokio::task::spawn_blocking(move || scan(&source2, start_ms, end_ms))
-        .await
-        .map_err(|e| AuditError::Kafka(e.to_string()))?
-        .map_err(AuditError::Kafka)?;
+    let scanned = tokio::task::spawn_blocking(move || scan(&source2, start_ms, end_ms)).await??;
 
     let raw_partitions = match &source.upstream {
         Some(up) => {
@@ -605,9 +600,7 @@ pub async fn audit(
             tokio::task::spawn_blocking(move || {
                 reconcile_raw(&source2, &up, &clean, start_ms, end_ms)
             })
-            .await
-            .map_err(|e| AuditError::Kafka(e.to_string()))?
-            .map_err(AuditError::Kafka)?
+            .await??
         }
         None => Vec::new(),
     };

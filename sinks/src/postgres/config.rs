@@ -213,12 +213,12 @@ impl NodeConfig for PostgresSinkConfig {
     fn build(
         &self,
         _ctx: &weir_topology::pipeline::BuildContext,
-    ) -> Result<weir_topology::Built, String> {
+    ) -> Result<weir_topology::Built, weir_topology::BuildError> {
         let problems = self.check();
         if problems.is_empty() {
             Ok(weir_topology::Built::External)
         } else {
-            Err(problems.join("; "))
+            Err(weir_topology::BuildError::Problems(problems))
         }
     }
 

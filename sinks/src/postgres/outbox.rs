@@ -94,6 +94,19 @@ struct Waiting {
 
 type Producer_ = ThreadedProducer<DefaultProducerContext>;
 
+/// Why the forwarder stopped forwarding (it gives the lock up and tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("Kafka: no group metadata for the outbox's group {0}")]
+    NoGroupMetadata(String),
+    #[error("Kafka: forwarding {count} dead letters: {source}")]
+    Forwarding { count: usize, source: KafkaError },
+}
+
 /// Runs the forwarder until `shutdown`: takes the sink's lock when it is free, forwards,
 /// gives the lock up when PostgreSQL or Kafka fails, and tries again. Blocks.
 pub fn run(settings: OutboxSettings, shutdown: Arc<AtomicBool>) {
@@ -123,16 +136,16 @@ pub fn run(settings: OutboxSettings, shutdown: Arc<AtomicBool>) {
     }
 }
 
-async fn hold_and_forward(settings: &OutboxSettings, shutdown: &AtomicBool) -> Result<(), String> {
-    let (client, connection) = tokio_postgres::connect(&settings.database_url, NoTls)
-        .await
-        .map_err(|e| format!("PostgreSQL: {e}"))?;
+async fn hold_and_forward(
+    settings: &OutboxSettings,
+    shutdown: &AtomicBool,
+) -> Result<(), OutboxError> {
+    let (client, connection) = tokio_postgres::connect(&settings.database_url, NoTls).await?;
     let conn = tokio::spawn(connection);
     let lock_key = format!("weir-dead-letter-outbox:{}", settings.sink_id);
     let locked: bool = client
         .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&lock_key])
-        .await
-        .map_err(|e| format!("PostgreSQL: {e}"))?
+        .await?
         .get(0);
     if !locked {
         // another instance forwards this sink's dead letters
@@ -153,8 +166,7 @@ async fn forward(
     settings: &OutboxSettings,
     client: &Client,
     shutdown: &AtomicBool,
-) -> Result<(), String> {
-    let k = |e: KafkaError| format!("Kafka: {e}");
+) -> Result<(), OutboxError> {
     let timeout = Duration::from_secs(30);
     let producer: Producer_ = kafka_config(settings)
         .set("transactional.id", settings.transactional_id())
@@ -162,32 +174,26 @@ async fn forward(
         .set("acks", "all")
         .set("transaction.timeout.ms", "30000")
         .set("partitioner", "murmur2_random")
-        .create()
-        .map_err(k)?;
+        .create()?;
     // fences a forwarder that held the lock before and aborts its open transaction
-    producer.init_transactions(timeout).map_err(k)?;
+    producer.init_transactions(timeout)?;
     let consumer: BaseConsumer = kafka_config(settings)
         .set("group.id", settings.group())
         .set("enable.auto.commit", "false")
-        .create()
-        .map_err(k)?;
+        .create()?;
     let meta = consumer
         .group_metadata()
-        .ok_or("Kafka: no group metadata for the outbox's group")?;
+        .ok_or_else(|| OutboxError::NoGroupMetadata(settings.group()))?;
     // what was forwarded: the group's offsets, read once the old forwarder is fenced
     let mut sent: HashMap<i32, i64> = HashMap::new();
     while !shutdown.load(Ordering::Relaxed) {
-        client
-            .execute("SELECT 1", &[])
-            .await
-            .map_err(|e| format!("PostgreSQL (the outbox lock's session): {e}"))?;
+        client.execute("SELECT 1", &[]).await?;
         let partitions: Vec<i32> = client
             .query(
                 "SELECT DISTINCT partition FROM dead_letter_outbox WHERE sink = $1 AND topic = $2",
                 &[&settings.sink_id, &settings.topic],
             )
-            .await
-            .map_err(|e| format!("PostgreSQL: {e}"))?
+            .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
@@ -201,7 +207,7 @@ async fn forward(
             for p in &unknown {
                 tpl.add_partition(&settings.topic, *p);
             }
-            let committed = consumer.committed_offsets(tpl, timeout).map_err(k)?;
+            let committed = consumer.committed_offsets(tpl, timeout)?;
             for p in unknown {
                 let at = committed
                     .find_partition(&settings.topic, p)
@@ -219,14 +225,14 @@ async fn forward(
                     &[&settings.sink_id, &settings.topic, p, next],
                 )
                 .await
-                .map_err(|e| format!("PostgreSQL: {e}"))?;
+        ?;
         }
         let waiting = waiting(client, settings, &sent).await?;
         if waiting.is_empty() {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         }
-        producer.begin_transaction().map_err(k)?;
+        producer.begin_transaction()?;
         let mut next: HashMap<i32, i64> = HashMap::new();
         let mut failed = None;
         for w in &waiting {
@@ -241,8 +247,7 @@ async fn forward(
             None => {
                 let mut tpl = TopicPartitionList::new();
                 for (p, o) in &next {
-                    tpl.add_partition_offset(&settings.topic, *p, Offset::Offset(*o))
-                        .map_err(k)?;
+                    tpl.add_partition_offset(&settings.topic, *p, Offset::Offset(*o))?;
                 }
                 producer
                     .send_offsets_to_transaction(&tpl, &meta, timeout)
@@ -259,10 +264,10 @@ async fn forward(
             }
             Err(e) => {
                 let _ = producer.abort_transaction(timeout);
-                return Err(format!(
-                    "Kafka: forwarding {} dead letters: {e}",
-                    waiting.len()
-                ));
+                return Err(OutboxError::Forwarding {
+                    count: waiting.len(),
+                    source: e,
+                });
             }
         }
     }
@@ -273,7 +278,7 @@ async fn waiting(
     client: &Client,
     settings: &OutboxSettings,
     sent: &HashMap<i32, i64>,
-) -> Result<Vec<Waiting>, String> {
+) -> Result<Vec<Waiting>, OutboxError> {
     let (partitions, from): (Vec<i32>, Vec<i64>) = sent.iter().map(|(p, o)| (*p, *o)).unzip();
     let rows = client
         .query(
@@ -285,7 +290,7 @@ async fn waiting(
             &[&settings.sink_id, &settings.topic, &partitions, &from],
         )
         .await
-        .map_err(|e| format!("PostgreSQL: {e}"))?;
+?;
     Ok(rows
         .iter()
         .map(|r| {

@@ -158,7 +158,7 @@ impl Shared {
     fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> Option<T>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, String>>,
+        Fut: std::future::Future<Output = Result<T, WriteError>>,
     {
         let mut attempt = 0u32;
         loop {
@@ -194,10 +194,8 @@ impl Shared {
             let ident = self.ident.clone();
             let wanted = wanted.to_vec();
             async move {
-                let client = pool.get().await.map_err(|e| e.to_string())?;
-                load_offsets(&client, &ident, &wanted)
-                    .await
-                    .map_err(|e| e.to_string())
+                let client = pool.get().await.map_err(pool_error)?;
+                Ok(load_offsets(&client, &ident, &wanted).await?)
             }
         })
     }
@@ -432,11 +430,12 @@ fn consume(
             let pool = pool.clone();
             let cfg = cfg.clone();
             async move {
-                let client = pool.get().await.map_err(|e| e.to_string())?;
+                let client = pool.get().await.map_err(pool_error)?;
                 match Table::describe(&client, &cfg).await {
                     Ok(t) => Ok(Ok(t)),
+                    // a table that does not fit is not retried
                     Err(e @ WriteError::Table { .. }) => Ok(Err(e.to_string())),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e),
                 }
             }
         });
