@@ -5,6 +5,7 @@
 //! 77 Kafka refused the credentials or the TLS handshake, 78 a configuration error (as `vector validate`), 130 interrupted (`dlq replay`).
 
 mod cmd;
+mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,7 +51,7 @@ enum Command {
     )]
     Process { file: PathBuf },
     /// Produce raw records into Kafka from randomuser.me or a synthetic generator.
-    Ingest(cmd::ingest::IngestArgs),
+    Ingest(tools::ingest::IngestArgs),
     /// Inspect and replay the dead-letter topic.
     Dlq {
         #[command(subcommand)]
@@ -68,13 +69,13 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// The live view under load: websocket clients, greetings/s, fan-out latency, memory.
-    Live(cmd::bench::LiveArgs),
+    Live(tools::bench::LiveArgs),
     /// The exactly-once loop's throughput over fresh synthetic records.
-    Topology(cmd::bench::TopologyArgs),
+    Topology(tools::bench::TopologyArgs),
     /// The processing path's records/s per core of CPU time, with no Kafka.
-    Process(cmd::bench::ProcessArgs),
+    Process(tools::bench::ProcessArgs),
     /// The PostgreSQL sink beside COPY of the same rows into the same table.
-    Sink(cmd::bench::SinkArgs),
+    Sink(tools::bench::SinkArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,7 +114,7 @@ fn main() -> ExitCode {
         Command::Describe { file, format } => cmd::describe::run(file, *format),
         Command::Test { file } => cmd::test::run(file),
         Command::Process { file } => cmd::process::run(file),
-        Command::Ingest(args) => cmd::ingest::run(args),
+        Command::Ingest(args) => tools::ingest::run(args),
         Command::Dlq { command } => match command {
             DlqCommand::Tail(args) => cmd::dlq::tail(args),
             DlqCommand::Stats(args) => cmd::dlq::stats(args),
@@ -121,10 +122,10 @@ fn main() -> ExitCode {
         },
         Command::Audit(args) => cmd::audit::run(args),
         Command::Bench { command } => match command {
-            BenchCommand::Live(args) => cmd::bench::live(args),
-            BenchCommand::Topology(args) => cmd::bench::topology(args),
-            BenchCommand::Process(args) => cmd::bench::process(args),
-            BenchCommand::Sink(args) => cmd::bench::sink(args),
+            BenchCommand::Live(args) => tools::bench::live(args),
+            BenchCommand::Topology(args) => tools::bench::topology(args),
+            BenchCommand::Process(args) => tools::bench::process(args),
+            BenchCommand::Sink(args) => tools::bench::sink(args),
         },
     };
     match result {

@@ -1,11 +1,10 @@
-//! One module per `weir` subcommand.
+//! One module per product command of `weir` (run, check, describe, test, process, dlq,
+//! audit), and the helpers every command shares; `ingest` and `bench` are in [`crate::tools`].
 
 pub mod audit;
-pub mod bench;
 pub mod check;
 pub mod describe;
 pub mod dlq;
-pub mod ingest;
 pub mod process;
 pub mod run;
 pub mod test;
@@ -36,8 +35,18 @@ impl std::error::Error for Exit {}
 pub struct KafkaOptions {
     /// A librdkafka option for every Kafka client, over the topology's `[kafka] options`
     /// (`-X security.protocol=SASL_SSL -X sasl.mechanisms=SCRAM-SHA-512`).
-    #[arg(short = 'X', long = "kafka-option", value_name = "KEY=VALUE", value_parser = ingest::parse_option)]
+    #[arg(short = 'X', long = "kafka-option", value_name = "KEY=VALUE", value_parser = parse_kafka_option)]
     pub options: Vec<(String, String)>,
+}
+
+/// `KEY=VALUE`, as `-X` takes it.
+fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!(
+            "invalid Kafka option \"{s}\": KEY=VALUE, like security.protocol=SASL_SSL"
+        )),
+    }
 }
 
 /// [`load`] with `-X` options over the topology's `[kafka] options`; checks that the cluster

@@ -6,14 +6,12 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use anyhow::Context;
 use weir_topology::engine::{self, EngineConfig, EngineError};
 use weir_topology::graph::sub_topologies;
 use weir_topology::metrics::Metrics;
 use weir_topology::pipeline::Pipeline;
-use weir_topology::Topology;
 
 use super::{parse_duration, Exit};
 
@@ -64,28 +62,6 @@ pub struct RunArgs {
     pub ws_max_clients: usize,
 }
 
-fn allowed_hosts(args: &RunArgs) -> Vec<String> {
-    if !args.allowed_hosts.is_empty() {
-        return args.allowed_hosts.clone();
-    }
-    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "[::1]"].map(String::from).into();
-    if !matches!(args.http_host.as_str(), "0.0.0.0" | "::" | "[::]") {
-        hosts.push(args.http_host.clone());
-    }
-    hosts
-}
-
-fn allowed_origins(args: &RunArgs) -> Vec<String> {
-    if !args.allowed_origins.is_empty() {
-        return args.allowed_origins.clone();
-    }
-    let p = args.http_port;
-    vec![
-        format!("http://127.0.0.1:{p}"),
-        format!("http://localhost:{p}"),
-    ]
-}
-
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let path: &Path = &args.file;
     let t = super::load_with(path, &args.kafka)?;
@@ -112,7 +88,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let selected = |id: usize| args.subtopologies.is_empty() || args.subtopologies.contains(&id);
     // the sinks with a loop of their own (PostgreSQL, websocket), whatever their type
     let live_settings = weir::services::LiveSettings {
-        allowed_origins: allowed_origins(args),
+        allowed_origins: weir::http::allowed_origins(&args.allowed_origins, args.http_port),
         max_clients: args.ws_max_clients,
     };
     for other in all.iter().filter(|s| s.id != sub.id && selected(s.id)) {
@@ -152,33 +128,18 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let web = if args.no_http {
         None
     } else {
-        let mut admins: Vec<(String, Arc<dyn weir_web::Admin>)> = services
-            .iter()
-            .filter_map(|(name, s)| Some((name.clone(), s.admin.clone()?)))
-            .collect();
-        if admins.is_empty() {
-            admins.push((
-                String::new(),
-                Arc::new(weir::admin::NoSink {
-                    kafka: weir::admin::KafkaProbe::new(&t.settings.kafka),
-                }),
-            ));
-        }
-        let state = weir_web::WebState {
-            registry: metrics.registry.clone(),
-            topology: serde_json::to_value(weir_topology::describe::describe(&t))?,
-            admin_token: std::env::var("WEIR_ADMIN_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty()),
-            admins,
-            live: services.iter().find_map(|(_, s)| s.live.clone()),
-            dead_letters: dead_letter_feed(&t, shutdown.clone())?,
-            allowed_hosts: allowed_hosts(args),
-            ready_cache: Default::default(),
-        };
-        Some(start_web(
-            state,
-            &format!("{}:{}", args.http_host, args.http_port),
+        Some(weir::http::start(
+            &t,
+            &metrics,
+            &services,
+            weir::http::HttpSettings {
+                addr: format!("{}:{}", args.http_host, args.http_port),
+                allowed_hosts: weir::http::allowed_hosts(&args.allowed_hosts, &args.http_host),
+                admin_token: std::env::var("WEIR_ADMIN_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty()),
+            },
+            shutdown.clone(),
         )?)
     };
     let engine_thread = if selected(sub.id) {
@@ -214,20 +175,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         futures::executor::block_on(handle.stop(true));
         let _ = thread.join();
     }
-    let mut failed = false;
-    for (name, service) in services {
-        match service.thread.join() {
-            Ok(Ok(summary)) => tracing::info!(sink = %name, %summary, "sink stopped"),
-            Ok(Err(e)) => {
-                failed |= service.critical;
-                eprintln!("weir run: sink \"{name}\": {e}");
-            }
-            Err(_) => {
-                failed |= service.critical;
-                eprintln!("weir run: sink \"{name}\" panicked");
-            }
-        }
-    }
+    let failed = weir::services::join(services);
     let Some(engine_thread) = engine_thread else {
         return if failed { Err(Exit(1).into()) } else { Ok(()) };
     };
@@ -259,73 +207,4 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
         Err(e) => Err(anyhow::Error::new(e).context("the exactly-once loop stopped")),
     }
-}
-
-/// Follows the topology's dead-letter topics for `/api/dlq` and the live page's panel,
-/// starting with the last few of each partition.
-fn dead_letter_feed(
-    t: &Topology,
-    shutdown: Arc<std::sync::atomic::AtomicBool>,
-) -> anyhow::Result<Option<Arc<weir_web::live::DeadLetters>>> {
-    use weir_sinks::dead_letter::reader::{Reader, Start};
-    let topics = super::dlq::dead_letter_topics(t);
-    if topics.is_empty() {
-        return Ok(None);
-    }
-    let feed = weir_web::live::DeadLetters::new(topics.clone(), 50);
-    let fill = feed.clone();
-    let kafka = t.settings.kafka.clone();
-    std::thread::Builder::new()
-        .name("weir-dlq-view".into())
-        .spawn(move || {
-            let mut reader = loop {
-                match Reader::open(&kafka, &topics, Start::Last(20)) {
-                    Ok(r) => break r,
-                    Err(e) if !shutdown.load(Ordering::Relaxed) => {
-                        tracing::warn!(error = %e, "the dead-letter panel cannot read its topics yet; retrying");
-                        std::thread::sleep(std::time::Duration::from_secs(5));
-                    }
-                    Err(_) => return,
-                }
-            };
-            while !shutdown.load(Ordering::Relaxed) {
-                match reader.next(std::time::Duration::from_millis(200)) {
-                    Some(Ok(d)) => {
-                        let (reasons, failed_at) = (d.reasons.clone(), d.failed_at);
-                        fill.push(&reasons, failed_at, move || d.to_json(false));
-                    }
-                    Some(Err(e)) => tracing::debug!(error = %e, "reading dead letters"),
-                    None => {}
-                }
-            }
-        })?;
-    Ok(Some(feed))
-}
-
-/// Starts the HTTP server on a thread of its own (an actix system); fails at once when the
-/// address cannot be bound.
-fn start_web(
-    state: weir_web::WebState,
-    addr: &str,
-) -> anyhow::Result<(actix_web::dev::ServerHandle, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let addr = addr.to_owned();
-    let thread = std::thread::Builder::new().name("weir-http".into()).spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            match weir_web::serve(state, &addr) {
-                Ok(server) => {
-                    let _ = tx.send(Ok(server.handle()));
-                    tracing::info!(%addr, "HTTP server listening: /metrics, /healthz, /readyz, /api/…");
-                    let _ = server.await;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(anyhow::anyhow!("the HTTP server cannot listen on {addr}: {e} (set WEIR_HTTP_PORT or --http-port, or --no-http)")));
-                }
-            }
-        })
-    })?;
-    let handle = rx
-        .recv()
-        .map_err(|_| anyhow::anyhow!("the HTTP server thread stopped"))??;
-    Ok((handle, thread))
 }

@@ -73,6 +73,26 @@ pub fn start(ctx: &StartContext) -> anyhow::Result<Option<Started>> {
         .transpose()
 }
 
+/// Waits for every service to stop (after shutdown); true when one that writes data failed.
+/// Each one's end is reported.
+pub fn join(services: Vec<(String, Started)>) -> bool {
+    let mut failed = false;
+    for (name, service) in services {
+        match service.thread.join() {
+            Ok(Ok(summary)) => tracing::info!(sink = %name, %summary, "sink stopped"),
+            Ok(Err(e)) => {
+                failed |= service.critical;
+                eprintln!("weir run: sink \"{name}\": {e}");
+            }
+            Err(_) => {
+                failed |= service.critical;
+                eprintln!("weir run: sink \"{name}\" panicked");
+            }
+        }
+    }
+    failed
+}
+
 /// The topic a sink reads: the topic its input (a topic sink) writes.
 pub fn input_topic(t: &Topology, node: &Node) -> anyhow::Result<String> {
     node.inputs

@@ -10,7 +10,7 @@ use weir::ingest::producer::{now_rfc3339, IngestProducer, ProducerSettings};
 use weir::ingest::randomuser::{backoff, Client, FetchError, RandomUserConfig};
 use weir::ingest::synthetic::{Rng, Synthetic};
 
-use super::{parse_duration, Exit};
+use crate::cmd::{parse_duration, Exit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Source {
@@ -137,7 +137,7 @@ fn producer(
 ) -> anyhow::Result<IngestProducer> {
     let kafka = weir_topology::config::KafkaSettings::plain(&args.bootstrap_servers)
         .with_options(&args.producer_options);
-    super::check_kafka(&kafka)?;
+    crate::cmd::check_kafka(&kafka)?;
     IngestProducer::new(ProducerSettings {
         kafka,
         topic: args.topic.clone(),

@@ -1,0 +1,254 @@
+//! `weir dlq replay`: dead letters of a reason sent back to their source topics, each at most
+//! once (a ledger topic in the same transaction), on the engine's loop.
+
+use std::io::IsTerminal;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use weir_sinks::dead_letter::reader::{Extent, Reader, Start};
+use weir_sinks::dead_letter::replay::{
+    ensure_ledger, ledger_topic, read_ledger, Decision, ReplayJob, ReplayRules, Tally,
+};
+use weir_topology::engine::{self, EngineConfig, InputMode, PartitionRange};
+
+use super::{target_of, Common, Target, STALL};
+use crate::cmd::Exit;
+
+/// Options of `weir dlq replay`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Replays each dead letter at most once, whatever the reason asked for: a ledger topic records \
+every replayed dead letter in the same transaction, so a rerun after a crash, or a later run for another reason, \
+sends only what was never sent. Dead letters skipped, refused or unroutable now stay for a later run.\n\nExamples:\n  weir dlq replay --reason email.invalid --dry-run\n  weir dlq replay --reason email.invalid"
+)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Replay dead letters with this reason (`field.missing` also matches `field.missing:email`).
+    #[arg(long)]
+    pub reason: String,
+    /// Where to send them (default: the topic each record came from, as its headers say).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Count what would be replayed; send and commit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Refuse records already replayed this many times (the loop guard).
+    #[arg(long, default_value_t = 3)]
+    pub max_replays: u32,
+    /// The ledger of replayed dead letters (default: `<application id>-dlq-replay-ledger`,
+    /// created compacted when missing).
+    #[arg(long)]
+    pub ledger: Option<String>,
+    /// Records per transaction.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+}
+pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
+    let t = crate::cmd::load_with(&args.common.topology, &args.common.kafka)?;
+    let target = target_of(&t, &args.common)?;
+    let rules = ReplayRules {
+        reason: args.reason.clone(),
+        since: args.common.since,
+        max_replays: args.max_replays,
+        to: args.to.clone(),
+    };
+    let ledger = args
+        .ledger
+        .clone()
+        .unwrap_or_else(|| ledger_topic(&target.application_id));
+    let shutdown = weir::signals::shutdown_flag()?;
+    let tally = if args.dry_run {
+        dry_run(&target, &rules, &ledger)?
+    } else {
+        ensure_ledger(&target.kafka, &ledger)
+            .with_context(|| format!("creating the replay ledger topic {ledger}"))?;
+        let mut tally = Tally::default();
+        for topic in &target.topics {
+            tally = replay_topic(args, &target, topic, &rules, &ledger, &shutdown, tally)?;
+            if shutdown.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        tally
+    };
+    let verb = if args.dry_run {
+        "would replay"
+    } else {
+        "replayed"
+    };
+    println!(
+        "{verb} {} dead letter{} with reason {} to {}{}",
+        tally.replayed,
+        if tally.replayed == 1 { "" } else { "s" },
+        args.reason,
+        args.to.as_deref().unwrap_or("their source topics"),
+        if args.dry_run {
+            " (dry run: nothing sent, nothing written to the ledger)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  examined {}, already replayed {} (in the ledger {ledger}), skipped {} (other reasons or before --since), refused {} (replayed {} times already: the loop guard, --max-replays), previews of refused records {}, no source topic {}",
+        tally.examined,
+        tally.already,
+        tally.skipped,
+        tally.refused,
+        args.max_replays,
+        tally.truncated,
+        tally.unroutable
+    );
+    if shutdown.load(Ordering::Relaxed) {
+        eprintln!("interrupted: the committed part is kept; run again to go on");
+        return Err(Exit(130).into());
+    }
+    Ok(())
+}
+
+/// What a replay would do, from the ledger and the dead letters; sends nothing.
+fn dry_run(target: &Target, rules: &ReplayRules, ledger: &str) -> anyhow::Result<Tally> {
+    let replayed = match read_ledger(&target.kafka, ledger) {
+        Ok(keys) => keys,
+        // no ledger yet: nothing replayed yet
+        Err(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+            Default::default()
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading the replay ledger {ledger}")),
+    };
+    let mut reader = Reader::open(&target.kafka, &target.topics, Start::Beginning)
+        .with_context(|| format!("reading {}", target.topics.join(", ")))?;
+    let mut tally = Tally::default();
+    reader
+        .read_to_end(STALL, |d| {
+            tally.examined += 1;
+            match rules.decide(&d, &replayed) {
+                Decision::Replay(_) => tally.replayed += 1,
+                Decision::Skip => tally.skipped += 1,
+                Decision::Refuse => tally.refused += 1,
+                Decision::Truncated => tally.truncated += 1,
+                Decision::Unroutable => tally.unroutable += 1,
+                Decision::Already => tally.already += 1,
+            }
+        })
+        .context("reading the dead-letter topic")?;
+    Ok(tally)
+}
+
+/// Replays one dead-letter topic from its beginning to today's end on the engine's loop.
+#[allow(clippy::too_many_arguments)]
+fn replay_topic(
+    args: &ReplayArgs,
+    target: &Target,
+    topic: &str,
+    rules: &ReplayRules,
+    ledger: &str,
+    shutdown: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    before: Tally,
+) -> anyhow::Result<Tally> {
+    let probe: BaseConsumer = target
+        .kafka
+        .client("dlq-replay-probe", |_| {})
+        .create()
+        .context("creating a Kafka client")?;
+    let extent = Extent::of(&probe, &[topic.to_owned()])
+        .with_context(|| format!("reading the partitions of {topic}"))?;
+    let partitions: Vec<PartitionRange> = extent
+        .partitions
+        .iter()
+        .map(|(topic, p, low, high)| PartitionRange {
+            topic: topic.clone(),
+            partition: *p,
+            start: *low,
+            end: *high,
+        })
+        .collect();
+    let total: i64 = partitions.iter().map(|r| r.end - r.start).sum();
+    let app = &target.application_id;
+    let config = EngineConfig {
+        application_id: app.clone(),
+        instance: "replay".into(),
+        subtopology: 0,
+        kafka: target.kafka.clone(),
+        commit_interval: Duration::from_secs(1),
+        commit_max_records: args.batch.max(1),
+        transaction_timeout: Duration::from_secs(10),
+        // an open transaction of a crashed writer holds back the end
+        stop_when_idle: Some(STALL),
+        rewind_limit: Duration::from_secs(60),
+        input: InputMode::Range {
+            // one per application: a second replay fences the first
+            transactional_id: format!("{app}-dlq-replay"),
+            group_id: format!("{app}.dlq-replay"),
+            partitions,
+        },
+    };
+    let mut job = ReplayJob::new(rules.clone(), ledger, target.kafka.clone());
+    let mut progress = Progress::new(total.max(0) as u64);
+    job.on_progress = Some(Box::new(move |t: &Tally| progress.show(t)));
+    let result = engine::run(
+        &mut job,
+        Vec::new(),
+        config,
+        weir_topology::metrics::Metrics::new(),
+        shutdown.clone(),
+    );
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    result.with_context(|| format!("replaying {topic}"))?;
+    let mut tally = before;
+    tally.add(&job.tally);
+    Ok(tally)
+}
+
+/// A progress bar on a terminal, a line every few seconds elsewhere.
+struct Progress {
+    total: u64,
+    tty: bool,
+    last: Instant,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        Self {
+            total,
+            tty: std::io::stderr().is_terminal(),
+            last: Instant::now(),
+            started: Instant::now(),
+        }
+    }
+
+    fn show(&mut self, t: &Tally) {
+        if !self.tty && self.last.elapsed() < Duration::from_secs(2) {
+            return;
+        }
+        self.last = Instant::now();
+        let frac = if self.total == 0 {
+            1.0
+        } else {
+            (t.examined as f64 / self.total as f64).min(1.0)
+        };
+        let filled = (frac * 30.0).round() as usize;
+        let line = format!(
+            "[{}{}] {:>3.0}% {}/{} examined · {} replayed · {} refused · {:.0}s",
+            "#".repeat(filled),
+            "-".repeat(30 - filled),
+            frac * 100.0,
+            t.examined,
+            self.total,
+            t.replayed,
+            t.refused,
+            self.started.elapsed().as_secs_f64()
+        );
+        if self.tty {
+            eprint!("\r{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
