@@ -423,68 +423,11 @@ fn consume(
         writer: WriterBusy::default(),
     });
 
-    let table = {
-        let pool = shared.pool.clone();
-        let cfg = cfg.clone();
-        let described = shared.retry("reading the table's columns", || {
-            let pool = pool.clone();
-            let cfg = cfg.clone();
-            async move {
-                let client = pool.get().await.map_err(pool_error)?;
-                match Table::describe(&client, &cfg).await {
-                    Ok(t) => Ok(Ok(t)),
-                    // a table that does not fit is not retried
-                    Err(e @ WriteError::Table { .. }) => Ok(Err(e.to_string())),
-                    Err(e) => Err(e),
-                }
-            }
-        });
-        match described {
-            Some(Ok(t)) => t,
-            Some(Err(e)) => return Err(SinkError::Table(e)),
-            None => return Ok(SinkSummary::default()),
-        }
+    let Some(table) = describe_table(&shared, &cfg)? else {
+        return Ok(SinkSummary::default());
     };
 
-    let group = format!("{}-{}", settings.application_id, settings.node);
-    let cc = settings.kafka.client(&group, |c| {
-        c.set("group.id", &group)
-            .set(
-                "group.instance.id",
-                format!("{group}-{}", settings.instance),
-            )
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            // the end of a partition (past transaction markers) is what makes it idle
-            .set("enable.partition.eof", "true")
-            .set("session.timeout.ms", "10000")
-            .set("max.poll.interval.ms", "600000")
-            .set("fetch.wait.max.ms", "50")
-            // the loop reads while a batch is written: 4 MB of read-ahead is enough (librdkafka's
-            // defaults hold ~1 GB and fetch 50 MB at a time)
-            .set("queued.max.messages.kbytes", "4096")
-            .set("fetch.max.bytes", "4194304")
-            .set("max.partition.fetch.bytes", "524288")
-            // not librdkafka's 1 s pause after the local queue was full: the sink would wait for
-            // records between batches
-            .set("fetch.queue.backoff.ms", "10");
-    });
-    let consumer: BaseConsumer<SinkContext> = cc
-        .create_with_context(SinkContext {
-            shared: shared.clone(),
-        })
-        .map_err(|source| SinkError::Kafka {
-            what: "consumer",
-            source,
-        })?;
-    consumer
-        .subscribe(&[&settings.topic])
-        .map_err(|source| SinkError::Kafka {
-            what: "subscription",
-            source,
-        })?;
+    let consumer = subscribe(&settings, &shared)?;
     let mut upstream = match &settings.upstream {
         Some(spec) => Some(UpstreamCheck::new(spec.clone(), &settings.kafka).map_err(
             |source| SinkError::Kafka {
@@ -515,25 +458,7 @@ fn consume(
         let (done_tx, done) = mpsc::channel::<Done>();
         {
             let (shared, table, ident, dead, metrics) = (&shared, &table, &ident, &dead, &metrics);
-            scope.spawn(move || {
-                for job in job_rx {
-                    let started = Instant::now();
-                    let result = write(shared, table, ident, &job, dead, metrics);
-                    // the batch's encoded copy is not kept while the next one is made
-                    drop(job.tuples);
-                    let answered = done_tx.send(Done {
-                        job: job.info,
-                        moves: job.moves,
-                        rows: job.rows,
-                        started,
-                        result,
-                    });
-                    shared.writer.finished();
-                    if answered.is_err() {
-                        break;
-                    }
-                }
-            });
+            scope.spawn(move || write_jobs(shared, table, ident, dead, metrics, job_rx, done_tx));
         }
         let mut in_flight = false;
         // a written batch's rows: freed after the next batch is handed to the writer (freeing
@@ -559,31 +484,13 @@ fn consume(
         loop {
             let stopping = shutdown.load(Ordering::Relaxed);
             if !stopping {
-                match consumer.poll(Duration::from_millis(50)) {
-                    Some(Ok(msg)) => {
-                        let row = row_of(&msg, &table, window_ms, skew_ms);
-                        let mut state = shared.state.lock().unwrap();
-                        // a record of a partition no longer held (revoked meanwhile) is skipped
-                        if let Some(next) = state.next.get_mut(&row.partition) {
-                            *next = row.offset + 1;
-                            if row.time_problem.is_some() {
-                                state.watermarks.touch(row.partition, now_ms());
-                            } else {
-                                state
-                                    .watermarks
-                                    .observe(row.partition, row.timestamp, now_ms());
-                            }
-                            state.first_pending.get_or_insert_with(Instant::now);
-                            state.pending.push(row);
-                            summary.records += 1;
-                        }
-                    }
-                    Some(Err(KafkaError::PartitionEOF(p))) => {
-                        shared.state.lock().unwrap().watermarks.at_end(p);
-                    }
-                    Some(Err(e)) => tracing::debug!(error = %e, "consumer error"),
-                    None => {}
-                }
+                read(
+                    &consumer,
+                    &shared,
+                    &table,
+                    (window_ms, skew_ms),
+                    &mut summary,
+                );
             }
             if in_flight {
                 match settle(false, &mut summary, &mut spent)? {
@@ -618,28 +525,7 @@ fn consume(
             }
             if due && !state.expected.is_empty() {
                 let now = now_ms();
-                // an idle partition follows the clock only when nothing is upstream
-                let quiet = match &mut upstream {
-                    _ if !state.watermarks.wants_upstream(now, idle_ms) => Upstream::Busy,
-                    Some(check) => {
-                        if check.caught_up() {
-                            Upstream::Quiet
-                        } else {
-                            Upstream::Busy
-                        }
-                    }
-                    None => Upstream::Quiet,
-                };
-                let moves: Vec<OffsetMove> = state
-                    .expected
-                    .iter()
-                    .map(|(p, expected)| OffsetMove {
-                        partition: *p,
-                        expected: *expected,
-                        next: state.next.get(p).copied().unwrap_or(*expected),
-                        watermark: state.watermarks.partition(*p, now, idle_ms, quiet),
-                    })
-                    .collect();
+                let (quiet, moves) = moves(&state, upstream.as_mut(), now, idle_ms);
                 let mut rows = std::mem::take(&mut state.pending);
                 state.first_pending = None;
                 // a heartbeat is due again a second after this batch, not after it is written
@@ -689,6 +575,177 @@ fn consume(
     consumer.unsubscribe();
     tracing::info!(?summary, "PostgreSQL sink stopped");
     Ok(summary)
+}
+
+/// The target table as PostgreSQL describes it, asked until it answers; `None` when the sink
+/// was stopped meanwhile. A table that cannot take the mapping is an error at once.
+fn describe_table(shared: &Shared, cfg: &PostgresSinkConfig) -> Result<Option<Table>, SinkError> {
+    let pool = shared.pool.clone();
+    let cfg = cfg.clone();
+    let described = shared.retry("reading the table's columns", || {
+        let pool = pool.clone();
+        let cfg = cfg.clone();
+        async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            match Table::describe(&client, &cfg).await {
+                Ok(t) => Ok(Ok(t)),
+                // a table that does not fit is not retried
+                Err(e @ WriteError::Table { .. }) => Ok(Err(e.to_string())),
+                Err(e) => Err(e),
+            }
+        }
+    });
+    match described {
+        Some(Ok(t)) => Ok(Some(t)),
+        Some(Err(e)) => Err(SinkError::Table(e)),
+        None => Ok(None),
+    }
+}
+
+/// The sink's consumer (static membership; read_committed; the end of a partition reported),
+/// subscribed to its topic.
+fn subscribe(
+    settings: &SinkSettings,
+    shared: &Arc<Shared>,
+) -> Result<BaseConsumer<SinkContext>, SinkError> {
+    let group = format!("{}-{}", settings.application_id, settings.node);
+    let cc = settings.kafka.client(&group, |c| {
+        c.set("group.id", &group)
+            .set(
+                "group.instance.id",
+                format!("{group}-{}", settings.instance),
+            )
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            // the end of a partition (past transaction markers) is what makes it idle
+            .set("enable.partition.eof", "true")
+            .set("session.timeout.ms", "10000")
+            .set("max.poll.interval.ms", "600000")
+            .set("fetch.wait.max.ms", "50")
+            // the loop reads while a batch is written: 4 MB of read-ahead is enough (librdkafka's
+            // defaults hold ~1 GB and fetch 50 MB at a time)
+            .set("queued.max.messages.kbytes", "4096")
+            .set("fetch.max.bytes", "4194304")
+            .set("max.partition.fetch.bytes", "524288")
+            // not librdkafka's 1 s pause after the local queue was full: the sink would wait for
+            // records between batches
+            .set("fetch.queue.backoff.ms", "10");
+    });
+    let consumer: BaseConsumer<SinkContext> = cc
+        .create_with_context(SinkContext {
+            shared: Arc::clone(shared),
+        })
+        .map_err(|source| SinkError::Kafka {
+            what: "consumer",
+            source,
+        })?;
+    consumer
+        .subscribe(&[&settings.topic])
+        .map_err(|source| SinkError::Kafka {
+            what: "subscription",
+            source,
+        })?;
+    Ok(consumer)
+}
+
+/// Reads one record, if one is ready, into the pending batch (a record of a partition no
+/// longer held is skipped), or notes a partition's end.
+fn read(
+    consumer: &BaseConsumer<SinkContext>,
+    shared: &Shared,
+    table: &Table,
+    (window_ms, skew_ms): (i64, i64),
+    summary: &mut SinkSummary,
+) {
+    match consumer.poll(Duration::from_millis(50)) {
+        Some(Ok(msg)) => {
+            let row = row_of(&msg, table, window_ms, skew_ms);
+            let mut state = shared.state.lock().unwrap();
+            // a record of a partition no longer held (revoked meanwhile) is skipped
+            if let Some(next) = state.next.get_mut(&row.partition) {
+                *next = row.offset + 1;
+                if row.time_problem.is_some() {
+                    state.watermarks.touch(row.partition, now_ms());
+                } else {
+                    state
+                        .watermarks
+                        .observe(row.partition, row.timestamp, now_ms());
+                }
+                state.first_pending.get_or_insert_with(Instant::now);
+                state.pending.push(row);
+                summary.records += 1;
+            }
+        }
+        Some(Err(KafkaError::PartitionEOF(p))) => {
+            shared.state.lock().unwrap().watermarks.at_end(p);
+        }
+        Some(Err(e)) => tracing::debug!(error = %e, "consumer error"),
+        None => {}
+    }
+}
+
+/// Where each held partition's offset moves with the next batch, and its watermark: an idle
+/// partition follows the clock only when nothing is upstream.
+fn moves(
+    state: &State,
+    upstream: Option<&mut UpstreamCheck>,
+    now: Millis,
+    idle_ms: i64,
+) -> (Upstream, Vec<OffsetMove>) {
+    let quiet = match upstream {
+        _ if !state.watermarks.wants_upstream(now, idle_ms) => Upstream::Busy,
+        Some(check) => {
+            if check.caught_up() {
+                Upstream::Quiet
+            } else {
+                Upstream::Busy
+            }
+        }
+        None => Upstream::Quiet,
+    };
+    let moves: Vec<OffsetMove> = state
+        .expected
+        .iter()
+        .map(|(p, expected)| OffsetMove {
+            partition: *p,
+            expected: *expected,
+            next: state.next.get(p).copied().unwrap_or(*expected),
+            watermark: state.watermarks.partition(*p, now, idle_ms, quiet),
+        })
+        .collect();
+    (quiet, moves)
+}
+
+/// The writer's thread: each batch handed over is written, then answered with its result
+/// and its rows (freed by the loop after it hands the next batch over).
+fn write_jobs(
+    shared: &Shared,
+    table: &Table,
+    ident: &SinkIdent,
+    dead: &DeadLetters<'_>,
+    metrics: &SinkMetrics,
+    job_rx: mpsc::Receiver<Job>,
+    done_tx: mpsc::Sender<Done>,
+) {
+    for job in job_rx {
+        let started = Instant::now();
+        let result = write(shared, table, ident, &job, dead, metrics);
+        // the batch's encoded copy is not kept while the next one is made
+        drop(job.tuples);
+        let answered = done_tx.send(Done {
+            job: job.info,
+            moves: job.moves,
+            rows: job.rows,
+            started,
+            result,
+        });
+        shared.writer.finished();
+        if answered.is_err() {
+            break;
+        }
+    }
 }
 
 /// A batch for the writer thread.
