@@ -108,11 +108,8 @@ pub fn run(
     shutdown: Arc<AtomicBool>,
 ) -> Result<(), rdkafka::error::KafkaError> {
     let consumer: BaseConsumer = kafka
-        .client("live", |c| {
-            c.set("group.id", "weir-live")
-                .set("isolation.level", "read_committed")
-                .set("enable.auto.commit", "false")
-                .set("fetch.wait.max.ms", "50")
+        .reader("live", "weir-live", |c| {
+            c.set("fetch.wait.max.ms", "50")
                 .set("queued.max.messages.kbytes", "2048")
                 .set("fetch.max.bytes", "2097152")
                 .set("max.partition.fetch.bytes", "262144")

@@ -76,6 +76,23 @@ impl KafkaSettings {
         c
     }
 
+    /// A consumer that reads only committed records and commits nothing itself (the
+    /// dead-letter reader, the replay's ledger, the audit, the upstream check, the live view):
+    /// group `group`, then `configure`.
+    pub fn reader(
+        &self,
+        name: &str,
+        group: &str,
+        configure: impl FnOnce(&mut ClientConfig),
+    ) -> ClientConfig {
+        self.client(name, |c| {
+            c.set("group.id", group)
+                .set("isolation.level", "read_committed")
+                .set("enable.auto.commit", "false");
+            configure(c);
+        })
+    }
+
     /// The same cluster with `options` over the section's (`-X KEY=VALUE`).
     pub fn with_options(mut self, options: &[(String, String)]) -> Self {
         self.options.extend(options.iter().cloned());
@@ -142,5 +159,12 @@ mod tests {
         assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(c.get("fetch.wait.max.ms"), Some("7"));
         assert_eq!(c.get("group.id"), Some("g"));
+        let r = k.reader("audit", "weir-audit", |c| {
+            c.set("enable.partition.eof", "true");
+        });
+        assert_eq!(r.get("isolation.level"), Some("read_committed"));
+        assert_eq!(r.get("enable.auto.commit"), Some("false"));
+        assert_eq!(r.get("group.id"), Some("weir-audit"));
+        assert_eq!(r.get("security.protocol"), Some("SASL_SSL"));
     }
 }

@@ -268,11 +268,8 @@ impl Reader {
         start: Start,
     ) -> Result<Self, KafkaError> {
         let consumer: BaseConsumer = kafka
-            .client("dlq-reader", |c| {
-                c.set("group.id", "weir-dlq-reader")
-                    .set("isolation.level", "read_committed")
-                    .set("enable.auto.commit", "false")
-                    .set("fetch.wait.max.ms", "100");
+            .reader("dlq-reader", "weir-dlq-reader", |c| {
+                c.set("fetch.wait.max.ms", "100");
             })
             .create()?;
         let extent = Extent::of(&consumer, topics)?;

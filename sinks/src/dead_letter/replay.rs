@@ -281,11 +281,8 @@ pub fn ensure_ledger(kafka: &KafkaSettings, topic: &str) -> Result<(), KafkaErro
 /// Every key of the ledger topic, read committed up to its end.
 pub fn read_ledger(kafka: &KafkaSettings, topic: &str) -> Result<HashSet<String>, KafkaError> {
     let consumer: BaseConsumer = kafka
-        .client("dlq-replay-ledger", |c| {
-            c.set("group.id", "weir-dlq-replay-ledger")
-                .set("isolation.level", "read_committed")
-                .set("enable.auto.commit", "false")
-                .set("enable.partition.eof", "true");
+        .reader("dlq-replay-ledger", "weir-dlq-replay-ledger", |c| {
+            c.set("enable.partition.eof", "true");
         })
         .create()?;
     let timeout = Duration::from_secs(30);

@@ -127,9 +127,5 @@ impl UpstreamCheck {
 }
 
 fn client(kafka: &KafkaSettings, group: &str) -> ClientConfig {
-    kafka.client("upstream-check", |c| {
-        c.set("group.id", group)
-            .set("isolation.level", "read_committed")
-            .set("enable.auto.commit", "false");
-    })
+    kafka.reader("upstream-check", group, |_| {})
 }

@@ -141,12 +141,13 @@ fn scan_topic(
 ) -> Result<(), ScanError> {
     let consumer: BaseConsumer = source
         .kafka
-        .client("audit", |c| {
-            c.set("group.id", format!("weir-audit-{}", std::process::id()))
-                .set("isolation.level", "read_committed")
-                .set("enable.auto.commit", "false")
-                .set("enable.partition.eof", "true");
-        })
+        .reader(
+            "audit",
+            &format!("weir-audit-{}", std::process::id()),
+            |c| {
+                c.set("enable.partition.eof", "true");
+            },
+        )
         .create()?;
     let timeout = Duration::from_secs(30);
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
