@@ -349,18 +349,7 @@ pub async fn audit(
         }
         None => Vec::new(),
     };
-    let mut problems = Vec::new();
-    for p in &raw_partitions {
-        if !p.without_fate.is_empty()
-            || !p.more_than_one.is_empty()
-            || p.raw != p.clean + p.dead_letters
-        {
-            problems.push(format!(
-                "raw partition {}/{}: {} records in the window, {} clean and {} dead letters; without a fate: {:?}; with more than one: {:?}",
-                p.topic, p.partition, p.raw, p.clean, p.dead_letters, p.without_fate, p.more_than_one
-            ));
-        }
-    }
+    let mut problems = raw_problems(&raw_partitions);
     let info = window(client, spec, start).await?;
     let (status, window_records, late_dl, late_drop, late_acc) = match &info {
         Some(w) => (
@@ -378,34 +367,8 @@ pub async fn audit(
     let topic_records = scanned.len() as i64;
 
     // the ledger: totals, and each slice against the topic's records in its offset range
-    let slices = client
-        .query(
-            "SELECT partition, first_offset, last_offset, records FROM window_ledger \
-             WHERE sink = $1 AND topic = $2 AND window_start = $3 ORDER BY partition, first_offset",
-            &[&spec.sink_id, &source.topic, &start],
-        )
-        .await?;
-    let mut ledger_records = 0i64;
-    let mut previous: HashMap<i32, i64> = HashMap::new();
-    for s in &slices {
-        let (p, first, last, n): (i32, i64, i64, i64) = (s.get(0), s.get(1), s.get(2), s.get(3));
-        ledger_records += n;
-        if let Some(prev_last) = previous.get(&p) {
-            if first <= *prev_last {
-                problems.push(format!("ledger slices overlap on partition {p} at offset {first}: an offset was applied twice"));
-            }
-        }
-        previous.insert(p, last);
-        let in_topic = scanned
-            .keys()
-            .filter(|(sp, so)| *sp == p && *so >= first && *so <= last)
-            .count() as i64;
-        if in_topic != n {
-            problems.push(format!(
-                "ledger slice partition {p} offsets {first}..={last} says {n} records, the topic has {in_topic} in the window there"
-            ));
-        }
-    }
+    let ledger_records =
+        ledger(client, spec, &source.topic, start, &scanned, &mut problems).await?;
     if topic_records != ledger_records + late_dl + late_drop {
         problems.push(format!(
             "the topic has {topic_records} records in the window; the ledger applied {ledger_records} and {} were late and not applied",
@@ -464,8 +427,91 @@ pub async fn audit(
     );
     let rows = client.query(&sql, &[&start]).await?;
     let table_rows = rows.len() as i64;
+    problems.extend(row_problems(
+        table,
+        &rows,
+        &scanned,
+        &source.topic,
+        start_ms,
+    ));
+
+    // every key of the window has its row (here, or in a later window that overwrote it),
+    // unless PostgreSQL rejected the record or it came late
+    let window = (start, window_column.as_str());
+    problems.extend(missing_rows(client, spec, table, &source.topic, window, &scanned).await?);
+    store(client, verdict(table_rows, rows.len(), problems)).await
+}
+
+/// What is wrong with the raw partitions' fates: a record without one or with more than one,
+/// or counts that do not add up.
+fn raw_problems(raw_partitions: &[RawPartition]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for p in raw_partitions {
+        if !p.without_fate.is_empty()
+            || !p.more_than_one.is_empty()
+            || p.raw != p.clean + p.dead_letters
+        {
+            problems.push(format!(
+                "raw partition {}/{}: {} records in the window, {} clean and {} dead letters; without a fate: {:?}; with more than one: {:?}",
+                p.topic, p.partition, p.raw, p.clean, p.dead_letters, p.without_fate, p.more_than_one
+            ));
+        }
+    }
+    problems
+}
+
+/// The records the window's ledger says were applied; each slice is checked against the
+/// topic's records in its offset range, and slices of a partition must not overlap.
+async fn ledger(
+    client: &Client,
+    spec: &WindowSpec,
+    topic: &str,
+    start: DateTime<Utc>,
+    scanned: &HashMap<(i32, i64), Scanned>,
+    problems: &mut Vec<String>,
+) -> Result<i64, AuditError> {
+    let slices = client
+        .query(
+            "SELECT partition, first_offset, last_offset, records FROM window_ledger \
+             WHERE sink = $1 AND topic = $2 AND window_start = $3 ORDER BY partition, first_offset",
+            &[&spec.sink_id, &topic, &start],
+        )
+        .await?;
+    let mut ledger_records = 0i64;
+    let mut previous: HashMap<i32, i64> = HashMap::new();
+    for s in &slices {
+        let (p, first, last, n): (i32, i64, i64, i64) = (s.get(0), s.get(1), s.get(2), s.get(3));
+        ledger_records += n;
+        if let Some(prev_last) = previous.get(&p) {
+            if first <= *prev_last {
+                problems.push(format!("ledger slices overlap on partition {p} at offset {first}: an offset was applied twice"));
+            }
+        }
+        previous.insert(p, last);
+        let in_topic = scanned
+            .keys()
+            .filter(|(sp, so)| *sp == p && *so >= first && *so <= last)
+            .count() as i64;
+        if in_topic != n {
+            problems.push(format!(
+                "ledger slice partition {p} offsets {first}..={last} says {n} records, the topic has {in_topic} in the window there"
+            ));
+        }
+    }
+    Ok(ledger_records)
+}
+
+/// Each row of the window against its source record, column by column.
+fn row_problems(
+    table: &Table,
+    rows: &[tokio_postgres::Row],
+    scanned: &HashMap<(i32, i64), Scanned>,
+    topic: &str,
+    start_ms: Millis,
+) -> Vec<String> {
+    let mut problems = Vec::new();
     let key_index = table.columns.iter().position(|c| c.name == table.key);
-    for r in &rows {
+    for r in rows {
         let (p, o): (Option<i32>, Option<i64>) = (r.get(0), r.get(1));
         let key: Option<String> = key_index.and_then(|i| r.get(2 + i));
         let label = key.clone().unwrap_or_else(|| "(no key)".into());
@@ -485,7 +531,7 @@ pub async fn audit(
             let expected = expected_text(
                 c,
                 record,
-                &source.topic,
+                topic,
                 p.unwrap_or(0),
                 o.unwrap_or(0),
                 rec.timestamp,
@@ -509,13 +555,25 @@ pub async fn audit(
             }
         }
     }
+    problems
+}
 
-    // every key of the window has its row (here, or in a later window that overwrote it),
-    // unless PostgreSQL rejected the record or it came late
+/// The keys of the window's records that have no row here or in a later window, unless
+/// PostgreSQL rejected the record.
+async fn missing_rows(
+    client: &Client,
+    spec: &WindowSpec,
+    table: &Table,
+    topic: &str,
+    (start, window_column): (DateTime<Utc>, &str),
+    scanned: &HashMap<(i32, i64), Scanned>,
+) -> Result<Vec<String>, AuditError> {
+    let start_ms = start.timestamp_millis();
+    let mut problems = Vec::new();
     let rejected: HashSet<(i32, i64)> = client
         .query(
             "SELECT partition, \"offset\" FROM rejects WHERE sink = $1 AND topic = $2 AND window_start = $3",
-            &[&spec.sink_id, &source.topic, &start],
+            &[&spec.sink_id, &topic, &start],
         )
         .await?
         .iter()
@@ -523,7 +581,7 @@ pub async fn audit(
         .collect();
     if let Some(key_col) = table.columns.iter().find(|c| c.name == table.key) {
         let mut newest: BTreeMap<String, ((i32, i64), Millis)> = BTreeMap::new();
-        for ((p, o), s) in &scanned {
+        for ((p, o), s) in scanned {
             if rejected.contains(&(*p, *o)) {
                 continue;
             }
@@ -532,7 +590,7 @@ pub async fn audit(
                 &key_col.field,
                 &|f| json_field(record, f),
                 "",
-                &source.topic,
+                topic,
                 *p,
                 *o,
                 s.timestamp,
@@ -571,7 +629,7 @@ pub async fn audit(
             }
         }
     }
-    store(client, verdict(table_rows, rows.len(), problems)).await
+    Ok(problems)
 }
 
 /// Stores a verdict in `audits` and returns it with its id.
