@@ -107,24 +107,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let pipeline = Pipeline::build(&t, &sub, Some(&metrics)).context("building the pipeline")?;
-    let mut helpers = Vec::new();
-    for _ in 1..args.processing_threads {
-        helpers.push(Pipeline::build(&t, &sub, Some(&metrics)).context("building the pipeline")?);
-    }
-    let s = &t.settings;
-    let config = EngineConfig {
-        application_id: s.application_id.clone(),
-        instance: args.instance.clone(),
-        subtopology: sub.id,
-        kafka: s.kafka.clone(),
-        commit_interval: s.commit_interval.as_std(),
-        commit_max_records: s.commit_max_records,
-        transaction_timeout: args.transaction_timeout,
-        stop_when_idle: args.stop_when_idle,
-        rewind_limit: std::time::Duration::from_secs(60),
-        input: engine::InputMode::Group,
-    };
+    let (mut job, config) = engine_job(&t, &sub, args, &metrics)?;
     let web = if args.no_http {
         None
     } else {
@@ -149,11 +132,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             std::thread::Builder::new()
                 .name(format!("weir-eos-{}", sub.id))
                 .spawn(move || {
-                    let mut job = helpers
-                        .into_iter()
-                        .fold(engine::PipelineJob::new(pipeline), |job, p| {
-                            job.with_helper(p)
-                        });
                     let topics = job.topics();
                     engine::run(&mut job, topics, config, metrics, shutdown)
                 })?,
@@ -182,6 +160,49 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let result = engine_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?;
+    ended(result, failed)
+}
+
+/// The exactly-once loop's job (the processing sub-topology's pipeline, and a copy a helper
+/// thread) and its settings.
+fn engine_job(
+    t: &weir_topology::Topology,
+    sub: &weir_topology::graph::SubTopology,
+    args: &RunArgs,
+    metrics: &Metrics,
+) -> anyhow::Result<(engine::PipelineJob, EngineConfig)> {
+    let pipeline = Pipeline::build(t, sub, Some(metrics)).context("building the pipeline")?;
+    let mut helpers = Vec::new();
+    for _ in 1..args.processing_threads {
+        helpers.push(Pipeline::build(t, sub, Some(metrics)).context("building the pipeline")?);
+    }
+    let s = &t.settings;
+    let config = EngineConfig {
+        application_id: s.application_id.clone(),
+        instance: args.instance.clone(),
+        subtopology: sub.id,
+        kafka: s.kafka.clone(),
+        commit_interval: s.commit_interval.as_std(),
+        commit_max_records: s.commit_max_records,
+        transaction_timeout: args.transaction_timeout,
+        stop_when_idle: args.stop_when_idle,
+        rewind_limit: std::time::Duration::from_secs(60),
+        input: engine::InputMode::Group,
+    };
+    let job = helpers
+        .into_iter()
+        .fold(engine::PipelineJob::new(pipeline), |job, p| {
+            job.with_helper(p)
+        });
+    Ok((job, config))
+}
+
+/// The process's end from the engine's: exit 3 when fenced by another instance, 4 when a
+/// record had no possible fate, 1 when a sink failed.
+fn ended(
+    result: Result<engine::RunSummary, EngineError>,
+    sinks_failed: bool,
+) -> anyhow::Result<()> {
     match result {
         Ok(summary) => {
             tracing::info!(
@@ -192,7 +213,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 commit_seconds = (summary.commit_time.as_secs_f64() * 10.0).round() / 10.0,
                 "stopped"
             );
-            if failed {
+            if sinks_failed {
                 return Err(Exit(1).into());
             }
             Ok(())

@@ -5,6 +5,7 @@
 //!
 //! One module a command: [`tail`], [`stats`], [`replay`]; what they share is here.
 
+mod progress;
 mod replay;
 mod stats;
 mod tail;

@@ -3,7 +3,7 @@
 
 use std::io::IsTerminal;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::consumer::BaseConsumer;
@@ -187,7 +187,7 @@ fn replay_topic(
         },
     };
     let mut job = ReplayJob::new(rules.clone(), ledger, target.kafka.clone());
-    let mut progress = Progress::new(total.max(0) as u64);
+    let mut progress = super::progress::Progress::new(total.max(0) as u64);
     job.on_progress = Some(Box::new(move |t: &Tally| progress.show(t)));
     let result = engine::run(
         &mut job,
@@ -203,52 +203,4 @@ fn replay_topic(
     let mut tally = before;
     tally.add(&job.tally);
     Ok(tally)
-}
-
-/// A progress bar on a terminal, a line every few seconds elsewhere.
-struct Progress {
-    total: u64,
-    tty: bool,
-    last: Instant,
-    started: Instant,
-}
-
-impl Progress {
-    fn new(total: u64) -> Self {
-        Self {
-            total,
-            tty: std::io::stderr().is_terminal(),
-            last: Instant::now(),
-            started: Instant::now(),
-        }
-    }
-
-    fn show(&mut self, t: &Tally) {
-        if !self.tty && self.last.elapsed() < Duration::from_secs(2) {
-            return;
-        }
-        self.last = Instant::now();
-        let frac = if self.total == 0 {
-            1.0
-        } else {
-            (t.examined as f64 / self.total as f64).min(1.0)
-        };
-        let filled = (frac * 30.0).round() as usize;
-        let line = format!(
-            "[{}{}] {:>3.0}% {}/{} examined · {} replayed · {} refused · {:.0}s",
-            "#".repeat(filled),
-            "-".repeat(30 - filled),
-            frac * 100.0,
-            t.examined,
-            self.total,
-            t.replayed,
-            t.refused,
-            self.started.elapsed().as_secs_f64()
-        );
-        if self.tty {
-            eprint!("\r{line}");
-        } else {
-            eprintln!("{line}");
-        }
-    }
 }
