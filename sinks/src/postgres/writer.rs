@@ -171,8 +171,50 @@ pub async fn write_batch(
 
     // records whose time keeps them out of every window: refused, not counted anywhere
     let mut refused: Vec<Refused> = Vec::new();
-    let windowed: Vec<&Row> = rows
-        .iter()
+    let windowed = in_time(rows, &mut refused);
+    // windows: create the missing ones, lock them all, learn which are sealed
+    let sealed = lock_windows(&tx, sink, &windowed).await?;
+    let (mut tally, apply) = sort_out(sink, &windowed, &sealed, &mut refused);
+
+    // stage and merge
+    let written = merge(&tx, table, &apply, tuples, &mut refused).await?;
+    outcome.rows_written = written.len() as u64;
+    for w in &written {
+        // rows are attributed to the window of the record that wrote them
+        if let Some(t) = tally.get_mut(w) {
+            t.rows_written += 1;
+        }
+    }
+
+    // rejects and dead letters, in the same transaction
+    for r in &refused {
+        if r.counted {
+            outcome.rejected += 1;
+            tally.entry(r.row.window_start).or_default().rejected += 1;
+        }
+        put_refused(&tx, sink, r, dead).await?;
+        if r.code != "window.sealed" || sink.late_policy == LatePolicy::DeadLetter {
+            outcome.dead_letters += 1;
+        }
+    }
+
+    // the ledger: a slice per window and partition of the records applied (rows or rejects)
+    for ((w, p), (first, last, n)) in &ledger_slices(&windowed, &sealed, sink.late_policy) {
+        tx.execute(
+            "INSERT INTO window_ledger (sink, topic, partition, first_offset, last_offset, window_start, records) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&sink.id, &sink.topic, p, first, last, &ts(*w), n],
+        )
+        .await?;
+    }
+    count_windows(&tx, sink, &tally, &sealed, &mut outcome).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// The rows whose time puts them in a window; the others are refused (not counted anywhere).
+fn in_time<'r>(rows: &'r [Row], refused: &mut Vec<Refused<'r>>) -> Vec<&'r Row> {
+    rows.iter()
         .filter(|row| match &row.time_problem {
             Some((code, message)) => {
                 refused.push(Refused {
@@ -186,15 +228,21 @@ pub async fn write_batch(
             }
             None => true,
         })
-        .collect();
+        .collect()
+}
 
-    // windows: create the missing ones, lock them all, learn which are sealed
+/// Creates the windows of `windowed` that are missing and locks them all (`FOR UPDATE`: a
+/// window sealed meanwhile takes no more records); returns the sealed ones.
+async fn lock_windows(
+    tx: &Transaction<'_>,
+    sink: &SinkIdent,
+    windowed: &[&Row],
+) -> Result<Vec<Millis>, WriteError> {
     let mut windows: Vec<Millis> = windowed.iter().map(|r| r.window_start).collect();
     windows.sort_unstable();
     windows.dedup();
     let starts: Vec<DateTime<Utc>> = windows.iter().map(|w| ts(*w)).collect();
     let ends: Vec<DateTime<Utc>> = windows.iter().map(|w| ts(*w + sink.window_ms)).collect();
-    let mut sealed: Vec<Millis> = Vec::new();
     if !windows.is_empty() {
         tx.execute(
             "INSERT INTO windows (sink, window_start, window_end) \
@@ -203,7 +251,7 @@ pub async fn write_batch(
             &[&sink.id, &starts, &ends],
         )
         .await?;
-        sealed = tx
+        return Ok(tx
             .query(
                 "SELECT (extract(epoch FROM window_start)*1000)::int8, status FROM windows \
                  WHERE sink = $1 AND window_start = ANY($2) ORDER BY window_start FOR UPDATE",
@@ -213,13 +261,23 @@ pub async fn write_batch(
             .iter()
             .filter(|r| r.get::<_, String>(1) == "sealed")
             .map(|r| r.get(0))
-            .collect();
+            .collect());
     }
+    Ok(Vec::new())
+}
 
+/// Each window's tally, and the rows to apply: a record for a sealed window follows the late
+/// policy; an undecodable record or one with a NUL is refused (and counted).
+fn sort_out<'r>(
+    sink: &SinkIdent,
+    windowed: &[&'r Row],
+    sealed: &[Millis],
+    refused: &mut Vec<Refused<'r>>,
+) -> (BTreeMap<Millis, WindowTally>, Vec<&'r Row>) {
     let mut tally: BTreeMap<Millis, WindowTally> = BTreeMap::new();
     let mut apply: Vec<&Row> = Vec::with_capacity(windowed.len());
-    for row in &windowed {
-        let row: &Row = row;
+    for row in windowed {
+        let row: &'r Row = row;
         let t = tally.entry(row.window_start).or_default();
         if sealed.contains(&row.window_start) {
             match sink.late_policy {
@@ -271,34 +329,20 @@ pub async fn write_batch(
             None => apply.push(row),
         }
     }
+    (tally, apply)
+}
 
-    // stage and merge
-    let written = merge(&tx, table, &apply, tuples, &mut refused).await?;
-    outcome.rows_written = written.len() as u64;
-    for w in &written {
-        // rows are attributed to the window of the record that wrote them
-        if let Some(t) = tally.get_mut(w) {
-            t.rows_written += 1;
-        }
-    }
-
-    // rejects and dead letters, in the same transaction
-    for r in &refused {
-        if r.counted {
-            outcome.rejected += 1;
-            tally.entry(r.row.window_start).or_default().rejected += 1;
-        }
-        put_refused(&tx, sink, r, dead).await?;
-        if r.code != "window.sealed" || sink.late_policy == LatePolicy::DeadLetter {
-            outcome.dead_letters += 1;
-        }
-    }
-
-    // the ledger: a slice per window and partition of the records applied (rows or rejects)
+/// The ledger's slices: per window and partition, the first and last offset and the count of
+/// the records applied (rows or rejects; late ones not applied are left out).
+fn ledger_slices(
+    windowed: &[&Row],
+    sealed: &[Millis],
+    late_policy: LatePolicy,
+) -> BTreeMap<(Millis, i32), (i64, i64, i64)> {
     let mut slices: BTreeMap<(Millis, i32), (i64, i64, i64)> = BTreeMap::new();
-    for row in &windowed {
+    for row in windowed {
         let late_not_applied =
-            sealed.contains(&row.window_start) && sink.late_policy != LatePolicy::Accept;
+            sealed.contains(&row.window_start) && late_policy != LatePolicy::Accept;
         if late_not_applied {
             continue;
         }
@@ -309,17 +353,19 @@ pub async fn write_batch(
         e.1 = e.1.max(row.offset);
         e.2 += 1;
     }
-    for ((w, p), (first, last, n)) in &slices {
-        tx.execute(
-            "INSERT INTO window_ledger (sink, topic, partition, first_offset, last_offset, window_start, records) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[&sink.id, &sink.topic, p, first, last, &ts(*w), n],
-        )
-        .await?;
-    }
+    slices
+}
 
-    // the windows' counts
-    for (w, t) in &tally {
+/// Adds the batch's counts to its windows: an open window's records, rows and rejects; a
+/// sealed one's late records.
+async fn count_windows(
+    tx: &Transaction<'_>,
+    sink: &SinkIdent,
+    tally: &BTreeMap<Millis, WindowTally>,
+    sealed: &[Millis],
+    outcome: &mut Outcome,
+) -> Result<(), WriteError> {
+    for (w, t) in tally {
         if sealed.contains(w) {
             outcome.late_dead_letter += t.late_dead_letter as u64;
             outcome.late_dropped += t.late_dropped as u64;
@@ -340,8 +386,7 @@ pub async fn write_batch(
             .await?;
         }
     }
-    tx.commit().await?;
-    Ok(outcome)
+    Ok(())
 }
 
 /// Writes `apply` into the table, the newest record of each key winning; returns the window
@@ -842,5 +887,89 @@ mod tests {
         let refs: Vec<&Row> = rows.iter().collect();
         let kept: Vec<i64> = newest_per_key(&refs, 0).iter().map(|r| r.offset).collect();
         assert_eq!(kept, [1, 4, 5, 6]);
+    }
+
+    fn at(window_start: Millis, partition: i32, offset: i64) -> Row {
+        let mut r = row(offset, window_start + 1, &[Some("k")]);
+        r.window_start = window_start;
+        r.partition = partition;
+        r
+    }
+
+    fn sink(late_policy: LatePolicy) -> SinkIdent {
+        SinkIdent {
+            id: "app/users".into(),
+            topic: "clean".into(),
+            window_ms: 300_000,
+            late_policy,
+        }
+    }
+
+    #[test]
+    fn records_are_sorted_into_applied_late_and_refused() {
+        let mut undecodable = at(0, 0, 3);
+        undecodable.undecodable = Some("record.not_clean: not a clean record".into());
+        let mut nul = at(0, 0, 4);
+        nul.nul = true;
+        let mut timeless = at(0, 0, 5);
+        timeless.time_problem = Some(("time.future", "beyond the clock".into()));
+        let rows = [at(0, 0, 1), at(300_000, 1, 2), undecodable, nul, timeless];
+        let mut refused = Vec::new();
+        let windowed = in_time(&rows, &mut refused);
+        assert_eq!(windowed.len(), 4);
+        assert_eq!(refused.len(), 1);
+        assert!(!refused[0].counted, "out of every window: counted nowhere");
+        // the second window is sealed: its record is late
+        let (tally, apply) = sort_out(
+            &sink(LatePolicy::DeadLetter),
+            &windowed,
+            &[300_000],
+            &mut refused,
+        );
+        assert_eq!(apply.iter().map(|r| r.offset).collect::<Vec<_>>(), [1]);
+        let codes: Vec<&str> = refused.iter().map(|r| r.code.as_str()).collect();
+        assert_eq!(
+            codes,
+            [
+                "time.future",
+                "window.sealed",
+                "record.not_clean",
+                "postgres.rejected:22021"
+            ]
+        );
+        assert_eq!(tally[&0].records, 3);
+        assert_eq!(tally[&300_000].late_dead_letter, 1);
+        let (tally, apply) = sort_out(
+            &sink(LatePolicy::Accept),
+            &windowed,
+            &[300_000],
+            &mut Vec::new(),
+        );
+        assert_eq!(apply.len(), 2);
+        assert_eq!(tally[&300_000].late_accepted, 1);
+    }
+
+    #[test]
+    fn ledger_slices_cover_what_was_applied_per_window_and_partition() {
+        let rows = [at(0, 0, 7), at(0, 0, 9), at(0, 1, 4), at(300_000, 0, 10)];
+        let windowed: Vec<&Row> = rows.iter().collect();
+        let slices = ledger_slices(&windowed, &[], LatePolicy::Drop);
+        assert_eq!(
+            slices.into_iter().collect::<Vec<_>>(),
+            [
+                ((0, 0), (7, 9, 2)),
+                ((0, 1), (4, 4, 1)),
+                ((300_000, 0), (10, 10, 1))
+            ]
+        );
+        // late records not applied leave no slice; accepted ones do
+        assert_eq!(
+            ledger_slices(&windowed, &[300_000], LatePolicy::Drop).len(),
+            2
+        );
+        assert_eq!(
+            ledger_slices(&windowed, &[300_000], LatePolicy::Accept).len(),
+            3
+        );
     }
 }
