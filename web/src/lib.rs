@@ -324,26 +324,44 @@ async fn windows(state: web::Data<WebState>, q: web::Query<Limit>) -> HttpRespon
     }
 }
 
-async fn window(
-    state: web::Data<WebState>,
-    path: web::Path<String>,
-    q: web::Query<SinkQuery>,
+/// The window a call names (its path) and the admin of the sink it names (`?sink=`).
+fn window_call<'a>(
+    state: &'a WebState,
+    start: &str,
+    sink: &Option<String>,
+) -> Result<(DateTime<Utc>, &'a Arc<dyn Admin>), ApiError> {
+    Ok((parse_start(start)?, admin_for(state, sink)?))
+}
+
+type WindowPath = (
+    web::Data<WebState>,
+    web::Path<String>,
+    web::Query<SinkQuery>,
+);
+
+/// A call of the admin API about one window.
+type WindowCall =
+    for<'a> fn(&'a dyn Admin, DateTime<Utc>) -> BoxFuture<'a, Result<Value, ApiError>>;
+
+/// Answers `call` for the window and sink a request names.
+async fn on_window(
+    state: &WebState,
+    path: &str,
+    sink: &Option<String>,
+    call: WindowCall,
 ) -> HttpResponse {
-    match (parse_start(&path), admin_for(&state, &q.sink)) {
-        (Ok(start), Ok(admin)) => reply(admin.window(start).await),
-        (Err(e), _) | (_, Err(e)) => e.response(),
+    match window_call(state, path, sink) {
+        Ok((start, admin)) => reply(call(admin.as_ref(), start).await),
+        Err(e) => e.response(),
     }
 }
 
-async fn sealable(
-    state: web::Data<WebState>,
-    path: web::Path<String>,
-    q: web::Query<SinkQuery>,
-) -> HttpResponse {
-    match (parse_start(&path), admin_for(&state, &q.sink)) {
-        (Ok(start), Ok(admin)) => reply(admin.sealable(start).await),
-        (Err(e), _) | (_, Err(e)) => e.response(),
-    }
+async fn window((state, path, q): WindowPath) -> HttpResponse {
+    on_window(&state, &path, &q.sink, |a, start| a.window(start)).await
+}
+
+async fn sealable((state, path, q): WindowPath) -> HttpResponse {
+    on_window(&state, &path, &q.sink, |a, start| a.sealable(start)).await
 }
 
 #[derive(Deserialize)]
@@ -362,12 +380,12 @@ async fn seal(
     if let Err(e) = authorize(&req, &state) {
         return e.response();
     }
-    match (parse_start(&path), admin_for(&state, &q.sink)) {
-        (Ok(start), Ok(admin)) => {
+    match window_call(&state, &path, &q.sink) {
+        Ok((start, admin)) => {
             let by = q.by.clone().unwrap_or_else(|| "api".into());
             reply(admin.seal(start, q.force.unwrap_or(false), by).await)
         }
-        (Err(e), _) | (_, Err(e)) => e.response(),
+        Err(e) => e.response(),
     }
 }
 
@@ -377,19 +395,11 @@ struct AuditQuery {
     sink: Option<String>,
 }
 
-async fn audit_get(
-    req: HttpRequest,
-    state: web::Data<WebState>,
-    path: web::Path<String>,
-    q: web::Query<SinkQuery>,
-) -> HttpResponse {
+async fn audit_get(req: HttpRequest, (state, path, q): WindowPath) -> HttpResponse {
     if let Err(e) = authorize(&req, &state) {
         return e.response();
     }
-    match (parse_start(&path), admin_for(&state, &q.sink)) {
-        (Ok(start), Ok(admin)) => reply(admin.last_audit(start).await),
-        (Err(e), _) | (_, Err(e)) => e.response(),
-    }
+    on_window(&state, &path, &q.sink, |a, start| a.last_audit(start)).await
 }
 
 async fn audit_post(
@@ -401,9 +411,9 @@ async fn audit_post(
     if let Err(e) = authorize(&req, &state) {
         return e.response();
     }
-    match (parse_start(&path), admin_for(&state, &q.sink)) {
-        (Ok(start), Ok(admin)) => reply(admin.audit(start, q.run_id.clone()).await),
-        (Err(e), _) | (_, Err(e)) => e.response(),
+    match window_call(&state, &path, &q.sink) {
+        Ok((start, admin)) => reply(admin.audit(start, q.run_id.clone()).await),
+        Err(e) => e.response(),
     }
 }
 

@@ -2,6 +2,8 @@
 //! secret (the generated ones, and the password inside each URL), and the files that hold
 //! secrets or personal data are readable by their owner only.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -24,12 +26,7 @@ fn env_masks_every_secret_and_secret_files_are_private() {
         .env("WEIR_DEV_DIR", &dev)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed = String::from_utf8(out.stdout).unwrap();
+    let printed = common::stdout_of(out);
     let secrets = std::fs::read_to_string(dev.join("secrets.env")).unwrap();
     let mut names = 0;
     for line in secrets.lines() {

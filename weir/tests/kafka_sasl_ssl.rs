@@ -199,12 +199,7 @@ fn the_users_topology_runs_on_a_sasl_ssl_listener_and_a_wrong_password_fails_fas
     )
     .output()
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let tail = String::from_utf8(out.stdout).unwrap();
+    let tail = common::stdout_of(out);
     assert_eq!(tail.lines().count(), BAD, "{tail}");
     assert!(tail.lines().all(|l| l.contains("email.invalid")), "{tail}");
     let out = weir(

@@ -8,6 +8,18 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The standard output of a command that must have succeeded (its standard error in the
+/// failure otherwise).
+pub fn stdout_of(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
 /// Reads a setting exported by `deploy/dev test`.
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
