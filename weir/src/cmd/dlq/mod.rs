@@ -7,6 +7,7 @@
 
 mod progress;
 mod replay;
+mod replay_topic;
 mod stats;
 mod tail;
 
