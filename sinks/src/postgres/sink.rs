@@ -154,6 +154,48 @@ fn now_ms() -> Millis {
 }
 
 impl Shared {
+    /// The sink's shared parts: its PostgreSQL runtime and pool, who it is, its state.
+    fn new(
+        settings: &SinkSettings,
+        health: Arc<Health>,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Self, SinkError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("weir-pg")
+            .enable_all()
+            .build()
+            .map_err(SinkError::Runtime)?;
+        Ok(Shared {
+            rt,
+            pool: pool(&settings.database_url)?,
+            ident: SinkIdent {
+                id: settings.sink_id(),
+                topic: settings.topic.clone(),
+                window_ms: settings.config.window.as_millis() as i64,
+                late_policy: settings.config.late_policy,
+            },
+            state: Mutex::new(State::default()),
+            shutdown,
+            health,
+            writer: WriterBusy::default(),
+        })
+    }
+}
+
+impl State {
+    /// Whether a batch is due: enough records, the oldest waiting long enough, or a heartbeat
+    /// (offsets and watermarks move even with no record) a second after the last.
+    fn due(&self, batch_size: usize, flush_interval: Duration, heartbeat: Duration) -> bool {
+        self.pending.len() >= batch_size
+            || self
+                .first_pending
+                .is_some_and(|t| t.elapsed() >= flush_interval)
+            || self.last_heartbeat.is_none_or(|t| t.elapsed() >= heartbeat)
+    }
+}
+
+impl Shared {
     /// Runs a PostgreSQL call until it succeeds (or shutdown), with backoff; degraded meanwhile.
     fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> Option<T>
     where
@@ -400,28 +442,8 @@ fn consume(
     shutdown: Arc<AtomicBool>,
 ) -> Result<SinkSummary, SinkError> {
     let cfg = settings.config.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("weir-pg")
-        .enable_all()
-        .build()
-        .map_err(SinkError::Runtime)?;
-    let pool = pool(&settings.database_url)?;
-    let ident = SinkIdent {
-        id: settings.sink_id(),
-        topic: settings.topic.clone(),
-        window_ms: cfg.window.as_millis() as i64,
-        late_policy: cfg.late_policy,
-    };
-    let shared = Arc::new(Shared {
-        rt,
-        pool,
-        ident: ident.clone(),
-        state: Mutex::new(State::default()),
-        shutdown: shutdown.clone(),
-        health: health.clone(),
-        writer: WriterBusy::default(),
-    });
+    let shared = Arc::new(Shared::new(&settings, health, shutdown.clone())?);
+    let ident = shared.ident.clone();
 
     let Some(table) = describe_table(&shared, &cfg)? else {
         return Ok(SinkSummary::default());
@@ -500,14 +522,7 @@ fn consume(
                 }
             }
             let mut state = shared.state.lock().unwrap();
-            let due = state.pending.len() >= batch_size
-                || state
-                    .first_pending
-                    .is_some_and(|t| t.elapsed() >= flush_interval)
-                || state
-                    .last_heartbeat
-                    .is_none_or(|t| t.elapsed() >= heartbeat)
-                || stopping;
+            let due = stopping || state.due(batch_size, flush_interval, heartbeat);
             // the next batch's rows encoded for COPY while the one in flight is written
             let mut prepared: Option<Tuples> = None;
             if due && in_flight {
@@ -524,31 +539,9 @@ fn consume(
                 state = shared.state.lock().unwrap();
             }
             if due && !state.expected.is_empty() {
-                let now = now_ms();
-                let (quiet, moves) = moves(&state, upstream.as_mut(), now, idle_ms);
-                let mut rows = std::mem::take(&mut state.pending);
-                state.first_pending = None;
-                // a heartbeat is due again a second after this batch, not after it is written
-                state.last_heartbeat = Some(Instant::now());
-                drop(state);
-                // encoded ahead, unless the batch in flight was fenced and the rows dropped
-                let tuples = match prepared.take() {
-                    Some(t) if t.rows() == rows.len() => t,
-                    _ => Tuples::encode(&table, &mut rows),
-                };
+                let job = next_job(state, upstream.as_mut(), idle_ms, prepared.take(), &table);
                 shared.writer.started();
-                jobs.send(Job {
-                    info: JobInfo {
-                        now,
-                        quiet,
-                        idle_ms,
-                        batch: !rows.is_empty(),
-                    },
-                    rows,
-                    tuples,
-                    moves,
-                })
-                .map_err(|_| SinkError::WriterStopped)?;
+                jobs.send(job).map_err(|_| SinkError::WriterStopped)?;
                 in_flight = true;
                 drop(std::mem::take(&mut spent));
                 if stopping {
@@ -716,6 +709,40 @@ fn moves(
         })
         .collect();
     (quiet, moves)
+}
+
+/// The next batch for the writer: the pending rows (their tuples encoded ahead unless the
+/// batch in flight was fenced and the rows dropped), each held partition's offset move and
+/// watermark. The pending batch starts afresh, and the next heartbeat is a second away.
+fn next_job(
+    mut state: std::sync::MutexGuard<'_, State>,
+    upstream: Option<&mut UpstreamCheck>,
+    idle_ms: i64,
+    prepared: Option<Tuples>,
+    table: &Table,
+) -> Job {
+    let now = now_ms();
+    let (quiet, moves) = moves(&state, upstream, now, idle_ms);
+    let mut rows = std::mem::take(&mut state.pending);
+    state.first_pending = None;
+    // a heartbeat is due again a second after this batch, not after it is written
+    state.last_heartbeat = Some(Instant::now());
+    drop(state);
+    let tuples = match prepared {
+        Some(t) if t.rows() == rows.len() => t,
+        _ => Tuples::encode(table, &mut rows),
+    };
+    Job {
+        info: JobInfo {
+            now,
+            quiet,
+            idle_ms,
+            batch: !rows.is_empty(),
+        },
+        rows,
+        tuples,
+        moves,
+    }
 }
 
 /// The writer's thread: each batch handed over is written, then answered with its result
