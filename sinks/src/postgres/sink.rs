@@ -450,15 +450,7 @@ fn consume(
     };
 
     let consumer = subscribe(&settings, &shared)?;
-    let mut upstream = match &settings.upstream {
-        Some(spec) => Some(UpstreamCheck::new(spec.clone(), &settings.kafka).map_err(
-            |source| SinkError::Kafka {
-                what: "upstream check",
-                source,
-            },
-        )?),
-        None => None,
-    };
+    let mut upstream = upstream_check(&settings)?;
     let encoder = DeadLetterEncoder::new(&cfg.late_topic, &settings.application_id);
     let dead = DeadLetters {
         encoder: &encoder,
@@ -491,14 +483,8 @@ fn consume(
                       summary: &mut SinkSummary,
                       spent: &mut Vec<Row>|
          -> Result<Next, SinkError> {
-            let mut d = if wait {
-                done.recv().map_err(|_| SinkError::WriterStopped)?
-            } else {
-                match done.try_recv() {
-                    Ok(d) => d,
-                    Err(mpsc::TryRecvError::Empty) => return Ok(Next::Waiting),
-                    Err(mpsc::TryRecvError::Disconnected) => return Err(SinkError::WriterStopped),
-                }
+            let Some(mut d) = answer(&done, wait)? else {
+                return Ok(Next::Waiting);
             };
             *spent = std::mem::take(&mut d.rows);
             book(&shared, &consumer, &settings.topic, &metrics, summary, d)
@@ -561,11 +547,8 @@ fn consume(
             }
         }
     });
-    if let Err(e) = ran {
-        consumer.unsubscribe();
-        return Err(e);
-    }
     consumer.unsubscribe();
+    ran?;
     tracing::info!(?summary, "PostgreSQL sink stopped");
     Ok(summary)
 }
@@ -742,6 +725,33 @@ fn next_job(
         rows,
         tuples,
         moves,
+    }
+}
+
+/// The check of the application upstream, when the topology names it.
+fn upstream_check(settings: &SinkSettings) -> Result<Option<UpstreamCheck>, SinkError> {
+    settings
+        .upstream
+        .as_ref()
+        .map(|spec| {
+            UpstreamCheck::new(spec.clone(), &settings.kafka).map_err(|source| SinkError::Kafka {
+                what: "upstream check",
+                source,
+            })
+        })
+        .transpose()
+}
+
+/// The writer's answer for the batch in flight: waited for when `wait`, else `None` while
+/// it is being written.
+fn answer(done: &mpsc::Receiver<Done>, wait: bool) -> Result<Option<Done>, SinkError> {
+    if wait {
+        return done.recv().map(Some).map_err(|_| SinkError::WriterStopped);
+    }
+    match done.try_recv() {
+        Ok(d) => Ok(Some(d)),
+        Err(mpsc::TryRecvError::Empty) => Ok(None),
+        Err(mpsc::TryRecvError::Disconnected) => Err(SinkError::WriterStopped),
     }
 }
 

@@ -335,20 +335,7 @@ pub async fn audit(
         });
     }
     let end_ms = start_ms + spec.window_ms;
-    let source2 = source.clone();
-    let scanned = tokio::task::spawn_blocking(move || scan(&source2, start_ms, end_ms)).await??;
-
-    let raw_partitions = match &source.upstream {
-        Some(up) => {
-            let (source2, up) = (source.clone(), up.clone());
-            let clean = scanned.clone();
-            tokio::task::spawn_blocking(move || {
-                reconcile_raw(&source2, &up, &clean, start_ms, end_ms)
-            })
-            .await??
-        }
-        None => Vec::new(),
-    };
+    let (scanned, raw_partitions) = scan_window(source, start_ms, end_ms).await?;
     let mut problems = raw_problems(&raw_partitions);
     let info = window(client, spec, start).await?;
     let (status, window_records, late_dl, late_drop, late_acc) = match &info {
@@ -386,13 +373,6 @@ pub async fn audit(
         .window_column
         .clone()
         .unwrap_or_else(|| "window_start".into());
-    let find = |f: &str| {
-        table
-            .columns
-            .iter()
-            .find(|c| c.field == f)
-            .map(|c| c.name.clone())
-    };
     // the report, once the table's side is known
     let verdict = |table_rows: i64, rows_checked: usize, problems: Vec<String>| AuditReport {
         id: None,
@@ -413,19 +393,12 @@ pub async fn audit(
         problems,
         run_id: run_id.map(str::to_owned),
     };
-    let (Some(pcol), Some(ocol)) = (find("@partition"), find("@offset")) else {
+    let Some(rows) = window_rows(client, table, &window_column, start).await? else {
         problems.push(
             "the table maps no @partition/@offset column: rows cannot be traced to records".into(),
         );
         return store(client, verdict(0, 0, problems)).await;
     };
-    let exprs: Vec<String> = table.columns.iter().map(select_expr).collect();
-    let sql = format!(
-        "SELECT \"{pcol}\"::int4, \"{ocol}\"::int8, {} FROM \"{}\" WHERE \"{window_column}\" = $1",
-        exprs.join(", "),
-        table.name
-    );
-    let rows = client.query(&sql, &[&start]).await?;
     let table_rows = rows.len() as i64;
     problems.extend(row_problems(
         table,
@@ -440,6 +413,56 @@ pub async fn audit(
     let window = (start, window_column.as_str());
     problems.extend(missing_rows(client, spec, table, &source.topic, window, &scanned).await?);
     store(client, verdict(table_rows, rows.len(), problems)).await
+}
+
+/// The clean topic's committed records in the window, and (when the topology names what is
+/// upstream) the raw partitions' fates, read on threads of their own.
+async fn scan_window(
+    source: &TopicSource,
+    start_ms: Millis,
+    end_ms: Millis,
+) -> Result<(HashMap<(i32, i64), Scanned>, Vec<RawPartition>), AuditError> {
+    let source2 = source.clone();
+    let scanned = tokio::task::spawn_blocking(move || scan(&source2, start_ms, end_ms)).await??;
+    let raw_partitions = match &source.upstream {
+        Some(up) => {
+            let (source2, up) = (source.clone(), up.clone());
+            let clean = scanned.clone();
+            tokio::task::spawn_blocking(move || {
+                reconcile_raw(&source2, &up, &clean, start_ms, end_ms)
+            })
+            .await??
+        }
+        None => Vec::new(),
+    };
+    Ok((scanned, raw_partitions))
+}
+
+/// The table's rows of the window, each with its source partition and offset first and
+/// every mapped column as text; `None` when the table maps no `@partition`/`@offset`.
+async fn window_rows(
+    client: &Client,
+    table: &Table,
+    window_column: &str,
+    start: DateTime<Utc>,
+) -> Result<Option<Vec<tokio_postgres::Row>>, AuditError> {
+    let find = |f: &str| {
+        table
+            .columns
+            .iter()
+            .find(|c| c.field == f)
+            .map(|c| c.name.clone())
+    };
+    let (Some(pcol), Some(ocol)) = (find("@partition"), find("@offset")) else {
+        return Ok(None);
+    };
+    let exprs: Vec<String> = table.columns.iter().map(select_expr).collect();
+    let sql = format!(
+        "SELECT \"{pcol}\"::int4, \"{ocol}\"::int8, {} FROM \"{}\" WHERE \"{window_column}\" = $1",
+        exprs.join(", "),
+        table.name
+    );
+    Ok(Some(client.query(&sql, &[&start]).await?))
 }
 
 /// What is wrong with the raw partitions' fates: a record without one or with more than one,
