@@ -31,6 +31,9 @@ pub struct Live {
     pub allowed_origins: Vec<String>,
     /// Clients at most; one more is refused with 503 and `Retry-After`.
     pub max_clients: usize,
+    /// A client that has sent nothing (pongs included) for this long is dropped; each is
+    /// pinged three times as often.
+    pub idle_timeout: std::time::Duration,
 }
 
 /// Messages a client may fall behind by before it skips. The sink publishes a Kafka fetch at
@@ -38,10 +41,6 @@ pub struct Live {
 const QUEUE: usize = 4096;
 /// The largest message a client may send (it has nothing to say but pings).
 const MAX_FRAME: usize = 4 * 1024;
-/// How often the server pings each client.
-const PING: std::time::Duration = std::time::Duration::from_secs(10);
-/// A client that has sent nothing (pongs included) for this long is dropped.
-const IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Live {
     pub fn new(
@@ -49,6 +48,7 @@ impl Live {
         registry: &prometheus::Registry,
         allowed_origins: Vec<String>,
         max_clients: usize,
+        idle_timeout: std::time::Duration,
     ) -> Arc<Self> {
         let clients = IntGauge::new(
             "websocket_clients",
@@ -64,6 +64,7 @@ impl Live {
             clients,
             allowed_origins,
             max_clients,
+            idle_timeout,
         })
     }
 
@@ -242,14 +243,17 @@ pub(crate) async fn ws(
                 return;
             }
         }
-        // a ping every PING; a client that has sent nothing (not even the pong) for IDLE is
+        // a ping every third of the idle timeout; a client that has sent nothing (not even
+        // the pong) for the idle timeout is
         // gone (a laptop closed without a FIN) and is dropped
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING, PING);
+        let idle = live.idle_timeout;
+        let every = (idle / 3).max(std::time::Duration::from_millis(100));
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = ping.tick() => {
-                    if heard.elapsed() > IDLE || session.ping(b"").await.is_err() {
+                    if heard.elapsed() > idle || session.ping(b"").await.is_err() {
                         break;
                     }
                 }

@@ -1,5 +1,6 @@
 //! The live view against the real stack: the page is served by Weir with no external asset,
-//! the websocket refuses a foreign Origin and a client over its cap, greets each clean record within seconds as plain
+//! the websocket refuses a foreign Origin and a client over its cap, drops a silent one,
+//! greets each clean record within seconds as plain
 //! text (an HTML-looking name stays text), and the vital signs count the records.
 
 mod common;
@@ -37,7 +38,10 @@ fn connect(
 fn greetings_reach_the_websocket_as_text_within_seconds() {
     let t = common::weir::Topics::create("weir-live", 2);
     let raw = t.raw.clone();
-    let (mut child, port) = t.serve_fresh("live", &[("WEIR_WS_MAX_CLIENTS", "1")]);
+    let (mut child, port) = t.serve_fresh(
+        "live",
+        &[("WEIR_WS_MAX_CLIENTS", "1"), ("WEIR_WS_IDLE_TIMEOUT", "3s")],
+    );
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let page = loop {
@@ -148,6 +152,40 @@ fn greetings_reach_the_websocket_as_text_within_seconds() {
         metrics.lines().any(|l| l == "weir_websocket_clients 1"),
         "{metrics}"
     );
+
+    // a client that stops answering (never reads, so never pongs) is dropped after the idle
+    // timeout (3 s here); one that reads stays
+    ws.close(None).unwrap();
+    let clients = || -> i64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&common::get_text(&format!("{base}/api/vitals"))).unwrap();
+        v["websocket_clients"].as_i64().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while clients() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed client was not let go"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let silent = connect(port, Some(&base)).expect("a client under the cap");
+    let connected = Instant::now();
+    assert_eq!(clients(), 1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while clients() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a silent client was kept past the idle timeout"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = connected.elapsed();
+    assert!(
+        after >= Duration::from_millis(2500),
+        "dropped after {after:?}, before its idle timeout"
+    );
+    drop(silent);
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -29,6 +29,7 @@ pub struct StartContext<'a> {
 pub struct LiveSettings {
     pub allowed_origins: Vec<String>,
     pub max_clients: usize,
+    pub idle_timeout: std::time::Duration,
 }
 
 /// A started service: its thread, and what the HTTP server serves of it.

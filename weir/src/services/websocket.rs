@@ -16,6 +16,7 @@ pub fn start(ctx: &StartContext) -> anyhow::Result<Started> {
         &ctx.metrics.registry,
         ctx.live.allowed_origins.clone(),
         ctx.live.max_clients,
+        ctx.live.idle_timeout,
     );
     let topic = input_topic(ctx.topology, ctx.node)?;
     let kafka = ctx.topology.settings.kafka.clone();

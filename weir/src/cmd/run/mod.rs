@@ -62,6 +62,9 @@ pub struct RunArgs {
     /// Live page clients at most; more are refused with 503.
     #[arg(long, env = "WEIR_WS_MAX_CLIENTS", default_value_t = 10_000)]
     pub ws_max_clients: usize,
+    /// A live page client silent this long (not even answering pings) is dropped.
+    #[arg(long, env = "WEIR_WS_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub ws_idle_timeout: std::time::Duration,
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
@@ -92,6 +95,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let live_settings = weir::services::LiveSettings {
         allowed_origins: weir::http::allowed_origins(&args.allowed_origins, args.http_port),
         max_clients: args.ws_max_clients,
+        idle_timeout: args.ws_idle_timeout,
     };
     for other in all.iter().filter(|s| s.id != sub.id && selected(s.id)) {
         for name in &other.nodes {
