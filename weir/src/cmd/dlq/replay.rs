@@ -65,7 +65,9 @@ pub fn replay(args: &ReplayArgs) -> anyhow::Result<()> {
             .with_context(|| format!("creating the replay ledger topic {ledger}"))?;
         let mut tally = Tally::default();
         for topic in &target.topics {
-            tally = replay_topic(args, &target, topic, &rules, &ledger, &shutdown, tally)?;
+            tally = replay_topic(
+                args.batch, &target, topic, &rules, &ledger, &shutdown, tally,
+            )?;
             if shutdown.load(Ordering::Relaxed) {
                 break;
             }

@@ -10,13 +10,12 @@ use weir_sinks::dead_letter::reader::Extent;
 use weir_sinks::dead_letter::replay::{ReplayJob, ReplayRules, Tally};
 use weir_topology::engine::{self, EngineConfig, InputMode, PartitionRange};
 
-use super::replay::ReplayArgs;
 use super::{Target, STALL};
 
-/// Replays one dead-letter topic from its beginning to today's end on the engine's loop.
-#[allow(clippy::too_many_arguments)]
+/// Replays one dead-letter topic from its beginning to today's end on the engine's loop,
+/// `batch` records a transaction.
 pub(super) fn replay_topic(
-    args: &ReplayArgs,
+    batch: usize,
     target: &Target,
     topic: &str,
     rules: &ReplayRules,
@@ -49,7 +48,7 @@ pub(super) fn replay_topic(
         subtopology: 0,
         kafka: target.kafka.clone(),
         commit_interval: Duration::from_secs(1),
-        commit_max_records: args.batch.max(1),
+        commit_max_records: batch.max(1),
         transaction_timeout: Duration::from_secs(10),
         // an open transaction of a crashed writer holds back the end
         stop_when_idle: Some(STALL),
