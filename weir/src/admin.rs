@@ -103,7 +103,10 @@ impl KafkaProbe {
             .client
             .get_or_init(|| {
                 self.kafka
-                    .client("readiness", |_| {})
+                    // an unreachable cluster is what readiness reports, not a log line a retry
+                    .client("readiness", |c| {
+                        c.set_log_level(rdkafka::config::RDKafkaLogLevel::Critical);
+                    })
                     .create()
                     .map(Arc::new)
                     .map_err(|e| format!("Kafka ({}): {e}", self.kafka.bootstrap_servers))

@@ -82,11 +82,7 @@ fn the_users_topology_runs_on_a_sasl_ssl_listener_and_a_wrong_password_fails_fas
         r.unwrap();
     }
 
-    let url = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(common::pg::fresh_database("weir_sasl"));
+    let url = common::pg::fresh_database_now("weir_sasl");
     let port = common::free_port();
     let mut run = common::Guard(
         weir(&t, &["run", topo, "--instance", "sasl"])

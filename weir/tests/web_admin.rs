@@ -260,11 +260,7 @@ fn every_postgres_sink_gets_the_admin_api() {
     let topology = common::scratch_dir("two-sinks").join("users-two-sinks.toml");
     std::fs::write(&topology, format!("{}{copy}\n{}", &users[..i], &users[i..])).unwrap();
     let t = common::weir::Topics::create("weir-two-sinks", 2);
-    let url = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(common::pg::fresh_database("weir_two_sinks"));
+    let url = common::pg::fresh_database_now("weir_two_sinks");
     let port = common::free_port();
     let mut child = common::Guard(
         t.command(&["run", topology.to_str().unwrap(), "--instance", "two"])

@@ -390,6 +390,15 @@ pub mod pg {
         format!("{base}/{db}")
     }
 
+    /// [`fresh_database`] from a test that is not async.
+    pub fn fresh_database_now(prefix: &str) -> String {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(fresh_database(prefix))
+    }
+
     /// Creates a database with the schema applied; returns its URL.
     pub async fn fresh_database(prefix: &str) -> String {
         let admin_url = super::env("WEIR_PG_ADMIN_URL");
@@ -526,11 +535,7 @@ pub mod weir {
         /// [`Topics::serve`] on a fresh database and a free port (outside an async runtime);
         /// returns the process and the port.
         pub fn serve_fresh(&self, instance: &str, env: &[(&str, &str)]) -> (super::Guard, u16) {
-            let url = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(super::pg::fresh_database(&format!("weir_{instance}")));
+            let url = super::pg::fresh_database_now(&format!("weir_{instance}"));
             let port = super::free_port();
             (self.serve(instance, &url, port, env), port)
         }
