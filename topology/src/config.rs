@@ -18,7 +18,7 @@ use crate::duration::Duration;
 use crate::interpolate::interpolate;
 
 /// Application-wide settings at the top of a topology file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppSettings {
     /// Names the application: the Kafka consumer group, the prefix of transactional ids and
@@ -44,7 +44,7 @@ fn default_commit_max_records() -> usize {
 }
 
 /// Kafka client settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSettings {
     /// Bootstrap servers, `host:port[,host:port]`.
@@ -112,6 +112,9 @@ pub struct Node {
     pub type_name: String,
     pub inputs: Vec<InputRef>,
     pub config: Box<dyn NodeConfig>,
+    /// The node's own settings as written (its table without `type` and `inputs`, with
+    /// `${VAR}` resolved): what [`crate::diff`] compares between two versions of a file.
+    pub settings: Value,
     /// Byte offset of the node's name in the file.
     pub offset: usize,
     /// The node's own config has errors (already reported): its outputs are unknown, so
@@ -640,8 +643,9 @@ impl Loader<'_> {
             ),
         }
 
+        let settings = Value::Object(obj);
         let config = component
-            .and_then(|c| self.deserialize(c.parse, Value::Object(obj), &label, offset, &spans));
+            .and_then(|c| self.deserialize(c.parse, settings.clone(), &label, offset, &spans));
         if let Some(c) = &config {
             for problem in c.problems() {
                 self.error(Some(offset), format!("{label}: {problem}"));
@@ -654,6 +658,7 @@ impl Loader<'_> {
             type_name,
             inputs,
             config: config.unwrap_or_else(|| Box::new(Unchecked)),
+            settings,
             offset,
             broken,
         })

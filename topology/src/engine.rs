@@ -39,6 +39,9 @@
 //!   several refused records, each is retried in a transaction of its own first, so only the
 //!   record that fails alone is turned into a dead letter. If that dead letter is refused too,
 //!   the loop stops with [`EngineError::NoFate`].
+//! - A job's new version ([`Job::swap_ready`], a topology reload) goes in at a transaction
+//!   boundary: the loop commits everything it holds (the commit in flight, the held records,
+//!   the open transaction) and swaps before it reads the next record.
 //! - Every call here blocks (librdkafka has no async transaction API): run [`run`] on a
 //!   thread of its own, never on an async executor's thread.
 
@@ -99,6 +102,14 @@ pub trait Job: Send {
     /// The open transaction aborted: what the job did since the last commit is undone, and
     /// its records come again.
     fn on_abort(&mut self) {}
+    /// A new version of the job's processing is ready (a topology reload). The loop then
+    /// settles and commits everything it holds and calls [`Job::swap`] before it reads on:
+    /// each transaction's records are processed wholly by one version.
+    fn swap_ready(&self) -> bool {
+        false
+    }
+    /// Puts the ready version in place; called between two transactions.
+    fn swap(&mut self) {}
 }
 
 impl Refusal {
@@ -1546,6 +1557,19 @@ impl<J: Job> Loop<'_, J> {
         consumer: &BaseConsumer<EngineContext>,
         last_activity: &mut Instant,
     ) -> Step {
+        if self.job.swap_ready() {
+            let shared = self.shared.clone();
+            let mut state = shared.state.lock().unwrap();
+            // what aborts here is read again, by the new version
+            if let Err(e) = self.commit(consumer, &mut state) {
+                return Step::Stop(Err(e));
+            }
+            self.job.swap();
+            tracing::info!(
+                transactions = state.summary.committed_transactions,
+                "a new version of the processors runs from the next transaction"
+            );
+        }
         let config = &self.shared.config;
         let idle = config
             .stop_when_idle
@@ -1649,6 +1673,41 @@ impl<J: Job> Loop<'_, J> {
 pub struct PipelineJob {
     main: Worker,
     helpers: Vec<Worker>,
+    next: Swapper,
+}
+
+/// Hands a [`PipelineJob`] a new version of its pipelines from another thread (a topology
+/// reload); the loop swaps them in at its next transaction boundary.
+#[derive(Clone, Default)]
+pub struct Swapper {
+    ready: Arc<AtomicBool>,
+    next: Arc<Mutex<Option<Vec<Pipeline>>>>,
+    /// How many versions the loop has put in place.
+    applied: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Swapper {
+    /// Offers a new version: the first pipeline for the loop's thread, one more per helper
+    /// (a shorter list leaves fewer helpers). Replaces a version offered and not yet taken.
+    pub fn offer(&self, pipelines: Vec<Pipeline>) {
+        *self.next.lock().unwrap() = Some(pipelines);
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// How many offered versions the loop has put in place so far.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::SeqCst)
+    }
+
+    /// True when both hand versions to the same job.
+    pub fn same(&self, other: &Swapper) -> bool {
+        Arc::ptr_eq(&self.next, &other.next)
+    }
+
+    /// True while an offered version waits for a transaction boundary.
+    pub fn pending(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
 }
 
 /// A copy of the pipeline.
@@ -1692,7 +1751,13 @@ impl PipelineJob {
         Self {
             main: Worker::new(pipeline),
             helpers: Vec::new(),
+            next: Swapper::default(),
         }
+    }
+
+    /// What hands this job new versions of its pipelines.
+    pub fn swapper(&self) -> Swapper {
+        self.next.clone()
     }
 
     /// Adds a copy of the pipeline that processes part of each batch on a thread of its own.
@@ -1753,6 +1818,24 @@ impl Job for PipelineJob {
     /// The pipeline keeps nothing per transaction.
     fn overlaps_commit(&self) -> bool {
         true
+    }
+
+    fn swap_ready(&self) -> bool {
+        self.next.ready.load(Ordering::Relaxed)
+    }
+
+    fn swap(&mut self) {
+        // cleared first: a version offered meanwhile is taken now or at the next boundary
+        self.next.ready.store(false, Ordering::SeqCst);
+        let Some(mut pipelines) = self.next.next.lock().unwrap().take() else {
+            return;
+        };
+        if pipelines.is_empty() {
+            return;
+        }
+        self.main = Worker::new(pipelines.remove(0));
+        self.helpers = pipelines.into_iter().map(Worker::new).collect();
+        self.next.applied.fetch_add(1, Ordering::SeqCst);
     }
 }
 

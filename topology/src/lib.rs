@@ -7,7 +7,7 @@
 //!   topic) and the [`component::Registry`] the binary fills; [`build`] is what a node
 //!   becomes when it runs (a processor or a topic sink's encoder) and why it cannot.
 //! - [`graph`]: input checks, cycles, and the split into sub-topologies at topics;
-//!   [`describe`] prints it.
+//!   [`describe`] prints it; [`diff`] says what an edit changes and how it applies.
 //! - [`record`]: records in flight, the clean row and failures; [`fields`] reads the fields
 //!   of a raw JSON record that the rules name, without a DOM; [`schema`] is what a clean row
 //!   holds, known when the topology is built.
@@ -27,6 +27,7 @@ pub mod component;
 pub mod config;
 pub mod describe;
 pub mod diagnostic;
+pub mod diff;
 pub mod duration;
 pub mod engine;
 pub mod fields;

@@ -5,7 +5,8 @@
 //! - `GET /metrics`: every metric in Prometheus text format.
 //! - `GET /healthz`: the process is up. `GET /readyz`: Kafka and PostgreSQL answer and no
 //!   sink is degraded (503 otherwise, with the reasons).
-//! - `GET /api/topology`: the topology's description.
+//! - `GET /api/topology`: the running topology's description, its version (a content hash
+//!   and when it was loaded) and the last reload's result.
 //! - `GET /api/windows`, `GET /api/windows/{start}`: a PostgreSQL sink's windows (every
 //!   window call takes `?sink=NAME`; by default the topology's first PostgreSQL sink).
 //! - `GET /api/windows/{start}/sealable`: whether the watermark has passed the window's end
@@ -90,7 +91,9 @@ pub trait Admin: Send + Sync + 'static {
 /// Everything the handlers share.
 pub struct WebState {
     pub registry: prometheus::Registry,
-    pub topology: Value,
+    /// What `/api/topology` answers: the running topology's description, its `version`
+    /// (content hash, load time) and its last `reload`; rewritten by a reload.
+    pub topology: Arc<std::sync::RwLock<Value>>,
     /// The admin token; `None` refuses every admin call.
     pub admin_token: Option<String>,
     /// The admin API of each PostgreSQL sink by node name, the first answering when a call
@@ -307,7 +310,12 @@ async fn readyz(state: web::Data<WebState>) -> HttpResponse {
 }
 
 async fn topology(state: web::Data<WebState>) -> HttpResponse {
-    HttpResponse::Ok().json(&state.topology)
+    let topology = state
+        .topology
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    HttpResponse::Ok().json(topology)
 }
 
 #[derive(Deserialize)]

@@ -37,6 +37,7 @@ async function vitals() {
     document.getElementById('clients').textContent = v.websocket_clients;
     document.getElementById('window').textContent = v.window ? new Date(v.window.window_start).toISOString().slice(11, 16) + ' UTC (' + v.window.status + ')' : '–';
     document.getElementById('rows').textContent = v.window ? v.window.rows_written : '–';
+    document.getElementById('version').textContent = v.version ? v.version.hash.slice(0, 12) + ' (loaded ' + v.version.loaded_at.slice(11, 19) + ' UTC)' : '–';
   } catch (e) { /* the server may be restarting */ }
 }
 function cell(tr, text, cls) {

@@ -322,8 +322,13 @@ fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> Option<&'a str> {
 /// `/api/dlq`).
 pub(crate) async fn vitals(state: web::Data<WebState>) -> HttpResponse {
     let families = state.registry.gather();
+    let topology = state
+        .topology
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let nodes = |kind: &str, typ: Option<&str>| -> Vec<String> {
-        state.topology["sub_topologies"]
+        topology["sub_topologies"]
             .as_array()
             .into_iter()
             .flatten()
@@ -359,5 +364,6 @@ pub(crate) async fn vitals(state: web::Data<WebState>) -> HttpResponse {
         "rows_written": sum(&families, "weir_sink_rows_written_total", |_| true),
         "websocket_clients": state.live.as_ref().map(|l| l.clients()).unwrap_or(0),
         "window": window,
+        "version": topology["version"],
     }))
 }

@@ -1,5 +1,6 @@
 //! The admin API's answers, from the running topology's PostgreSQL sink: windows, seal,
-//! audit and readiness — the [`weir_web::Admin`] the HTTP server serves.
+//! audit and readiness — the [`weir_web::Admin`] the HTTP server serves; [`AdminSlot`] lets
+//! a reload replace a sink's admin under the running server.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -337,5 +338,64 @@ impl Admin for NoSink {
     }
     fn ready(&self) -> BoxFuture<'_, Result<(), Vec<String>>> {
         async move { self.kafka.check().await.map_err(|e| vec![e]) }.boxed()
+    }
+}
+
+/// An admin API that a reload may replace (its PostgreSQL sink restarted with new
+/// settings): the HTTP server keeps serving the slot, and each call goes to what it holds.
+pub struct AdminSlot(std::sync::RwLock<Arc<dyn Admin>>);
+
+impl AdminSlot {
+    pub fn new(admin: Arc<dyn Admin>) -> Arc<Self> {
+        Arc::new(Self(std::sync::RwLock::new(admin)))
+    }
+
+    /// Puts `admin` in place of what the slot held.
+    pub fn set(&self, admin: Arc<dyn Admin>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = admin;
+    }
+
+    fn get(&self) -> Arc<dyn Admin> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Admin for AdminSlot {
+    fn windows(&self, limit: i64) -> BoxFuture<'_, Result<Value, ApiError>> {
+        let a = self.get();
+        async move { a.windows(limit).await }.boxed()
+    }
+    fn window(&self, start: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>> {
+        let a = self.get();
+        async move { a.window(start).await }.boxed()
+    }
+    fn sealable(&self, start: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>> {
+        let a = self.get();
+        async move { a.sealable(start).await }.boxed()
+    }
+    fn seal(
+        &self,
+        start: DateTime<Utc>,
+        force: bool,
+        by: String,
+    ) -> BoxFuture<'_, Result<Value, ApiError>> {
+        let a = self.get();
+        async move { a.seal(start, force, by).await }.boxed()
+    }
+    fn audit(
+        &self,
+        start: DateTime<Utc>,
+        run_id: Option<String>,
+    ) -> BoxFuture<'_, Result<Value, ApiError>> {
+        let a = self.get();
+        async move { a.audit(start, run_id).await }.boxed()
+    }
+    fn last_audit(&self, start: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>> {
+        let a = self.get();
+        async move { a.last_audit(start).await }.boxed()
+    }
+    fn ready(&self) -> BoxFuture<'_, Result<(), Vec<String>>> {
+        let a = self.get();
+        async move { a.ready().await }.boxed()
     }
 }

@@ -1,14 +1,12 @@
-//! The HTTP server of `weir run`: its state made from the running services (each
-//! PostgreSQL sink's admin API, the websocket sink's live feed) and the dead-letter panel's
-//! reader, served on a thread of its own.
+//! The HTTP server of `weir run`: its state made from what it serves of the running services
+//! (each PostgreSQL sink's admin API, the websocket sink's live feed) and the dead-letter
+//! panel's reader, served on a thread of its own.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use weir_topology::metrics::Metrics;
 use weir_topology::Topology;
-
-use crate::services::Started;
 
 /// Where and for whom the server answers.
 pub struct HttpSettings {
@@ -45,19 +43,25 @@ pub fn allowed_origins(given: &[String], port: u16) -> Vec<String> {
     ]
 }
 
-/// Starts the server for the running `services`; fails at once when the address cannot be
-/// bound.
+/// What the server serves of the running services: each PostgreSQL sink's admin API (by
+/// node name) and the live page's feed.
+#[derive(Clone, Default)]
+pub struct Served {
+    pub admins: Vec<(String, Arc<dyn weir_web::Admin>)>,
+    pub live: Option<Arc<weir_web::live::Live>>,
+}
+
+/// Starts the server; fails at once when the address cannot be bound. `topology` is what
+/// `/api/topology` answers (a reload rewrites it).
 pub fn start(
     t: &Topology,
     metrics: &Metrics,
-    services: &[(String, Started)],
-    settings: HttpSettings,
+    served: Served,
+    topology: Arc<std::sync::RwLock<serde_json::Value>>,
+    settings: &HttpSettings,
     shutdown: Arc<AtomicBool>,
 ) -> anyhow::Result<(actix_web::dev::ServerHandle, std::thread::JoinHandle<()>)> {
-    let mut admins: Vec<(String, Arc<dyn weir_web::Admin>)> = services
-        .iter()
-        .filter_map(|(name, s)| Some((name.clone(), s.admin.clone()?)))
-        .collect();
+    let mut admins = served.admins;
     if admins.is_empty() {
         admins.push((
             String::new(),
@@ -68,12 +72,12 @@ pub fn start(
     }
     let state = weir_web::WebState {
         registry: metrics.registry.clone(),
-        topology: serde_json::to_value(weir_topology::describe::describe(t))?,
-        admin_token: settings.admin_token,
+        topology,
+        admin_token: settings.admin_token.clone(),
         admins,
-        live: services.iter().find_map(|(_, s)| s.live.clone()),
+        live: served.live,
         dead_letters: dead_letter_feed(t, shutdown)?,
-        allowed_hosts: settings.allowed_hosts,
+        allowed_hosts: settings.allowed_hosts.clone(),
         ready_cache: Default::default(),
     };
     serve(state, &settings.addr)

@@ -41,6 +41,15 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: cmd::describe::Format,
     },
+    /// What an edit of a topology file changes, node by node, and whether a running
+    /// `weir run --watch` applies it live or restarts which sub-topologies.
+    #[command(after_help = "Example:\n  weir diff topology/users.toml edited.toml")]
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: cmd::diff::Format,
+    },
     /// Run the test cases written in a topology file, offline.
     #[command(after_help = "Example:\n  weir test topology/users.toml")]
     Test { file: PathBuf },
@@ -112,6 +121,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd::run::run(args),
         Command::Check { file } => cmd::check::run(file),
         Command::Describe { file, format } => cmd::describe::run(file, *format),
+        Command::Diff { old, new, format } => cmd::diff::run(old, new, *format),
         Command::Test { file } => cmd::test::run(file),
         Command::Process { file } => cmd::process::run(file),
         Command::Ingest(args) => tools::ingest::run(args),

@@ -79,17 +79,7 @@ impl SinkMetrics {
             )),
             &["sqlstate"],
         )?;
-        registry.register(Box::new(dead_letters.clone()))?;
-        registry.register(Box::new(unwritable.clone()))?;
-        registry.register(Box::new(records.clone()))?;
-        registry.register(Box::new(rows_written.clone()))?;
-        registry.register(Box::new(rejects.clone()))?;
-        registry.register(Box::new(batch_latency.clone()))?;
-        registry.register(Box::new(windows_sealed.clone()))?;
-        registry.register(Box::new(late_records.clone()))?;
-        registry.register(Box::new(watermark_lag.clone()))?;
-        registry.register(Box::new(degraded.clone()))?;
-        Ok(Self {
+        let metrics = Self {
             records,
             rows_written,
             rejects,
@@ -100,7 +90,34 @@ impl SinkMetrics {
             degraded,
             dead_letters,
             unwritable,
-        })
+        };
+        for c in metrics.collectors() {
+            registry.register(c)?;
+        }
+        Ok(metrics)
+    }
+
+    /// Takes this sink's metrics out of `registry` (before the sink starts again, after a
+    /// topology reload).
+    pub fn unregister(&self, registry: &Registry) {
+        for c in self.collectors() {
+            let _ = registry.unregister(c);
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.dead_letters.clone()),
+            Box::new(self.unwritable.clone()),
+            Box::new(self.records.clone()),
+            Box::new(self.rows_written.clone()),
+            Box::new(self.rejects.clone()),
+            Box::new(self.batch_latency.clone()),
+            Box::new(self.windows_sealed.clone()),
+            Box::new(self.late_records.clone()),
+            Box::new(self.watermark_lag.clone()),
+            Box::new(self.degraded.clone()),
+        ]
     }
 
     /// Metrics not registered anywhere (tests, one-off commands).

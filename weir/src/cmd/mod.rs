@@ -1,9 +1,10 @@
-//! One module per product command of `weir` (run, check, describe, test, process, dlq,
-//! audit), and the helpers every command shares; `ingest` and `bench` are in [`crate::tools`].
+//! One module per product command of `weir` (run, check, describe, diff, test, process,
+//! dlq, audit), and the helpers every command shares; `ingest` and `bench` are in [`crate::tools`].
 
 pub mod audit;
 pub mod check;
 pub mod describe;
+pub mod diff;
 pub mod dlq;
 pub mod process;
 pub mod run;

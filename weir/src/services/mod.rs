@@ -22,6 +22,9 @@ pub struct StartContext<'a> {
     pub shutdown: Arc<AtomicBool>,
     /// Settings of the live page's websocket.
     pub live: LiveSettings,
+    /// The live page's feed of the same sink before a reload restarted it: kept, so the
+    /// page's clients stay connected.
+    pub live_feed: Option<Arc<weir_web::live::Live>>,
 }
 
 /// The live page's websocket limits (from `weir run`'s options).
@@ -42,6 +45,9 @@ pub struct Started {
     pub admin: Option<Arc<dyn weir_web::Admin>>,
     /// The greeting feed of a websocket sink.
     pub live: Option<Arc<weir_web::live::Live>>,
+    /// Undoes what starting did beyond the thread (its metrics), once the thread has
+    /// stopped, before the service starts again after a reload.
+    pub on_restart: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// How one component type starts.
@@ -79,19 +85,27 @@ pub fn start(ctx: &StartContext) -> anyhow::Result<Option<Started>> {
 pub fn join(services: Vec<(String, Started)>) -> bool {
     let mut failed = false;
     for (name, service) in services {
-        match service.thread.join() {
-            Ok(Ok(summary)) => tracing::info!(sink = %name, %summary, "sink stopped"),
-            Ok(Err(e)) => {
-                failed |= service.critical;
-                eprintln!("weir run: sink \"{name}\": {e}");
-            }
-            Err(_) => {
-                failed |= service.critical;
-                eprintln!("weir run: sink \"{name}\" panicked");
-            }
-        }
+        failed |= join_one(&name, service.thread) && service.critical;
     }
     failed
+}
+
+/// Waits for one service's thread and reports its end; true when it failed.
+pub fn join_one(name: &str, thread: std::thread::JoinHandle<Result<String, String>>) -> bool {
+    match thread.join() {
+        Ok(Ok(summary)) => {
+            tracing::info!(sink = %name, %summary, "sink stopped");
+            false
+        }
+        Ok(Err(e)) => {
+            eprintln!("weir run: sink \"{name}\": {e}");
+            true
+        }
+        Err(_) => {
+            eprintln!("weir run: sink \"{name}\" panicked");
+            true
+        }
+    }
 }
 
 /// The topic a sink reads: the topic its input (a topic sink) writes.

@@ -43,6 +43,7 @@ pub fn start(ctx: &StartContext) -> anyhow::Result<Started> {
     )?
     .count_seals(metrics.windows_sealed.clone());
     let shutdown = ctx.shutdown.clone();
+    let (registry, registered) = (ctx.metrics.registry.clone(), metrics.clone());
     let thread = std::thread::Builder::new()
         .name(format!("weir-pg-{}", ctx.node.name))
         .spawn(move || {
@@ -55,6 +56,7 @@ pub fn start(ctx: &StartContext) -> anyhow::Result<Started> {
         critical: true,
         admin: Some(Arc::new(admin)),
         live: None,
+        on_restart: Some(Box::new(move || registered.unregister(&registry))),
     })
 }
 

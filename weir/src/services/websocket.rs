@@ -11,13 +11,15 @@ pub fn start(ctx: &StartContext) -> anyhow::Result<Started> {
         .node
         .config::<WebsocketSinkConfig>()
         .context("a websocket sink's config")?;
-    let feed = weir_web::live::Live::new(
-        cfg.history,
-        &ctx.metrics.registry,
-        ctx.live.allowed_origins.clone(),
-        ctx.live.max_clients,
-        ctx.live.idle_timeout,
-    );
+    let feed = ctx.live_feed.clone().unwrap_or_else(|| {
+        weir_web::live::Live::new(
+            cfg.history,
+            &ctx.metrics.registry,
+            ctx.live.allowed_origins.clone(),
+            ctx.live.max_clients,
+            ctx.live.idle_timeout,
+        )
+    });
     let topic = input_topic(ctx.topology, ctx.node)?;
     let kafka = ctx.topology.settings.kafka.clone();
     let template = cfg.message.clone();
@@ -45,5 +47,6 @@ pub fn start(ctx: &StartContext) -> anyhow::Result<Started> {
         critical: false,
         admin: None,
         live: Some(feed),
+        on_restart: None,
     })
 }

@@ -2,18 +2,24 @@
 //! topic sinks) runs exactly once in Kafka transactions on a thread of its own; the sinks that
 //! read its topics (PostgreSQL, websocket) each get a thread; the HTTP server serves metrics,
 //! the admin API and the live page. `--subtopologies` runs only some. SIGINT or SIGTERM
-//! commits the open transaction and stops.
+//! commits the open transaction and stops. SIGHUP, or `--watch` and an edit, reloads the
+//! topology file ([`reload`]); [`parts`] restarts what an edit touches.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 
-use weir_topology::engine::{self};
 use weir_topology::graph::sub_topologies;
 use weir_topology::metrics::Metrics;
 
 mod engine_job;
+mod parts;
+mod reload;
 
-use engine_job::{ended, engine_job};
+use engine_job::ended;
+use parts::Parts;
+use reload::{Outcome, Reloader};
 
 use super::{parse_duration, Exit};
 
@@ -22,6 +28,12 @@ use super::{parse_duration, Exit};
 pub struct RunArgs {
     /// The topology file.
     pub file: std::path::PathBuf,
+    /// Reload the file when it changes (SIGHUP always reloads it): an edit with errors is
+    /// refused and the running topology carries on; an edit of processors is swapped in at
+    /// the next transaction boundary; any other edit restarts only the sub-topologies it
+    /// touches (`weir diff OLD NEW` says which).
+    #[arg(long)]
+    pub watch: bool,
     #[command(flatten)]
     pub kafka: super::KafkaOptions,
     /// This process's instance id: distinct per process of one application, stable across
@@ -71,9 +83,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let path: &Path = &args.file;
     let t = super::load_with(path, &args.kafka)?;
     let metrics = Metrics::new();
-    let sub = super::processing_subtopology(&t)?;
     let shutdown = weir::signals::shutdown_flag()?;
-    let mut services = Vec::new();
     let all = sub_topologies(&t);
     if let Some(bad) = args
         .subtopologies
@@ -90,76 +100,57 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         );
         return Err(Exit(2).into());
     }
-    let selected = |id: usize| args.subtopologies.is_empty() || args.subtopologies.contains(&id);
+    let http = weir::http::HttpSettings {
+        addr: format!("{}:{}", args.http_host, args.http_port),
+        allowed_hosts: weir::http::allowed_hosts(&args.allowed_hosts, &args.http_host),
+        admin_token: std::env::var("WEIR_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
     // the sinks with a loop of their own (PostgreSQL, websocket), whatever their type
     let live_settings = weir::services::LiveSettings {
         allowed_origins: weir::http::allowed_origins(&args.allowed_origins, args.http_port),
         max_clients: args.ws_max_clients,
         idle_timeout: args.ws_idle_timeout,
     };
-    for other in all.iter().filter(|s| s.id != sub.id && selected(s.id)) {
-        for name in &other.nodes {
-            let node = t.node(name).expect("node of the topology");
-            let ctx = weir::services::StartContext {
-                topology: &t,
-                node,
-                instance: &args.instance,
-                metrics: &metrics,
-                shutdown: shutdown.clone(),
-                live: live_settings.clone(),
+    let status = Arc::new(RwLock::new(serde_json::Value::Null));
+    let mut parts = Parts::new(args, t, metrics.clone(), live_settings, status.clone());
+    parts.start_services(None, &mut HashMap::new())?;
+    parts.start_engine()?;
+    let mut reloader = Reloader::new(
+        path.to_path_buf(),
+        args.kafka.options.clone(),
+        args.watch,
+        &parts.topology,
+        parts.engine.as_ref().map(|e| e.swapper.clone()),
+        &metrics,
+        status,
+    )?;
+    parts.start_web(&http)?;
+    if args.watch {
+        tracing::info!(file = %path.display(), "watching the topology file: an edit is checked and applied while records flow");
+    }
+    // wait for a signal, or for a loop to stop on its own (a fatal error); reload on SIGHUP
+    // or, with --watch, when the file changes
+    while !shutdown.load(Ordering::Relaxed) && !parts.something_ended() {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Outcome::Replace { topology, restart } = reloader.tick(&parts.topology) {
+            let Some(restart) = restart else {
+                parts.topology = *topology;
+                continue;
             };
-            if let Some(started) = weir::services::start(&ctx)? {
-                services.push((name.clone(), started));
+            if let Some(e) = parts.restart(*topology, &restart, &http)? {
+                let failed = parts.failed;
+                parts.stop_all();
+                return ended(Err(e), failed);
             }
+            reloader.set_swapper(parts.engine.as_ref().map(|e| e.swapper.clone()));
+            reloader.restarted(&parts.topology);
         }
     }
-    let (mut job, config) = engine_job(&t, &sub, args, &metrics)?;
-    let web = if args.no_http {
-        None
-    } else {
-        Some(weir::http::start(
-            &t,
-            &metrics,
-            &services,
-            weir::http::HttpSettings {
-                addr: format!("{}:{}", args.http_host, args.http_port),
-                allowed_hosts: weir::http::allowed_hosts(&args.allowed_hosts, &args.http_host),
-                admin_token: std::env::var("WEIR_ADMIN_TOKEN")
-                    .ok()
-                    .filter(|t| !t.is_empty()),
-            },
-            shutdown.clone(),
-        )?)
-    };
-    let engine_thread = if selected(sub.id) {
-        let shutdown = shutdown.clone();
-        let metrics = metrics.clone();
-        Some(
-            std::thread::Builder::new()
-                .name(format!("weir-eos-{}", sub.id))
-                .spawn(move || {
-                    let topics = job.topics();
-                    engine::run(&mut job, topics, config, metrics, shutdown)
-                })?,
-        )
-    } else {
-        None
-    };
-    // wait for a signal, or for a loop to stop on its own (a fatal error)
-    while !shutdown.load(Ordering::Relaxed)
-        && !engine_thread.as_ref().is_some_and(|t| t.is_finished())
-        && !services
-            .iter()
-            .any(|(_, s)| s.critical && s.thread.is_finished())
-    {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
     shutdown.store(true, Ordering::SeqCst);
-    if let Some((handle, thread)) = web {
-        futures::executor::block_on(handle.stop(true));
-        let _ = thread.join();
-    }
-    let failed = weir::services::join(services);
+    let engine_thread = parts.stop_all();
+    let failed = parts.failed;
     let Some(engine_thread) = engine_thread else {
         return if failed { Err(Exit(1).into()) } else { Ok(()) };
     };
