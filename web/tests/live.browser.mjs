@@ -84,9 +84,12 @@ try {
   await page.waitForFunction(() => document.querySelectorAll('#dlq-rows tr').length > 0 &&
     document.getElementById('dlq-token').hidden, null, { timeout: 10000 })
     .catch(() => fail('the dead-letter panel stayed empty with the token'));
-  const vitals = await page.evaluate(() => Object.fromEntries(['rate', 'clean', 'dead', 'lag', 'window', 'rows', 'clients']
+  const vitals = await page.evaluate(() => Object.fromEntries(['rate', 'clean', 'dead', 'lag', 'window', 'rows', 'clients', 'version']
     .map((id) => [id, document.getElementById(id).textContent])));
   console.log('vitals ' + JSON.stringify(vitals));
+  // the running topology's version: the first 12 hex digits of its hash, as /api/topology has it
+  const version = await (await fetch(url.replace(/\/$/, '') + '/api/topology')).json();
+  if (!vitals.version.startsWith(version.version.hash.slice(0, 12) + ' (loaded ')) fail('the page shows version ' + JSON.stringify(vitals.version) + ', the server ' + version.version.hash);
   const deadRow = await page.$eval('#dlq-rows tr', (tr) => tr.textContent);
   console.log('latest dead letter: ' + deadRow);
 
