@@ -43,7 +43,10 @@ fn randomuser_polls_survive_failures_and_deliver_whole_keyed_records() {
         Reply::new(200, body.clone()),
         Reply::new(200, fixture("error.json")),
     ]);
+    let heartbeat = common::scratch_dir("weir-ingest-hb").join("heartbeat");
     let out = ingest(&[
+        "--heartbeat-file",
+        heartbeat.to_str().unwrap(),
         "--source",
         "randomuser",
         "--url",
@@ -72,6 +75,10 @@ fn randomuser_polls_survive_failures_and_deliver_whole_keyed_records() {
         "{log}"
     );
     assert!(log.contains("poll 1: fetched users=7"), "{log}");
+    // the successful poll left its time in the heartbeat file (a container's health check)
+    let beat = std::fs::read_to_string(&heartbeat).expect("a heartbeat file");
+    let at = chrono::DateTime::parse_from_rfc3339(beat.trim()).expect("an RFC 3339 time");
+    assert!((chrono::Utc::now() - at.with_timezone(&chrono::Utc)).num_seconds() < 60);
     assert!(
         log.contains("poll 2 failed (API error body); nothing lost"),
         "{log}"

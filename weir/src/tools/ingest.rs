@@ -105,6 +105,11 @@ pub struct IngestArgs {
     #[arg(long)]
     pub probe: bool,
 
+    /// Touch this file after each successful poll (at most once a second for synthetic
+    /// records): a container's health check asks whether it is recent.
+    #[arg(long, value_name = "PATH")]
+    pub heartbeat_file: Option<std::path::PathBuf>,
+
     /// A librdkafka producer property over weir's defaults, like kcat's -X
     /// (`-X compression.type=lz4 -X linger.ms=100`).
     #[arg(short = 'X', long = "producer-option", value_name = "KEY=VALUE", value_parser = parse_option)]
@@ -192,6 +197,7 @@ fn randomuser(args: &IngestArgs, shutdown: &Arc<AtomicBool>) -> anyhow::Result<(
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1),
     );
+    let mut heartbeat = Heartbeat::new(args.heartbeat_file.clone());
     tracing::info!(url = %args.url, interval = ?args.interval, results = args.results, topic = %args.topic, "polling randomuser.me");
     let (mut polls, mut sent, mut failed_polls) = (0u64, 0u64, 0u64);
     'polls: while !shutdown.load(Ordering::Relaxed) {
@@ -217,6 +223,7 @@ fn randomuser(args: &IngestArgs, shutdown: &Arc<AtomicBool>) -> anyhow::Result<(
                             .context("sending to Kafka")?;
                     }
                     sent += fetched.users.len() as u64;
+                    heartbeat.beat();
                     tracing::info!(users = fetched.users.len(), seed = %seed, total = sent, "poll {polls}: fetched");
                     break;
                 }
@@ -313,6 +320,33 @@ fn tune_malloc() {
     }
 }
 
+/// `--heartbeat-file`: its modification time says when ingest last made progress.
+struct Heartbeat {
+    path: Option<std::path::PathBuf>,
+    last: Option<Instant>,
+}
+
+impl Heartbeat {
+    fn new(path: Option<std::path::PathBuf>) -> Self {
+        Self { path, last: None }
+    }
+
+    /// Rewrites the file (the time, RFC 3339), at most once a second.
+    fn beat(&mut self) {
+        let Some(path) = &self.path else { return };
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last = Some(Instant::now());
+        if let Err(e) = std::fs::write(path, now_rfc3339() + "\n") {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the heartbeat file");
+        }
+    }
+}
+
 fn synthetic(args: &IngestArgs, shutdown: &Arc<AtomicBool>) -> anyhow::Result<()> {
     if args.rate.0.is_none() {
         tune_malloc();
@@ -325,8 +359,10 @@ fn synthetic(args: &IngestArgs, shutdown: &Arc<AtomicBool>) -> anyhow::Result<()
     let mut last_progress = Instant::now();
     let (mut key, mut value) = (String::with_capacity(36), Vec::with_capacity(2048));
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut heartbeat = Heartbeat::new(args.heartbeat_file.clone());
     tracing::info!(rate = ?args.rate.0, count = ?args.count, dirty = args.dirty, topic = %args.topic, "generating synthetic users");
     while !shutdown.load(Ordering::Relaxed) && args.count.is_none_or(|c| sent < c) {
+        heartbeat.beat();
         if let Some(rate) = args.rate.0 {
             // pace: never ahead of rate × elapsed
             let allowed = (started.elapsed().as_secs_f64() * rate as f64) as u64 + 1;
