@@ -16,7 +16,8 @@
 //! - [`source`]: the Kafka source component (decodes raw bytes as JSON).
 //! - [`engine`]: the exactly-once Kafka → Kafka loop of a sub-topology; [`kafka`] makes every
 //!   librdkafka client from the `[kafka]` section.
-//! - [`metrics`]: Prometheus metrics shared by every component.
+//! - [`metrics`]: Prometheus metrics shared by every component; [`tap`]: live samples of the
+//!   records on an edge (`weir tap`).
 //!
 //! Components in `processors/`, `sinks/` and `web/` depend on this crate; only the `weir`
 //! binary knows every component. The topology files that ship (`users.toml`) sit beside
@@ -40,6 +41,7 @@ pub mod pipeline;
 pub mod record;
 pub mod schema;
 pub mod source;
+pub mod tap;
 
 pub use build::{BuildError, Built, OutRecord, Processor, SinkEncoder};
 pub use component::{ComponentType, DataType, NodeConfig, NodeKind, OutputSpec, Registry};

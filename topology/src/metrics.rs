@@ -89,6 +89,10 @@ impl Metrics {
             &["sink"],
         )
         .unwrap();
+        // both results from the start: a rate or an increase over them is never missing
+        for result in ["committed", "aborted"] {
+            transactions.with_label_values(&[result]);
+        }
         for c in [&records_in, &records_out, &dead_letters, &transactions] {
             registry.register(Box::new(c.clone())).expect("register");
         }

@@ -72,6 +72,8 @@ pub struct Pipeline {
     scratch: Vec<(Option<&'static str>, Envelope)>,
     /// Records still to route, reused from record to record.
     work: Vec<(usize, Envelope)>,
+    /// Taps open on this process's edges (`weir tap`).
+    taps: Option<std::sync::Arc<crate::tap::Taps>>,
 }
 
 impl Pipeline {
@@ -159,7 +161,14 @@ impl Pipeline {
             metrics: metrics.cloned(),
             scratch: Vec::new(),
             work: Vec::new(),
+            taps: None,
         })
+    }
+
+    /// Offers the records on every edge to the taps of `taps` (`weir tap`).
+    pub fn with_taps(mut self, taps: std::sync::Arc<crate::tap::Taps>) -> Self {
+        self.taps = Some(taps);
+        self
     }
 
     /// The topics this pipeline reads.
@@ -241,6 +250,9 @@ impl Pipeline {
                         if let Some((_, c)) = node.records_out.iter().find(|(o, _)| *o == output) {
                             c.inc();
                         }
+                        if let Some(taps) = &self.taps {
+                            taps.offer(&node.name, output, &env);
+                        }
                         let targets = node
                             .routes
                             .iter()
@@ -259,6 +271,9 @@ impl Pipeline {
                     }
                 }
                 Stage::Topic(encoder) => {
+                    if let Some(taps) = &self.taps {
+                        taps.offer(&node.name, None, &envelope);
+                    }
                     if let (Some(m), Body::Failed(f)) = (&self.metrics, &envelope.body) {
                         for r in &f.reasons {
                             m.dead_letters.with_label_values(&[r.as_str()]).inc();

@@ -11,9 +11,13 @@
 //!   window call takes `?sink=NAME`; by default the topology's first PostgreSQL sink).
 //! - `GET /api/windows/{start}/sealable`: whether the watermark has passed the window's end
 //!   plus grace (also for a window with no rows); what Airflow's sensor polls.
+//! - `GET /api/vitals`, `GET /api/vitals/history`: the live page's vital signs now, and
+//!   sampled every 5 s for its charts of the last 10 minutes.
 //! - `GET /api/dlq/stats`: dead letters counted by reason since the server started.
 //! - `GET /api/dlq`: the latest dead letters (reasons, source coordinates, an escaped
 //!   preview) and the counts: admin token, since a dead letter holds personal data.
+//! - `GET /api/tap?edge=NODE[.OUTPUT]`: the records on an edge as they pass, JSON lines
+//!   ([`tap`]; admin token).
 //! - `POST /api/windows/{start}/seal[?force=true]`, `GET|POST /api/windows/{start}/audit`:
 //!   admin calls, `Authorization: Bearer <WEIR_ADMIN_TOKEN>` (compared in constant time).
 //!
@@ -25,6 +29,7 @@
 //! `weir` binary implements.
 
 pub mod live;
+pub mod tap;
 
 use std::sync::Arc;
 
@@ -86,6 +91,11 @@ pub trait Admin: Send + Sync + 'static {
     fn last_audit(&self, start: DateTime<Utc>) -> BoxFuture<'_, Result<Value, ApiError>>;
     /// Ok when Kafka and PostgreSQL answer and no sink is degraded; the reasons otherwise.
     fn ready(&self) -> BoxFuture<'_, Result<(), Vec<String>>>;
+    /// Brings metrics read from elsewhere up to date (a sink's oldest unsealed window):
+    /// called before `/metrics` answers, for at most two seconds.
+    fn refresh_metrics(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Everything the handlers share.
@@ -109,6 +119,10 @@ pub struct WebState {
     pub allowed_hosts: Vec<String>,
     /// The last readiness answer and when it was made: `/readyz` asks again after a second.
     pub ready_cache: tokio::sync::Mutex<Option<(std::time::Instant, Readiness)>>,
+    /// The taps of the processing loop's pipelines (`None` when this process runs none).
+    pub taps: Option<Arc<weir_topology::tap::Taps>>,
+    /// The live page's chart samples of the last 10 minutes ([`live::SAMPLE_EVERY`]).
+    pub history: std::sync::Mutex<std::collections::VecDeque<live::Counts>>,
 }
 
 /// Ready, or the reasons it is not.
@@ -260,6 +274,10 @@ fn reply(r: Result<Value, ApiError>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<WebState>) -> HttpResponse {
+    for (_, admin) in &state.admins {
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(2), admin.refresh_metrics()).await;
+    }
     let encoder = prometheus::TextEncoder::new();
     match encoder.encode_to_string(&state.registry.gather()) {
         Ok(text) => HttpResponse::Ok()
@@ -432,6 +450,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/live.js", web::get().to(live::script))
         .route("/ws", web::get().to(live::ws))
         .route("/api/vitals", web::get().to(live::vitals))
+        .route("/api/vitals/history", web::get().to(live::vitals_history))
+        .route("/api/tap", web::get().to(tap::tap))
         .route("/api/dlq", web::get().to(live::dead_letters))
         .route("/api/dlq/stats", web::get().to(live::dead_letter_stats))
         .route("/metrics", web::get().to(metrics))
@@ -449,6 +469,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Runs the server on `addr` until the process stops. Blocks (it owns an actix runtime).
 pub fn serve(state: WebState, addr: &str) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::new(state);
+    actix_web::rt::spawn(live::sample_forever(data.clone()));
     Ok(HttpServer::new(move || {
         let headers = SECURITY_HEADERS
             .iter()

@@ -24,10 +24,50 @@ function connect() {
   };
 }
 connect();
+// Charts of the last 10 minutes: the server's samples (every 5 s) when the page opens,
+// then each vital-signs poll; rates from the differences of totals, lag as it is.
+const WINDOW_MS = 10 * 60 * 1000;
+const series = { in: [], clean: [], dead: [], lag: [] };
+let prev = null;
+function push(key, t, value) {
+  const a = series[key];
+  a.push([t, value]);
+  while (a.length && a[0][0] < t - WINDOW_MS) a.shift();
+}
+function addSample(s) {
+  if (prev && s.t > prev.t) {
+    const dt = (s.t - prev.t) / 1000;
+    push('in', s.t, Math.max(0, (s.records_in - prev.records_in) / dt));
+    push('clean', s.t, Math.max(0, (s.clean - prev.clean) / dt));
+    push('dead', s.t, Math.max(0, (s.dead_letters - prev.dead_letters) / dt));
+  }
+  if (!prev || s.t > prev.t) { push('lag', s.t, s.consumer_lag); prev = s; }
+}
+function draw() {
+  for (const key of Object.keys(series)) {
+    const a = series[key];
+    if (!a.length) continue;
+    const end = a[a.length - 1][0];
+    const max = Math.max(1, ...a.map((p) => p[1]));
+    const points = a.map(([t, v]) => (300 - (end - t) / WINDOW_MS * 300).toFixed(1) + ',' + (58 - v / max * 56).toFixed(1));
+    document.querySelector('#chart-' + key + ' polyline').setAttribute('points', points.join(' '));
+    const now = a[a.length - 1][1];
+    document.getElementById('now-' + key).textContent = key === 'lag' ? String(Math.round(now)) : now.toFixed(1);
+  }
+}
+async function history() {
+  try {
+    const h = await (await fetch('/api/vitals/history')).json();
+    for (const s of h.samples) addSample(s);
+    draw();
+  } catch (e) { /* the server may be restarting */ }
+}
 let last = null;
 async function vitals() {
   try {
     const v = await (await fetch('/api/vitals')).json();
+    addSample(v);
+    draw();
     const now = Date.now();
     if (last) document.getElementById('rate').textContent = ((v.records_in - last.n) * 1000 / (now - last.t)).toFixed(1);
     last = { n: v.records_in, t: now };
@@ -94,5 +134,5 @@ async function deadLetters() {
     }));
   } catch (e) { /* the server may be restarting */ }
 }
-vitals(); setInterval(vitals, 1000);
+history().then(() => { vitals(); setInterval(vitals, 1000); });
 deadLetters(); setInterval(deadLetters, 2000);

@@ -318,9 +318,27 @@ fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> Option<&'a str> {
         .map(|l| l.value())
 }
 
-/// The page's vital signs: totals the page turns into rates (dead letters by reason are in
-/// `/api/dlq`).
-pub(crate) async fn vitals(state: web::Data<WebState>) -> HttpResponse {
+/// The totals the page's vital signs and charts are made of, at one moment.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Counts {
+    /// Milliseconds since 1970 (the server's clock).
+    pub t: i64,
+    /// Records into the source nodes.
+    pub records_in: f64,
+    /// Records into the topic sinks (clean records).
+    pub clean: f64,
+    /// Records into the dead-letter sinks.
+    pub dead_letters: f64,
+    pub consumer_lag: f64,
+    pub rows_written: f64,
+}
+
+/// How often the server keeps a sample for the charts, and for how long (10 minutes).
+pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const SAMPLES_KEPT: usize = 120;
+
+/// The totals now, from the metrics and the running topology's description.
+pub(crate) fn counts(state: &WebState) -> (Counts, Value) {
     let families = state.registry.gather();
     let topology = state
         .topology
@@ -341,14 +359,57 @@ pub(crate) async fn vitals(state: web::Data<WebState>) -> HttpResponse {
             .filter_map(|n| n["name"].as_str().map(str::to_owned))
             .collect()
     };
-    let sources = nodes("source", None);
-    let topic_sinks = nodes("sink", Some("kafka"));
-    let dlq_sinks = nodes("sink", Some("dead_letter"));
     let in_node = |names: &Vec<String>| {
         sum(&families, "weir_records_in_total", |m| {
             label(m, "node").is_some_and(|n| names.iter().any(|x| x == n))
         })
     };
+    let c = Counts {
+        t: chrono::Utc::now().timestamp_millis(),
+        records_in: in_node(&nodes("source", None)),
+        clean: in_node(&nodes("sink", Some("kafka"))),
+        dead_letters: in_node(&nodes("sink", Some("dead_letter"))),
+        consumer_lag: sum(&families, "weir_consumer_lag_records", |_| true),
+        rows_written: sum(&families, "weir_sink_rows_written_total", |_| true),
+    };
+    (c, topology)
+}
+
+/// Keeps a sample every [`SAMPLE_EVERY`] for the last 10 minutes (run on the server's
+/// runtime for as long as it serves).
+pub(crate) async fn sample_forever(state: web::Data<WebState>) {
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        tick.tick().await;
+        let (c, _) = counts(&state);
+        let mut h = state.history.lock().unwrap_or_else(|e| e.into_inner());
+        if h.len() == SAMPLES_KEPT {
+            h.pop_front();
+        }
+        h.push_back(c);
+    }
+}
+
+/// `GET /api/vitals/history`: the samples of the last 10 minutes, oldest first, for the
+/// page's charts.
+pub(crate) async fn vitals_history(state: web::Data<WebState>) -> HttpResponse {
+    let samples: Vec<Counts> = state
+        .history
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .copied()
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "every_ms": SAMPLE_EVERY.as_millis() as u64,
+        "samples": samples,
+    }))
+}
+
+/// The page's vital signs: totals the page turns into rates (dead letters by reason are in
+/// `/api/dlq`).
+pub(crate) async fn vitals(state: web::Data<WebState>) -> HttpResponse {
+    let (c, topology) = counts(&state);
     let Some((_, admin)) = state.admins.first() else {
         return HttpResponse::InternalServerError().finish();
     };
@@ -357,11 +418,12 @@ pub(crate) async fn vitals(state: web::Data<WebState>) -> HttpResponse {
         Err(_) => Value::Null,
     };
     HttpResponse::Ok().json(json!({
-        "records_in": in_node(&sources),
-        "clean": in_node(&topic_sinks),
-        "dead_letters": in_node(&dlq_sinks),
-        "consumer_lag": sum(&families, "weir_consumer_lag_records", |_| true),
-        "rows_written": sum(&families, "weir_sink_rows_written_total", |_| true),
+        "t": c.t,
+        "records_in": c.records_in,
+        "clean": c.clean,
+        "dead_letters": c.dead_letters,
+        "consumer_lag": c.consumer_lag,
+        "rows_written": c.rows_written,
         "websocket_clients": state.live.as_ref().map(|l| l.clients()).unwrap_or(0),
         "window": window,
         "version": topology["version"],

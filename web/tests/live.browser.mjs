@@ -84,6 +84,18 @@ try {
   await page.waitForFunction(() => document.querySelectorAll('#dlq-rows tr').length > 0 &&
     document.getElementById('dlq-token').hidden, null, { timeout: 10000 })
     .catch(() => fail('the dead-letter panel stayed empty with the token'));
+  // the charts of the last 10 minutes: drawn, above zero where records flowed, and moving
+  const points = (id) => page.$eval('#chart-' + id + ' polyline', (p) => p.getAttribute('points'));
+  await page.waitForFunction(() => ['in', 'clean', 'dead', 'lag'].every((id) =>
+    document.querySelector('#chart-' + id + ' polyline').getAttribute('points').split(' ').length >= 3), null, { timeout: 10000 })
+    .catch(() => fail('a chart has no line'));
+  for (const id of ['in', 'clean', 'dead']) {
+    const ys = (await points(id)).split(' ').map((p) => Number(p.split(',')[1]));
+    if (!ys.some((y) => y < 57)) fail('the ' + id + ' chart never rose above zero: ' + ys.join(' '));
+  }
+  const drawn = await points('in');
+  await page.waitForFunction((b) => document.querySelector('#chart-in polyline').getAttribute('points') !== b, drawn, { timeout: 10000 })
+    .catch(() => fail('the records/s chart does not move'));
   const vitals = await page.evaluate(() => Object.fromEntries(['rate', 'clean', 'dead', 'lag', 'window', 'rows', 'clients', 'version']
     .map((id) => [id, document.getElementById(id).textContent])));
   console.log('vitals ' + JSON.stringify(vitals));

@@ -28,6 +28,8 @@ pub struct SinkAdmin {
     kafka: KafkaProbe,
     /// Counts windows this process seals (`weir_sink_windows_sealed_total`).
     sealed: Option<prometheus::IntCounter>,
+    /// Audits by result, and the age of the oldest unsealed window (set at each scrape).
+    audit_metrics: Option<(prometheus::IntCounterVec, prometheus::Gauge)>,
 }
 
 /// The admin calls of a topology with no PostgreSQL sink: there are no windows.
@@ -70,12 +72,24 @@ impl SinkAdmin {
             source,
             health,
             sealed: None,
+            audit_metrics: None,
         })
     }
 
     /// Counts each seal that changes a window's state in `counter`.
     pub fn count_seals(mut self, counter: prometheus::IntCounter) -> Self {
         self.sealed = Some(counter);
+        self
+    }
+
+    /// Counts audits by result, and keeps the age of the oldest unsealed window, in the
+    /// sink's metrics.
+    pub fn count_audits(
+        mut self,
+        audits: prometheus::IntCounterVec,
+        unsealed_age: prometheus::Gauge,
+    ) -> Self {
+        self.audit_metrics = Some((audits, unsealed_age));
         self
     }
 
@@ -224,7 +238,13 @@ impl Admin for SinkAdmin {
             )
             .await
             {
-                Ok(report) => Ok(serde_json::to_value(report).unwrap_or_default()),
+                Ok(report) => {
+                    if let Some((audits, _)) = &self.audit_metrics {
+                        let result = if report.passed { "passed" } else { "failed" };
+                        audits.with_label_values(&[result]).inc();
+                    }
+                    Ok(serde_json::to_value(report).unwrap_or_default())
+                }
                 Err(e @ admin::AuditError::NotAligned { .. }) => {
                     Err(ApiError::new(400, e.to_string()))
                 }
@@ -276,6 +296,26 @@ impl Admin for SinkAdmin {
                 Ok(())
             } else {
                 Err(reasons)
+            }
+        }
+        .boxed()
+    }
+
+    fn refresh_metrics(&self) -> BoxFuture<'_, ()> {
+        async move {
+            let Some((_, age)) = &self.audit_metrics else {
+                return;
+            };
+            let Ok(c) = self.pool.get().await else { return };
+            let oldest = c
+                .query_one(
+                    "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(window_end))::float8, 0) \
+                     FROM windows WHERE sink = $1 AND status = 'open' AND window_end < now()",
+                    &[&self.spec.sink_id],
+                )
+                .await;
+            if let Ok(row) = oldest {
+                age.set(row.get::<_, f64>(0));
             }
         }
         .boxed()
@@ -397,5 +437,9 @@ impl Admin for AdminSlot {
     fn ready(&self) -> BoxFuture<'_, Result<(), Vec<String>>> {
         let a = self.get();
         async move { a.ready().await }.boxed()
+    }
+    fn refresh_metrics(&self) -> BoxFuture<'_, ()> {
+        let a = self.get();
+        async move { a.refresh_metrics().await }.boxed()
     }
 }

@@ -49,6 +49,8 @@ pub fn allowed_origins(given: &[String], port: u16) -> Vec<String> {
 pub struct Served {
     pub admins: Vec<(String, Arc<dyn weir_web::Admin>)>,
     pub live: Option<Arc<weir_web::live::Live>>,
+    /// The processing loop's taps, when this process runs it.
+    pub taps: Option<Arc<weir_topology::tap::Taps>>,
 }
 
 /// Starts the server; fails at once when the address cannot be bound. `topology` is what
@@ -79,6 +81,8 @@ pub fn start(
         dead_letters: dead_letter_feed(t, shutdown)?,
         allowed_hosts: settings.allowed_hosts.clone(),
         ready_cache: Default::default(),
+        history: Default::default(),
+        taps: served.taps,
     };
     serve(state, &settings.addr)
 }

@@ -22,6 +22,22 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to stderr: text for people, or json — one object per line
+    /// with timestamp, level, target, message and the event's fields — for log shippers.
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,12 +82,24 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Show the records on an edge of a running topology as they pass (admin token).
+    Tap(cmd::tap::TapArgs),
+    /// Watch a running topology's vital signs per node, refreshed in the terminal.
+    Top(cmd::top::TopArgs),
     /// Audit a sealed window: compare the clean topic with the ledger and the rows.
     Audit(cmd::audit::AuditArgs),
     /// Benchmarks on this machine.
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  weir completions bash > /etc/bash_completion.d/weir\n  weir completions zsh > \"${fpath[1]}/_weir\"\n  weir completions fish > ~/.config/fish/completions/weir.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -97,7 +125,7 @@ enum DlqCommand {
     Replay(cmd::dlq::ReplayArgs),
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let wanted = std::env::var("WEIR_LOG").unwrap_or_else(|_| "info".to_owned());
     let mut filter = tracing_subscriber::EnvFilter::try_new(&wanted)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -106,17 +134,26 @@ fn init_logging() {
     if !wanted.contains("rdkafka=") && !wanted.contains("rdkafka::") {
         filter = filter.add_directive("rdkafka=warn".parse().expect("a valid directive"));
     }
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     let result = match &cli.command {
         Command::Run(args) => cmd::run::run(args),
         Command::Check { file } => cmd::check::run(file),
@@ -131,6 +168,22 @@ fn main() -> ExitCode {
             DlqCommand::Replay(args) => cmd::dlq::replay(args),
         },
         Command::Audit(args) => cmd::audit::run(args),
+        Command::Tap(args) => cmd::tap::run(args),
+        Command::Top(args) => cmd::top::run(args),
+        Command::Completions { shell } => {
+            // made in memory first: a closed pipe (`| head`) ends the output, not the process
+            let mut script = Vec::new();
+            clap_complete::generate(
+                *shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "weir",
+                &mut script,
+            );
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
         Command::Bench { command } => match command {
             BenchCommand::Live(args) => tools::bench::live(args),
             BenchCommand::Topology(args) => tools::bench::topology(args),

@@ -115,6 +115,8 @@ fn synthetic_records_arrive_keyed_and_counted() {
     let topic = common::unique("weir-ingest-syn");
     create_topics(&[&topic], 3);
     let out = ingest(&[
+        "--log-format",
+        "json",
         "--source",
         "synthetic",
         "--topic",
@@ -135,6 +137,22 @@ fn synthetic_records_arrive_keyed_and_counted() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.starts_with("ingest: 3000 records ("), "{stdout}");
+    // --log-format json: every log line one JSON object, with the event's fields at the top
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let started = lines
+        .iter()
+        .find(|l| l["message"] == "generating synthetic users")
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(started["level"], "INFO");
+    assert_eq!(started["target"], "weir::tools::ingest");
+    assert_eq!(started["topic"], topic.as_str());
+    assert!(started["timestamp"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z')));
     assert!(stdout.contains("delivered 3000, failed 0"), "{stdout}");
 
     let got = read_all(&topic, 3, "read_committed");

@@ -17,7 +17,9 @@ const TOKEN: &str = "test-admin-token-1234";
 fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
     let t = common::weir::Topics::create("weir-web", 2);
     let raw = t.raw.clone();
-    let (mut child, port) = t.serve_fresh("web", &[("WEIR_ADMIN_TOKEN", TOKEN)]);
+    let url = common::pg::fresh_database_now("weir_web");
+    let port = common::free_port();
+    let mut child = t.serve("web", &url, port, &[("WEIR_ADMIN_TOKEN", TOKEN)]);
     let http = Http::local(port);
     let deadline = Instant::now() + Duration::from_secs(60);
     while ureq::get(&format!("{}/healthz", http.base)).call().is_err() {
@@ -181,6 +183,90 @@ fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
     assert!(
         metrics.contains("weir_sink_windows_sealed_total{sink=\"users\"} 1"),
         "one seal counted, not the repeat:\n{metrics}"
+    );
+    // the audit counted by result (both results are there from the start)
+    for line in [
+        "weir_sink_audits_total{result=\"passed\",sink=\"users\"} 1",
+        "weir_sink_audits_total{result=\"failed\",sink=\"users\"} 0",
+        "weir_sink_unsealed_window_age_seconds{sink=\"users\"} 0",
+    ] {
+        assert!(metrics.contains(line), "no {line} in:\n{metrics}");
+    }
+    // a window left open two hours after its end: its age is what /metrics reads now
+    let old_start = chrono::Utc::now() - chrono::Duration::hours(2) - chrono::Duration::minutes(5);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            common::pg::connect(&url)
+                .await
+                .execute(
+                    "INSERT INTO windows (sink, window_start, window_end) VALUES ($1, $2, $3)",
+                    &[
+                        &format!("{}/users", t.app),
+                        &old_start,
+                        &(old_start + chrono::Duration::minutes(5)),
+                    ],
+                )
+                .await
+                .unwrap();
+        });
+    let metrics = common::get_text(&format!("http://127.0.0.1:{port}/metrics"));
+    let age: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_sink_unsealed_window_age_seconds{sink=\"users\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no unsealed window age in:\n{metrics}"));
+    assert!((7190.0..7300.0).contains(&age), "{age}");
+    // every metric the Grafana dashboard queries is one Weir serves
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/weir.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for (at, _) in expr.match_indices("weir_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 15, "{queried:?}");
+    // and every metric an alert rule reads
+    let alerts = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/alerts.yml"),
+    )
+    .unwrap();
+    for line in alerts.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        for (at, _) in line.match_indices("weir_") {
+            let name: String = line[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            queried.insert(name);
+        }
+    }
+    let served: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<&String> = queried
+        .iter()
+        .filter(|m| !served.contains(m.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics Weir does not serve: {missing:?}"
     );
     // dead letters: counts are public, their values and keys need the token
     let (status, stats) = http.call("GET", "/api/dlq/stats", None);

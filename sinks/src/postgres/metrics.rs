@@ -23,6 +23,10 @@ pub struct SinkMetrics {
     pub dead_letters: IntCounter,
     /// Records PostgreSQL refused even alone, by SQLSTATE.
     pub unwritable: IntCounterVec,
+    /// Window audits by result (passed, failed).
+    pub audits: IntCounterVec,
+    /// Seconds since the end of the oldest window still open (0 when none has ended).
+    pub unsealed_window_age: Gauge,
 }
 
 impl SinkMetrics {
@@ -79,6 +83,17 @@ impl SinkMetrics {
             )),
             &["sqlstate"],
         )?;
+        let audits = IntCounterVec::new(
+            l(Opts::new(
+                "sink_audits_total",
+                "Window audits of a PostgreSQL sink, by result (passed, failed)",
+            )),
+            &["result"],
+        )?;
+        let unsealed_window_age = Gauge::with_opts(l(Opts::new(
+            "sink_unsealed_window_age_seconds",
+            "Seconds since the end of the oldest window still open (0 when no open window has ended); read when /metrics is scraped",
+        )))?;
         let metrics = Self {
             records,
             rows_written,
@@ -90,7 +105,12 @@ impl SinkMetrics {
             degraded,
             dead_letters,
             unwritable,
+            audits,
+            unsealed_window_age,
         };
+        for result in ["passed", "failed"] {
+            metrics.audits.with_label_values(&[result]);
+        }
         for c in metrics.collectors() {
             registry.register(c)?;
         }
@@ -117,6 +137,8 @@ impl SinkMetrics {
             Box::new(self.late_records.clone()),
             Box::new(self.watermark_lag.clone()),
             Box::new(self.degraded.clone()),
+            Box::new(self.audits.clone()),
+            Box::new(self.unsealed_window_age.clone()),
         ]
     }
 

@@ -1,5 +1,5 @@
 //! One module per product command of `weir` (run, check, describe, diff, test, process,
-//! dlq, audit), and the helpers every command shares; `ingest` and `bench` are in [`crate::tools`].
+//! dlq, audit, tap, top), and the helpers every command shares; `ingest` and `bench` are in [`crate::tools`].
 
 pub mod audit;
 pub mod check;
@@ -8,7 +8,9 @@ pub mod diff;
 pub mod dlq;
 pub mod process;
 pub mod run;
+pub mod tap;
 pub mod test;
+pub mod top;
 
 use std::path::Path;
 

@@ -41,7 +41,8 @@ pub fn start(ctx: &StartContext) -> anyhow::Result<Started> {
         },
         vec![health.clone()],
     )?
-    .count_seals(metrics.windows_sealed.clone());
+    .count_seals(metrics.windows_sealed.clone())
+    .count_audits(metrics.audits.clone(), metrics.unsealed_window_age.clone());
     let shutdown = ctx.shutdown.clone();
     let (registry, registered) = (ctx.metrics.registry.clone(), metrics.clone());
     let thread = std::thread::Builder::new()

@@ -1,7 +1,6 @@
 //! One dead-letter topic replayed on the engine's transaction loop, from its beginning to
 //! its end when the replay started: the ledger and the replayed records in each transaction.
 
-use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -61,8 +60,13 @@ pub(super) fn replay_topic(
         },
     };
     let mut job = ReplayJob::new(rules.clone(), ledger, target.kafka.clone());
-    let mut progress = super::progress::Progress::new(total.max(0) as u64);
-    job.on_progress = Some(Box::new(move |t: &Tally| progress.show(t)));
+    let progress = std::sync::Arc::new(std::sync::Mutex::new(super::progress::Progress::new(
+        total.max(0) as u64,
+    )));
+    let shown = progress.clone();
+    job.on_progress = Some(Box::new(move |t: &Tally| {
+        shown.lock().unwrap_or_else(|e| e.into_inner()).show(t)
+    }));
     let result = engine::run(
         &mut job,
         Vec::new(),
@@ -70,9 +74,7 @@ pub(super) fn replay_topic(
         weir_topology::metrics::Metrics::new(),
         shutdown.clone(),
     );
-    if std::io::stderr().is_terminal() {
-        eprintln!();
-    }
+    progress.lock().unwrap_or_else(|e| e.into_inner()).finish();
     result.with_context(|| format!("replaying {topic}"))?;
     let mut tally = before;
     tally.add(&job.tally);

@@ -1,10 +1,13 @@
 //! The exactly-once loop of `weir run`: its job and settings, and the process's exit code
 //! from how the loop ended.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use weir_topology::engine::{self, EngineConfig, EngineError};
 use weir_topology::metrics::Metrics;
 use weir_topology::pipeline::Pipeline;
+use weir_topology::tap::Taps;
 
 use super::RunArgs;
 use crate::cmd::Exit;
@@ -16,11 +19,17 @@ pub(super) fn engine_job(
     sub: &weir_topology::graph::SubTopology,
     args: &RunArgs,
     metrics: &Metrics,
+    taps: &Arc<Taps>,
 ) -> anyhow::Result<(engine::PipelineJob, EngineConfig)> {
-    let pipeline = Pipeline::build(t, sub, Some(metrics)).context("building the pipeline")?;
+    let build = || {
+        Pipeline::build(t, sub, Some(metrics))
+            .map(|p| p.with_taps(taps.clone()))
+            .context("building the pipeline")
+    };
+    let pipeline = build()?;
     let mut helpers = Vec::new();
     for _ in 1..args.processing_threads {
-        helpers.push(Pipeline::build(t, sub, Some(metrics)).context("building the pipeline")?);
+        helpers.push(build()?);
     }
     let s = &t.settings;
     let config = EngineConfig {

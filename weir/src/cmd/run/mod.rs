@@ -118,13 +118,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     parts.start_services(None, &mut HashMap::new())?;
     parts.start_engine()?;
     let mut reloader = Reloader::new(
-        path.to_path_buf(),
-        args.kafka.options.clone(),
-        args.watch,
+        args,
         &parts.topology,
         parts.engine.as_ref().map(|e| e.swapper.clone()),
         &metrics,
         status,
+        parts.taps.clone(),
     )?;
     parts.start_web(&http)?;
     if args.watch {
@@ -133,7 +132,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     // wait for a signal, or for a loop to stop on its own (a fatal error); reload on SIGHUP
     // or, with --watch, when the file changes
     while !shutdown.load(Ordering::Relaxed) && !parts.something_ended() {
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        // a short tick: a reload is noticed and reported within a few tens of milliseconds
+        std::thread::sleep(std::time::Duration::from_millis(20));
         if let Outcome::Replace { topology, restart } = reloader.tick(&parts.topology) {
             let Some(restart) = restart else {
                 parts.topology = *topology;

@@ -61,6 +61,8 @@ pub(super) struct Parts<'a> {
     web: Option<Web>,
     /// What `/api/topology` answers.
     status: Arc<RwLock<serde_json::Value>>,
+    /// The taps open on the loop's edges (`weir tap`), kept across its restarts.
+    pub taps: Arc<weir_topology::tap::Taps>,
     /// Set when a service that writes data failed.
     pub failed: bool,
 }
@@ -82,6 +84,7 @@ impl<'a> Parts<'a> {
             services: Vec::new(),
             web: None,
             status,
+            taps: weir_topology::tap::Taps::new(),
             failed: false,
         }
     }
@@ -151,7 +154,8 @@ impl<'a> Parts<'a> {
         if !self.selected(sub.id) {
             return Ok(());
         }
-        let (mut job, config) = engine_job(&self.topology, &sub, self.args, &self.metrics)?;
+        let (mut job, config) =
+            engine_job(&self.topology, &sub, self.args, &self.metrics, &self.taps)?;
         let swapper = (job.swapper(), self.args.processing_threads as usize);
         let stop = Arc::new(AtomicBool::new(false));
         let (flag, metrics) = (stop.clone(), self.metrics.clone());
@@ -180,6 +184,7 @@ impl<'a> Parts<'a> {
                 })
                 .collect(),
             live: self.services.iter().find_map(|s| s.started.live.clone()),
+            taps: self.engine.as_ref().map(|_| self.taps.clone()),
         }
     }
 

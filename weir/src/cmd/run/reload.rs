@@ -27,8 +27,9 @@ use weir_topology::engine::Swapper;
 use weir_topology::metrics::Metrics;
 use weir_topology::{LoadError, Pipeline, Topology};
 
-/// How often `--watch` looks at the file.
-const WATCH_EVERY: Duration = Duration::from_millis(250);
+/// `--watch` reads the file when its size or modification time changes (looked at each
+/// tick), and at least this often (an edit within the file system's time resolution).
+const READ_EVERY: Duration = Duration::from_secs(2);
 
 /// The running file's version.
 #[derive(Debug, Clone)]
@@ -68,11 +69,15 @@ pub struct Reloader {
     /// The hash of the content last looked at (loaded or refused).
     seen: String,
     last_look: Instant,
+    /// The file's size and modification time when last looked at.
+    last_meta: Option<(u64, Option<std::time::SystemTime>)>,
     status: Arc<RwLock<Value>>,
     swapper: Option<(Swapper, usize)>,
     metrics: Metrics,
     reloads: IntCounterVec,
     waiting: Option<Waiting>,
+    /// The taps every pipeline it builds offers records to.
+    taps: Arc<weir_topology::tap::Taps>,
     /// A reload whose sub-topologies `weir run` is restarting: its version, since when,
     /// its changes.
     restarting: Option<(Version, Instant, Value)>,
@@ -87,17 +92,16 @@ fn sha256(bytes: &[u8]) -> String {
 }
 
 impl Reloader {
-    /// `t` is the topology running now, loaded from `path`; `swapper` hands the loop new
-    /// pipelines (`None` when this process does not run the processing sub-topology), with
-    /// how many pipelines the loop runs.
+    /// `t` is the topology running now, loaded from `args.file`; `swapper` hands the loop
+    /// new pipelines (`None` when this process does not run the processing sub-topology),
+    /// with how many pipelines the loop runs; `taps` go into every pipeline it builds.
     pub fn new(
-        path: PathBuf,
-        kafka_options: Vec<(String, String)>,
-        watch: bool,
+        args: &super::RunArgs,
         t: &Topology,
         swapper: Option<(Swapper, usize)>,
         metrics: &Metrics,
         status: Arc<RwLock<Value>>,
+        taps: Arc<weir_topology::tap::Taps>,
     ) -> anyhow::Result<Self> {
         let reloads = IntCounterVec::new(
             Opts::new(
@@ -106,7 +110,12 @@ impl Reloader {
             ),
             &["result"],
         )?;
+        for result in ["applied", "restarted", "unchanged", "refused"] {
+            reloads.with_label_values(&[result]);
+        }
         metrics.registry.register(Box::new(reloads.clone()))?;
+        let (path, kafka_options, watch) =
+            (args.file.clone(), args.kafka.options.clone(), args.watch);
         let hash = sha256(&std::fs::read(&path)?);
         let hup = weir::signals::flag_on_hangup()?;
         let r = Self {
@@ -120,11 +129,13 @@ impl Reloader {
             },
             seen: hash,
             last_look: Instant::now(),
+            last_meta: None,
             status,
             swapper,
             metrics: metrics.clone(),
             reloads,
             waiting: None,
+            taps,
             restarting: None,
             last_reload: Value::Null,
         };
@@ -170,7 +181,14 @@ impl Reloader {
     pub fn tick(&mut self, running: &Topology) -> Outcome {
         self.settle(running);
         let hangup = self.hup.swap(false, Ordering::SeqCst);
-        let look = self.watch && self.last_look.elapsed() >= WATCH_EVERY;
+        let look = self.watch && {
+            let meta = std::fs::metadata(&self.path)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()));
+            let changed = meta != self.last_meta;
+            self.last_meta = meta;
+            changed || self.last_look.elapsed() >= READ_EVERY
+        };
         if !hangup && !look {
             return Outcome::Kept;
         }
@@ -297,7 +315,9 @@ impl Reloader {
         let sub = crate::cmd::processing_subtopology(new)?;
         let mut pipelines = Vec::with_capacity(*count);
         for _ in 0..*count {
-            pipelines.push(Pipeline::build(new, &sub, Some(&self.metrics))?);
+            pipelines.push(
+                Pipeline::build(new, &sub, Some(&self.metrics))?.with_taps(self.taps.clone()),
+            );
         }
         let before = swapper.applied();
         swapper.offer(pipelines);
