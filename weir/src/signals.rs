@@ -5,20 +5,27 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// A runtime for a small signal thread, and the signals it waits for: registered before
+/// this returns, so no signal is missed.
+fn listen(kinds: &[SignalKind]) -> std::io::Result<(tokio::runtime::Runtime, Vec<Signal>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let signals = kinds
+        .iter()
+        .map(|k| rt.block_on(async { signal(*k) }))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok((rt, signals))
+}
+
 /// A flag set by the first SIGINT or SIGTERM. A small thread waits for the signals.
 pub fn shutdown_flag() -> std::io::Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
     let set = flag.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    // register the handlers before returning, so no signal is missed
-    let mut term = rt.block_on(async {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    })?;
-    let mut int = rt.block_on(async {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-    })?;
+    let (rt, mut signals) = listen(&[SignalKind::terminate(), SignalKind::interrupt()])?;
+    let (mut int, mut term) = (signals.remove(1), signals.remove(0));
     std::thread::Builder::new()
         .name("weir-signals".into())
         .spawn(move || {
@@ -37,12 +44,8 @@ pub fn shutdown_flag() -> std::io::Result<Arc<AtomicBool>> {
 pub fn flag_on_hangup() -> std::io::Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
     let set = flag.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut hup = rt.block_on(async {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    })?;
+    let (rt, mut signals) = listen(&[SignalKind::hangup()])?;
+    let mut hup = signals.remove(0);
     std::thread::Builder::new()
         .name("weir-sighup".into())
         .spawn(move || {

@@ -230,14 +230,7 @@ fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
     let mut queried = std::collections::BTreeSet::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
-            let expr = target["expr"].as_str().unwrap();
-            for (at, _) in expr.match_indices("weir_") {
-                let name: String = expr[at..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                queried.insert(name);
-            }
+            queried.extend(metric_names(target["expr"].as_str().unwrap()));
         }
     }
     assert!(queried.len() >= 15, "{queried:?}");
@@ -247,13 +240,7 @@ fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
     )
     .unwrap();
     for line in alerts.lines().filter(|l| !l.trim_start().starts_with('#')) {
-        for (at, _) in line.match_indices("weir_") {
-            let name: String = line[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            queried.insert(name);
-        }
+        queried.extend(metric_names(line));
     }
     let served: std::collections::BTreeSet<&str> = metrics
         .lines()
@@ -440,4 +427,16 @@ fn raw_status(port: u16, host: &str, path: &str) -> u16 {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status in {reply:?}"))
+}
+
+/// The names of Weir's metrics a PromQL expression (or any text) reads.
+fn metric_names(text: &str) -> Vec<String> {
+    text.match_indices("weir_")
+        .map(|(at, _)| {
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect()
 }
