@@ -316,3 +316,60 @@ fn the_compose_file_is_valid_pinned_and_checks_every_service_health() {
     assert!(ignore.lines().any(|l| l == "/deploy/.env"), "{ignore}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The Dockerfile's build stage compiles what its context holds: every file the workspace's
+/// sources include at compile time (`include_str!`, `include_bytes!`) is in the allowlist of
+/// `deploy/Dockerfile.dockerignore`. (Checked by hand once: that context alone passes
+/// `cargo check --offline --locked -p weir`.)
+#[test]
+fn the_build_context_holds_every_file_the_sources_include() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ignore = std::fs::read_to_string(root.join("deploy/Dockerfile.dockerignore")).unwrap();
+    let allowed: Vec<&str> = ignore
+        .lines()
+        .filter_map(|l| l.strip_prefix('!'))
+        .map(|l| l.trim_end_matches('/'))
+        .collect();
+    assert!(allowed.contains(&"Cargo.lock") && allowed.contains(&"weir"));
+    let mut checked = 0;
+    let mut dirs = vec![
+        root.join("topology/src"),
+        root.join("processors/src"),
+        root.join("sinks/src"),
+        root.join("web/src"),
+        root.join("weir/src"),
+    ];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            for marker in ["include_str!(\"", "include_bytes!(\""] {
+                for (at, _) in text.match_indices(marker) {
+                    let rest = &text[at + marker.len()..];
+                    let rel = &rest[..rest.find('"').unwrap()];
+                    let included = path.parent().unwrap().join(rel).canonicalize().unwrap();
+                    let inside = included
+                        .strip_prefix(root.canonicalize().unwrap())
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned();
+                    assert!(
+                        allowed
+                            .iter()
+                            .any(|a| inside == *a || inside.starts_with(&format!("{a}/"))),
+                        "{} includes {inside}, which deploy/Dockerfile.dockerignore leaves out of the build context",
+                        path.display()
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 4, "{checked} includes found");
+}
