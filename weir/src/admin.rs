@@ -30,7 +30,13 @@ pub struct SinkAdmin {
     sealed: Option<prometheus::IntCounter>,
     /// Audits by result, and the age of the oldest unsealed window (set at each scrape).
     audit_metrics: Option<(prometheus::IntCounterVec, prometheus::Gauge)>,
+    /// When the age was last read: at most every few seconds, however often `/metrics`
+    /// (public) is called.
+    refreshed: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a scrape may read the oldest unsealed window from PostgreSQL.
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
 /// The admin calls of a topology with no PostgreSQL sink: there are no windows.
 pub struct NoSink {
@@ -73,6 +79,7 @@ impl SinkAdmin {
             health,
             sealed: None,
             audit_metrics: None,
+            refreshed: Default::default(),
         })
     }
 
@@ -306,6 +313,13 @@ impl Admin for SinkAdmin {
             let Some((_, age)) = &self.audit_metrics else {
                 return;
             };
+            {
+                let mut last = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+                if last.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+                    return;
+                }
+                *last = Some(std::time::Instant::now());
+            }
             let Ok(c) = self.pool.get().await else { return };
             let oldest = c
                 .query_one(

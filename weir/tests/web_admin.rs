@@ -212,13 +212,21 @@ fn admin_endpoints_need_the_token_and_answer_with_clear_statuses() {
                 .await
                 .unwrap();
         });
-    let metrics = common::get_text(&format!("http://127.0.0.1:{port}/metrics"));
-    let age: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("weir_sink_unsealed_window_age_seconds{sink=\"users\"} "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no unsealed window age in:\n{metrics}"));
-    assert!((7190.0..7300.0).contains(&age), "{age}");
+    // (read from PostgreSQL at most every 5 s, however often /metrics is called)
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (metrics, age) = loop {
+        let metrics = common::get_text(&format!("http://127.0.0.1:{port}/metrics"));
+        let age: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_sink_unsealed_window_age_seconds{sink=\"users\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no unsealed window age in:\n{metrics}"));
+        if age > 0.0 || Instant::now() > deadline {
+            break (metrics, age);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!((7190.0..7320.0).contains(&age), "{age}");
     // every metric the Grafana dashboard queries is one Weir serves
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
