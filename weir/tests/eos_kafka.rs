@@ -13,9 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kafka::{committed, create_topics, ends, header, read_all};
-use rdkafka::config::ClientConfig;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 const RECORDS: usize = 50_000;
 const PARTITIONS: i32 = 4;
@@ -127,34 +125,14 @@ fn raw_record(i: usize) -> (Vec<u8>, Option<&'static str>) {
 }
 
 fn produce_raw(topic: &str) {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", common::bootstrap())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    for i in 0..RECORDS {
-        let (value, _) = raw_record(i);
-        let key = format!("user-{i}");
-        let mut record = BaseRecord::to(topic)
-            .partition((i % PARTITIONS as usize) as i32)
-            .key(&key)
-            .payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-        // about 10,000 records/s, so the kills land while records flow
-        if i % 1000 == 999 {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    producer.flush(Duration::from_secs(60)).expect("flush");
+    // about 10,000 records/s, so the kills land while records flow
+    common::kafka::produce_paced(
+        topic,
+        PARTITIONS,
+        RECORDS,
+        |i| raw_record(i).0,
+        (1000, Duration::from_millis(100)),
+    );
 }
 
 struct Weir {

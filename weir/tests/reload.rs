@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 
 use common::fates::{assert_exactly_once, Fate};
 use common::kafka::{committed, ends};
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tungstenite::client::IntoClientRequest;
@@ -44,28 +42,13 @@ fn record(i: usize) -> Vec<u8> {
 
 /// About 1,600 records a second for 10 s.
 fn produce(topic: &str) {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", common::bootstrap())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    for i in 0..RECORDS {
-        let value = record(i);
-        let key = format!("user-{i}");
-        let mut r = BaseRecord::to(topic)
-            .partition((i % PARTITIONS as usize) as i32)
-            .key(&key)
-            .payload(&value);
-        while let Err((_, back)) = producer.send(r) {
-            r = back;
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if i % 160 == 159 {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    producer.flush(Duration::from_secs(60)).expect("flush");
+    common::kafka::produce_paced(
+        topic,
+        PARTITIONS,
+        RECORDS,
+        record,
+        (160, Duration::from_millis(100)),
+    );
 }
 
 fn sha256(text: &str) -> String {
@@ -91,6 +74,20 @@ fn wait_topology(api: &common::api::Http, what: &str, done: impl Fn(&Value) -> b
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits until the version of `text` runs after a restart of sub-topology `sub` only.
+fn wait_restarted(api: &common::api::Http, what: &str, text: &str, sub: usize) -> Value {
+    let v = wait_topology(api, what, |v| {
+        v["version"]["hash"] == sha256(text) && v["reload"]["result"] == "restarted"
+    });
+    assert_eq!(
+        v["reload"]["restarted"],
+        serde_json::json!([sub]),
+        "{}",
+        v["reload"]
+    );
+    v
 }
 
 fn edit(path: &Path, from: &str, to: &str) -> String {
@@ -225,15 +222,7 @@ fn edits_apply_while_records_flow_exactly_once() {
 
     // 3. the live page's template: only its sub-topology restarts; its client stays
     let templated = edit(&file, "Hello {full_name}!", "Hi {full_name}!");
-    let v = wait_topology(&api, "the template restart", |v| {
-        v["version"]["hash"] == sha256(&templated) && v["reload"]["result"] == "restarted"
-    });
-    assert_eq!(
-        v["reload"]["restarted"],
-        serde_json::json!([2]),
-        "{}",
-        v["reload"]
-    );
+    wait_restarted(&api, "the template restart", &templated, 2);
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut hellos, mut his) = (0, 0);
     while his == 0 {
@@ -264,15 +253,7 @@ fn edits_apply_while_records_flow_exactly_once() {
         "commit_max_records = 5000",
         "commit_max_records = 1000",
     );
-    let v = wait_topology(&api, "the loop's restart", |v| {
-        v["version"]["hash"] == sha256(&committed_setting) && v["reload"]["result"] == "restarted"
-    });
-    assert_eq!(
-        v["reload"]["restarted"],
-        serde_json::json!([0]),
-        "{}",
-        v["reload"]
-    );
+    let v = wait_restarted(&api, "the loop's restart", &committed_setting, 0);
 
     // 5. SIGHUP on an unchanged file
     let at = v["reload"]["at"].clone();

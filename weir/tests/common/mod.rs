@@ -76,6 +76,41 @@ pub mod kafka {
 
     pub const TIMEOUT: Duration = Duration::from_secs(30);
 
+    /// Produces `count` records at a steady pace with an idempotent producer: record `i`,
+    /// keyed `user-{i}`, into partition `i % partitions`, a pause of `pause` after every
+    /// `every` records; a full queue is waited out, never an error.
+    pub fn produce_paced(
+        topic: &str,
+        partitions: i32,
+        count: usize,
+        value_of: impl Fn(usize) -> Vec<u8>,
+        (every, pause): (usize, Duration),
+    ) {
+        use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", super::bootstrap())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .expect("producer");
+        for i in 0..count {
+            let value = value_of(i);
+            let key = format!("user-{i}");
+            let mut record = BaseRecord::to(topic)
+                .partition((i % partitions as usize) as i32)
+                .key(&key)
+                .payload(&value);
+            while let Err((_, back)) = producer.send(record) {
+                record = back;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if i % every == every - 1 {
+                std::thread::sleep(pause);
+            }
+        }
+        producer.flush(Duration::from_secs(60)).expect("flush");
+    }
+
     pub fn create_topics(names: &[&str], partitions: i32) {
         create_topics_with(names, partitions, &[]);
     }
