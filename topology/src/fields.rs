@@ -48,8 +48,12 @@ enum Stored {
     Null,
     Bool(bool),
     Number(Number),
-    /// Byte offset and length in the record's text.
-    Span(u32, u32),
+    /// Byte offset and length in the record's text, and whether it is ASCII.
+    Span {
+        at: u32,
+        len: u32,
+        ascii: bool,
+    },
     /// A string with escapes, decoded.
     Owned(Box<str>),
     Array,
@@ -75,12 +79,13 @@ impl Parsed {
     }
 
     /// The value at path `index` of the plan, read back from `text` (what was read).
+    #[inline]
     pub fn get<'a>(&'a self, text: &'a str, index: usize) -> Option<Field<'a>> {
         Some(match self.values.get(index)?.as_ref()? {
             Stored::Null => Field::Null,
             Stored::Bool(b) => Field::Bool(*b),
             Stored::Number(n) => Field::Number(n.clone()),
-            Stored::Span(at, len) => Field::Str(Cow::Borrowed(
+            Stored::Span { at, len, .. } => Field::Str(Cow::Borrowed(
                 text.get(*at as usize..(*at + *len) as usize)?,
             )),
             Stored::Owned(s) => Field::Str(Cow::Borrowed(s)),
@@ -88,6 +93,18 @@ impl Parsed {
             Stored::Object => Field::Object,
         })
     }
+}
+
+/// Why a record's value could not be read, with its bytes given back.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreadable {
+    #[error("the value is not UTF-8: invalid byte at offset {valid_up_to}")]
+    Utf8 { valid_up_to: usize, bytes: Vec<u8> },
+    #[error("the value is not JSON: {error}")]
+    Json {
+        error: serde_json::Error,
+        bytes: Vec<u8>,
+    },
 }
 
 /// The dotted paths to read, as a tree; each path has an index into the values.
@@ -109,10 +126,10 @@ impl Node {
     /// The wanted child named `key`: its length and first byte rule most keys out before a
     /// comparison.
     #[inline]
-    fn child(&self, key: &str) -> Option<usize> {
-        let (len, first) = (key.len(), key.as_bytes().first().copied());
+    fn child(&self, key: &[u8]) -> Option<usize> {
+        let (len, first) = (key.len(), key.first().copied());
         self.children.iter().position(|(k, _, _)| {
-            k.len() == len && k.as_bytes().first().copied() == first && k == key
+            k.len() == len && k.as_bytes().first().copied() == first && k.as_bytes() == key
         })
     }
 }
@@ -129,7 +146,7 @@ impl FieldPlan {
         let keys: Vec<&str> = path.split('.').collect();
         for (depth, key) in keys.iter().enumerate() {
             node.below.push(index);
-            let at = match node.child(key) {
+            let at = match node.child(key.as_bytes()) {
                 Some(at) => at,
                 None => {
                     node.children
@@ -166,12 +183,43 @@ impl FieldPlan {
         parsed.not_object = None;
         parsed.values.clear();
         parsed.values.resize(self.paths.len(), None);
-        if fast(&self.root, text, &mut parsed.values).is_some() {
+        if fast(&self.root, text.as_bytes(), &mut parsed.values, false).is_some() {
             return Ok(());
         }
         // anything the fast reader does not take (escapes, exponents, errors, deep nesting,
         // a record that is not an object): serde_json reads it, and says what is wrong
         self.read_with_serde(text, parsed)
+    }
+
+    /// Reads a record's value as it came (bytes): checked as UTF-8 in the same pass when the
+    /// fast reader takes it, else as `String::from_utf8` and [`FieldPlan::read`] would. The
+    /// text is kept in `parsed.text`; when it is not UTF-8 or not JSON, the bytes come back
+    /// with the reason.
+    pub fn read_value(&self, bytes: Vec<u8>, parsed: &mut Parsed) -> Result<(), Unreadable> {
+        parsed.not_object = None;
+        parsed.values.clear();
+        parsed.values.resize(self.paths.len(), None);
+        if fast(&self.root, &bytes, &mut parsed.values, true).is_some() {
+            // SAFETY: the fast reader took only ASCII outside strings, and checked each
+            // string with a byte beyond ASCII with `str::from_utf8`; UTF-8 pieces joined by
+            // ASCII bytes are UTF-8
+            parsed.text = unsafe { String::from_utf8_unchecked(bytes) };
+            return Ok(());
+        }
+        let text = String::from_utf8(bytes).map_err(|e| Unreadable::Utf8 {
+            valid_up_to: e.utf8_error().valid_up_to(),
+            bytes: e.into_bytes(),
+        })?;
+        match self.read_with_serde(&text, parsed) {
+            Ok(()) => {
+                parsed.text = text;
+                Ok(())
+            }
+            Err(error) => Err(Unreadable::Json {
+                error,
+                bytes: text.into_bytes(),
+            }),
+        }
     }
 
     /// [`FieldPlan::read`] with serde_json's parser: every record, every error.
@@ -200,15 +248,25 @@ impl FieldPlan {
 /// escapes, integers, fractions without exponents, literals — read on the bytes in one loop
 /// with a stack of open containers. It gives up (`None`) on anything else, so what it reads
 /// it reads as serde_json would; the property tests compare the two.
-fn fast(root: &Node, s: &str, values: &mut [Option<Stored>]) -> Option<()> {
-    let b = s.as_bytes();
+///
+/// With `utf8` it also checks that the bytes are UTF-8, in the same pass: outside strings it
+/// takes ASCII only, and a string with a byte beyond ASCII is checked on its own (UTF-8
+/// pieces joined by ASCII are UTF-8). A wanted string records whether it is ASCII.
+fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Option<()> {
     let ws = |mut i: usize| {
         while let Some(b' ' | b'\n' | b'\t' | b'\r') = b.get(i) {
             i += 1;
         }
         i
     };
-    let string = |i: usize| string_end(b, i);
+    // a string's closing quote after its opening one at `i - 1`, and whether it is ASCII
+    let string = |i: usize| {
+        let (end, ascii) = scan_string(b, i)?;
+        if utf8 && !ascii {
+            std::str::from_utf8(&b[i..end]).ok()?;
+        }
+        Some((end, ascii))
+    };
     // open containers: the node of an object whose wanted paths go on (None: nothing
     // wanted below), and whether it is an array
     // (on the stack: a record is read without an allocation)
@@ -249,11 +307,9 @@ fn fast(root: &Node, s: &str, values: &mut [Option<Stored>]) -> Option<()> {
             if b.get(i)? != &b'"' {
                 return None;
             }
-            let end = string(i + 1)?;
+            let (end, _) = string(i + 1)?;
             if let Some(node) = node {
-                // between two quotes: character boundaries of the text
-                let key = s.get(i + 1..end)?;
-                if let Some(c) = node.child(key) {
+                if let Some(c) = node.child(&b[i + 1..end]) {
                     let (_, index, below) = &node.children[c];
                     // a later duplicate key replaces everything the earlier one held
                     for j in &below.below {
@@ -275,10 +331,14 @@ fn fast(root: &Node, s: &str, values: &mut [Option<Stored>]) -> Option<()> {
         };
         match *b.get(i)? {
             b'"' => {
-                let end = string(i + 1)?;
+                let (end, ascii) = string(i + 1)?;
                 store(
                     values,
-                    Stored::Span(u32::try_from(i + 1).ok()?, u32::try_from(end - i - 1).ok()?),
+                    Stored::Span {
+                        at: u32::try_from(i + 1).ok()?,
+                        len: u32::try_from(end - i - 1).ok()?,
+                        ascii,
+                    },
                 );
                 i = end + 1;
             }
@@ -303,8 +363,9 @@ fn fast(root: &Node, s: &str, values: &mut [Option<Stored>]) -> Option<()> {
                 i += 1;
             }
             b'-' | b'0'..=b'9' => {
+                let negative = b[i] == b'-';
                 let start = i;
-                if b[i] == b'-' {
+                if negative {
                     i += 1;
                 }
                 match b.get(i)? {
@@ -316,6 +377,7 @@ fn fast(root: &Node, s: &str, values: &mut [Option<Stored>]) -> Option<()> {
                     }
                     _ => return None,
                 }
+                let digits_end = i;
                 let mut integer = true;
                 if b.get(i) == Some(&b'.') {
                     integer = false;
@@ -337,15 +399,20 @@ fn fast(root: &Node, s: &str, values: &mut [Option<Stored>]) -> Option<()> {
                     if !integer {
                         return None;
                     }
-                    let digits = &s[start..i];
-                    let n: Number = if digits.starts_with('-') {
-                        // serde_json reads -0 as a float
-                        match digits.parse::<i64>().ok()? {
+                    let digits = &b[start + usize::from(negative)..digits_end];
+                    // at most 20 digits: u64 holds 19 of any, 20 checked
+                    let magnitude = digits.iter().try_fold(0u64, |n, d| {
+                        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+                    })?;
+                    let n: Number = if negative {
+                        // serde_json reads -0 as a float, and what i64 cannot hold too
+                        match magnitude {
                             0 => return None,
-                            n => n.into(),
+                            m if m <= 1 << 63 => (m.wrapping_neg() as i64).into(),
+                            _ => return None,
                         }
                     } else {
-                        digits.parse::<u64>().ok()?.into()
+                        magnitude.into()
                     };
                     store(values, Stored::Number(n));
                 }
@@ -373,6 +440,7 @@ const FAST_DEPTH: usize = 32;
 
 /// Writes `s` as a JSON string, exactly as serde_json does: with nothing to escape (no `"`,
 /// `\`, control character) quoted as it is, else by serde_json itself.
+#[inline]
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     if first_special(s.as_bytes()).is_none() {
         out.reserve(s.len() + 2);
@@ -409,12 +477,50 @@ fn first_special(b: &[u8]) -> Option<usize> {
 }
 
 /// A string's end after its opening quote at `i`: the closing quote, or `None` at an escape
-/// or a control character. Eight bytes at a time: in each word, a byte equal to `"` or `\`
-/// or below 0x20 sets the high bit of its byte in `hit` (bytes above a hit may be set too,
-/// never below it, so the lowest is the first).
+/// or a control character.
+#[cfg(test)]
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
-    let at = i + first_special(b.get(i..)?)?;
-    (b[at] == b'"').then_some(at)
+    scan_string(b, i).map(|(end, _)| end)
+}
+
+/// [`string_end`], and whether the string is ASCII. Eight bytes at a time: in each word, a
+/// byte equal to `"` or `\` or below 0x20 sets the high bit of its byte in `hit` (bytes
+/// above a hit may be set too, never below it, so the lowest is the first); the high bits
+/// of the bytes before the end are gathered in `high`.
+#[inline]
+fn scan_string(b: &[u8], i: usize) -> Option<(usize, bool)> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const QUOTES: u64 = ONES * b'"' as u64;
+    const SLASHES: u64 = ONES * b'\\' as u64;
+    let mut at = i;
+    let mut high = 0u64;
+    while let Some(word) = b.get(at..at + 8) {
+        let v = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        let (q, s) = (v ^ QUOTES, v ^ SLASHES);
+        let hit = ((q.wrapping_sub(ONES) & !q)
+            | (s.wrapping_sub(ONES) & !s)
+            | (v.wrapping_sub(ONES * 0x20) & !v))
+            & HIGH;
+        if hit != 0 {
+            let n = hit.trailing_zeros() / 8;
+            // the bytes below the hit
+            high |= v & ((1u64 << (n * 8)) - 1);
+            at += n as usize;
+            return (b[at] == b'"').then_some((at, high & HIGH == 0));
+        }
+        high |= v;
+        at += 8;
+    }
+    let mut ascii = high & HIGH == 0;
+    for (k, &c) in b.get(at..)?.iter().enumerate() {
+        match c {
+            b'"' => return Some((at + k, ascii)),
+            b'\\' | 0..=0x1f => return None,
+            c => ascii &= c < 0x80,
+        }
+    }
+    None
 }
 
 /// The record itself: an object read with the plan, or the kind of what it is instead.
@@ -527,7 +633,7 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(self.0.child(v))
+        Ok(self.0.child(v.as_bytes()))
     }
 }
 
@@ -569,7 +675,11 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
         let at = (v.as_ptr() as usize).wrapping_sub(self.base);
         Ok(match (u32::try_from(at), u32::try_from(v.len())) {
-            (Ok(at), Ok(len)) => Stored::Span(at, len),
+            (Ok(at), Ok(len)) => Stored::Span {
+                at,
+                len,
+                ascii: v.is_ascii(),
+            },
             _ => Stored::Owned(v.into()),
         })
     }
@@ -737,6 +847,69 @@ mod tests {
                 let mut ours = Vec::new();
                 write_json_str(&mut ours, text);
                 assert_eq!(ours, serde_json::to_vec(text).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn a_value_read_as_bytes_is_checked_as_utf8_would_be() {
+        let p = plan(&["name.first", "n"]);
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        let pieces: [&[u8]; 12] = [
+            b"\xff",
+            b"\xc3",
+            b"\xc3\xa9",
+            b"\xe2\x82",
+            b"\xe2\x82\xac",
+            b"\xed\xa0\x80",
+            b"\xc0\xaf",
+            b"\xf0\x9f\x98\x80",
+            b"\xf4\x90\x80\x80",
+            b"\x80",
+            "зоряна".as_bytes(),
+            b"abcdefgh",
+        ];
+        for piece in pieces {
+            for at in [
+                "{\"name\":{\"first\":\"@\"},\"n\":1}",
+                "{\"name\":{\"first\":\"Ana @ Li and more text\"}}",
+                "{\"@\":1,\"name\":{\"first\":\"x\"}}",
+                "{\"name\":{\"first\":\"x\"}}@",
+                "{\"name\":@{\"first\":\"x\"}}",
+                "{\"n\":\"tail@",
+                "{\"n\":\"esc\\n@\"}",
+            ] {
+                let (a, b) = at.split_once('@').unwrap();
+                cases.push([a.as_bytes(), piece, b.as_bytes()].concat());
+            }
+        }
+        for bytes in cases {
+            let mut fast = Parsed::default();
+            let got = p.read_value(bytes.clone(), &mut fast);
+            let want = String::from_utf8(bytes.clone()).map_err(|e| e.utf8_error().valid_up_to());
+            match (got, want) {
+                (Ok(()), Ok(text)) => {
+                    let mut slow = Parsed::default();
+                    p.read_with_serde(&text, &mut slow).unwrap();
+                    assert_eq!(fast.text, text);
+                    assert_eq!(fast.field(0), slow.get(&text, 0), "{text:?}");
+                    assert_eq!(fast.field(1), slow.get(&text, 1), "{text:?}");
+                }
+                (
+                    Err(Unreadable::Utf8 {
+                        valid_up_to,
+                        bytes: back,
+                    }),
+                    Err(at),
+                ) => {
+                    assert_eq!((valid_up_to, &back), (at, &bytes));
+                }
+                (Err(Unreadable::Json { error, bytes: back }), Ok(text)) => {
+                    let want = serde_json::from_str::<serde_json::Value>(&text).unwrap_err();
+                    assert_eq!(error.to_string(), want.to_string());
+                    assert_eq!(back, bytes);
+                }
+                (got, want) => panic!("{bytes:?}: {got:?} against {want:?}"),
             }
         }
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::fields::{FieldPlan, Parsed};
+use crate::fields::{FieldPlan, Parsed, Unreadable};
 
 use crate::build::{BuildContext, BuildError, Built, Processor};
 use crate::component::{DataType, NodeConfig, OutputSpec};
@@ -92,39 +92,30 @@ impl Decode {
                 "the record has no value (a tombstone)".into(),
             );
         };
-        let text = match String::from_utf8(bytes) {
-            Ok(t) => t,
-            Err(e) => {
-                let at = e.utf8_error().valid_up_to();
-                *value = Some(e.into_bytes());
-                return self.fail(
-                    "utf8.invalid",
-                    format!("the value is not UTF-8: invalid byte at offset {at}"),
-                );
-            }
-        };
         let mut parsed = Parsed::default();
-        match self.plan.read(&text, &mut parsed) {
-            Ok(()) => {
-                parsed.text = text;
-                Body::Json(parsed)
-            }
+        match self.plan.read_value(bytes, &mut parsed) {
+            Ok(()) => Body::Json(parsed),
             Err(e) => {
-                *value = Some(text.into_bytes());
-                self.fail("json.malformed", format!("the value is not JSON: {e}"))
+                let reason = match e {
+                    Unreadable::Utf8 { .. } => "utf8.invalid",
+                    Unreadable::Json { .. } => "json.malformed",
+                };
+                let message = e.to_string();
+                let (Unreadable::Utf8 { bytes, .. } | Unreadable::Json { bytes, .. }) = e;
+                *value = Some(bytes);
+                self.fail(reason, message)
             }
         }
     }
 }
 
 impl Processor for Decode {
-    fn process(&mut self, mut record: Envelope, out: &mut Vec<(Option<&'static str>, Envelope)>) {
+    fn process(&mut self, record: &mut Envelope) -> Option<&'static str> {
         record.body = self.decode(&mut record.origin.value);
-        let output = match record.body {
+        match record.body {
             Body::Failed(_) => Some("undecodable"),
             _ => None,
-        };
-        out.push((output, record));
+        }
     }
 }
 
