@@ -7,7 +7,6 @@
 //! Cleaning never fails: a field with no value is null (or its `missing` text).
 
 use std::any::Any;
-use std::io::Write;
 
 use serde::Deserialize;
 use weir_topology::build::{BuildContext, BuildError, Built, Processor};
@@ -291,9 +290,7 @@ impl Clean {
             out.extend_from_slice(&f.key);
             if f.integer {
                 match integer(parsed, text, &f.sources) {
-                    Some(n) => {
-                        let _ = write!(out, "{n}");
-                    }
+                    Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
                     None => out.extend_from_slice(b"null"),
                 }
                 self.values.push(None);
@@ -324,17 +321,16 @@ impl Clean {
             out.push(b',');
         }
         let o = &envelope.origin;
+        let mut number = itoa::Buffer::new();
         out.extend_from_slice(b"\"source\":{\"topic\":");
-        serde_json::to_writer(&mut out, &o.topic).expect("in memory");
-        let _ = write!(
-            out,
-            ",\"partition\":{},\"offset\":{},\"timestamp\":",
-            o.partition, o.offset
-        );
+        write_json_str(&mut out, &o.topic);
+        out.extend_from_slice(b",\"partition\":");
+        out.extend_from_slice(number.format(o.partition).as_bytes());
+        out.extend_from_slice(b",\"offset\":");
+        out.extend_from_slice(number.format(o.offset).as_bytes());
+        out.extend_from_slice(b",\"timestamp\":");
         match o.timestamp {
-            Some(t) => {
-                let _ = write!(out, "{t}");
-            }
+            Some(t) => out.extend_from_slice(number.format(t).as_bytes()),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b"}}");
@@ -532,10 +528,10 @@ fn apply(op: Op, s: &mut String, other: &mut String) -> bool {
 }
 
 impl Processor for Clean {
-    fn process(&mut self, mut record: Envelope, out: &mut Vec<(Option<&'static str>, Envelope)>) {
+    fn process(&mut self, record: &mut Envelope) -> Option<&'static str> {
         let row = match &record.body {
             Body::Valid(parsed) | Body::Json(parsed) => {
-                Some(self.row(&parsed.text, parsed, &record))
+                Some(self.row(&parsed.text, parsed, record))
             }
             // the graph check makes this unreachable; never lose the record
             _ => None,
@@ -543,7 +539,7 @@ impl Processor for Clean {
         if let Some(row) = row {
             record.set_body(Body::Clean(row));
         }
-        out.push((None, record));
+        None
     }
 }
 

@@ -393,19 +393,16 @@ impl Validate {
 }
 
 impl Processor for Validate {
-    fn process(&mut self, mut record: Envelope, out: &mut Vec<(Option<&'static str>, Envelope)>) {
+    fn process(&mut self, record: &mut Envelope) -> Option<&'static str> {
         let violations = match &record.body {
             Body::Json(parsed) => self.violations(&parsed.text, parsed),
-            _ => {
-                out.push((Some("invalid"), record));
-                return;
-            }
+            _ => return Some("invalid"),
         };
         if violations.is_empty() {
             if let Body::Json(parsed) = std::mem::replace(&mut record.body, Body::Raw) {
                 record.body = Body::Valid(parsed);
             }
-            out.push((None, record));
+            None
         } else {
             let (reasons, sentences): (Vec<String>, Vec<String>) = violations.into_iter().unzip();
             record.set_body(Body::Failed(Failure {
@@ -414,7 +411,7 @@ impl Processor for Validate {
                 node: self.node.clone(),
                 ..Failure::default()
             }));
-            out.push((Some("invalid"), record));
+            Some("invalid")
         }
     }
 }

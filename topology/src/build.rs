@@ -5,10 +5,12 @@
 
 use crate::record::Envelope;
 
-/// A node that transforms records. It pushes zero or more `(output, record)` pairs, where
-/// `None` is the default output and `Some("invalid")` a named one.
+/// A node that transforms records. Every record leaves by exactly one output (a record has
+/// exactly one fate; an output wired to several nodes copies it): the processor changes it
+/// in place and says which, `None` for the default output and `Some("invalid")` for a
+/// named one.
 pub trait Processor: Send {
-    fn process(&mut self, record: Envelope, out: &mut Vec<(Option<&'static str>, Envelope)>);
+    fn process(&mut self, record: &mut Envelope) -> Option<&'static str>;
 }
 
 /// A record ready for a Kafka producer.

@@ -69,8 +69,8 @@ pub struct Pipeline {
     /// Source node index by the topic it reads.
     sources: HashMap<String, usize>,
     metrics: Option<Metrics>,
-    scratch: Vec<(Option<&'static str>, Envelope)>,
-    /// Records still to route, reused from record to record.
+    /// Copies still to route (an output wired to several nodes), reused from record to
+    /// record.
     work: Vec<(usize, Envelope)>,
     /// Taps open on this process's edges (`weir tap`).
     taps: Option<std::sync::Arc<crate::tap::Taps>>,
@@ -159,7 +159,6 @@ impl Pipeline {
             nodes,
             sources,
             metrics: metrics.cloned(),
-            scratch: Vec::new(),
             work: Vec::new(),
             taps: None,
         })
@@ -235,23 +234,24 @@ impl Pipeline {
         }) else {
             return;
         };
+        // a record goes down its chain in place; an output wired to several nodes leaves
+        // its copies here for after
         let mut work = std::mem::take(&mut self.work);
-        work.push((start, Envelope::raw(origin)));
-        while let Some((i, envelope)) = work.pop() {
-            let node = &mut self.nodes[i];
-            if let Some(c) = &node.records_in {
-                c.inc();
-            }
-            match &mut node.stage {
-                Stage::Processor(p) => {
-                    self.scratch.clear();
-                    p.process(envelope, &mut self.scratch);
-                    for (output, env) in self.scratch.drain(..) {
+        let mut next = Some((start, Envelope::raw(origin)));
+        while let Some((mut i, mut envelope)) = next.take().or_else(|| work.pop()) {
+            loop {
+                let node = &mut self.nodes[i];
+                if let Some(c) = &node.records_in {
+                    c.inc();
+                }
+                match &mut node.stage {
+                    Stage::Processor(p) => {
+                        let output = p.process(&mut envelope);
                         if let Some((_, c)) = node.records_out.iter().find(|(o, _)| *o == output) {
                             c.inc();
                         }
                         if let Some(taps) = &self.taps {
-                            taps.offer(&node.name, output, &env);
+                            taps.offer(&node.name, output, &envelope);
                         }
                         let targets = node
                             .routes
@@ -260,44 +260,47 @@ impl Pipeline {
                             .map(|(_, t)| t.as_slice())
                             .unwrap_or(&[]);
                         match targets {
-                            [] => {}
-                            [only] => work.push((*only, env)),
-                            many => {
-                                for &t in many {
-                                    work.push((t, env.clone()));
+                            [] => break,
+                            // the last target first, the others after it in order
+                            [rest @ .., last] => {
+                                for &t in rest {
+                                    work.push((t, envelope.clone()));
                                 }
+                                i = *last;
                             }
                         }
                     }
-                }
-                Stage::Topic(encoder) => {
-                    if let Some(taps) = &self.taps {
-                        taps.offer(&node.name, None, &envelope);
-                    }
-                    if let (Some(m), Body::Failed(f)) = (&self.metrics, &envelope.body) {
-                        for r in &f.reasons {
-                            m.dead_letters.with_label_values(&[r.as_str()]).inc();
+                    Stage::Topic(encoder) => {
+                        if let Some(taps) = &self.taps {
+                            taps.offer(&node.name, None, &envelope);
                         }
+                        if let (Some(m), Body::Failed(f)) = (&self.metrics, &envelope.body) {
+                            for r in &f.reasons {
+                                m.dead_letters.with_label_values(&[r.as_str()]).inc();
+                            }
+                        }
+                        match &mut reached {
+                            Reached::Fates(fates) => {
+                                let record = encoder.encode(&envelope);
+                                fates.push(Fate {
+                                    sink: node.name.clone(),
+                                    envelope,
+                                    record: Some(record),
+                                });
+                            }
+                            Reached::Records(out) => out.push(encoder.encode_owned(envelope)),
+                        }
+                        break;
                     }
-                    match &mut reached {
-                        Reached::Fates(fates) => {
-                            let record = encoder.encode(&envelope);
+                    Stage::External => {
+                        if let Reached::Fates(fates) = &mut reached {
                             fates.push(Fate {
                                 sink: node.name.clone(),
                                 envelope,
-                                record: Some(record),
+                                record: None,
                             });
                         }
-                        Reached::Records(out) => out.push(encoder.encode_owned(envelope)),
-                    }
-                }
-                Stage::External => {
-                    if let Reached::Fates(fates) = &mut reached {
-                        fates.push(Fate {
-                            sink: node.name.clone(),
-                            envelope,
-                            record: None,
-                        });
+                        break;
                     }
                 }
             }
