@@ -10,7 +10,9 @@ use std::any::Any;
 
 use serde::Deserialize;
 use weir_topology::build::{BuildContext, BuildError, Built, Processor};
-use weir_topology::fields::{write_json_str, Field, FieldPlan, Parsed};
+use weir_topology::fields::{
+    write_json_str, write_plain_json_str, Facts, Field, FieldPlan, Parsed,
+};
 use weir_topology::schema::{FieldType, Schema, SchemaField};
 use weir_topology::{Body, CleanRow, DataType, Envelope, NodeConfig, OutputSpec};
 
@@ -297,17 +299,18 @@ impl Clean {
             } else {
                 let value = self.text_value(i, text, parsed);
                 let f = &self.fields[i];
-                let v: Option<&str> = match value {
-                    Value::Slice(s) => Some(s),
-                    Value::Scratch => Some(&self.scratch),
-                    Value::None => f.missing.as_deref(),
-                };
-                match v {
-                    Some(v) => write_json_str(&mut out, v),
-                    None => out.extend_from_slice(b"null"),
+                match value {
+                    // the record's own text, unescaped: nothing to escape
+                    Value::Slice(s, true) => write_plain_json_str(&mut out, s),
+                    Value::Slice(s, false) => write_json_str(&mut out, s),
+                    Value::Scratch => write_json_str(&mut out, &self.scratch),
+                    Value::None => match &f.missing {
+                        Some(m) => write_json_str(&mut out, m),
+                        None => out.extend_from_slice(b"null"),
+                    },
                 }
                 let kept = match (f.referenced, value) {
-                    (true, Value::Slice(s)) => Some(s),
+                    (true, Value::Slice(s, _)) => Some(s),
                     (true, Value::Scratch) => Some(self.scratch.as_str()),
                     _ => None,
                 }
@@ -345,10 +348,10 @@ impl Clean {
         let f = &self.fields[i];
         let mut ops = f.ops.iter().peekable();
         if let [Source::Path(p)] = f.sources.as_slice() {
-            if let Some(Field::Str(std::borrow::Cow::Borrowed(mut s))) = parsed.get(text, *p) {
+            if let Some((mut s, facts)) = parsed.text_at(text, *p) {
                 // in place while nothing changes
                 while let Some(op) = ops.peek() {
-                    match unchanged(**op, s) {
+                    match unchanged(**op, s, facts) {
                         Some(same) => {
                             s = same;
                             ops.next();
@@ -360,7 +363,7 @@ impl Clean {
                     return if s.is_empty() {
                         Value::None
                     } else {
-                        Value::Slice(s)
+                        Value::Slice(s, facts.plain)
                     };
                 }
                 self.scratch.clear();
@@ -415,19 +418,25 @@ fn finish<'t>(
 #[derive(Clone, Copy)]
 enum Value<'t> {
     None,
-    /// In the record, as it was.
-    Slice(&'t str),
+    /// In the record, as it was; true when it needs no escapes ([`Facts::plain`]).
+    Slice(&'t str, bool),
     /// In the processor's scratch buffer.
     Scratch,
 }
 
 /// What `op` leaves of `s` when that is a part of `s` itself (nothing to copy), else `None`.
-fn unchanged(op: Op, s: &str) -> Option<&str> {
+/// `facts` are those of the string `s` is a part of (they hold for every part).
+fn unchanged(op: Op, s: &str, facts: Facts) -> Option<&str> {
     match op {
-        Op::Nfc => matches!(nfc(s), std::borrow::Cow::Borrowed(_)).then_some(s),
-        Op::Trim => is_squished(s).then_some(s),
-        Op::Lower => (s.is_ascii() && !s.bytes().any(|b| b.is_ascii_uppercase())).then_some(s),
-        Op::Upper => (s.is_ascii() && !s.bytes().any(|b| b.is_ascii_lowercase())).then_some(s),
+        Op::Nfc => (facts.ascii || matches!(nfc(s), std::borrow::Cow::Borrowed(_))).then_some(s),
+        // ASCII with no space and no control character: nothing to trim or collapse
+        Op::Trim => {
+            ((facts.ascii && facts.spaceless && facts.plain) || is_squished(s)).then_some(s)
+        }
+        Op::Lower => ((facts.ascii || s.is_ascii()) && !s.bytes().any(|b| b.is_ascii_uppercase()))
+            .then_some(s),
+        Op::Upper => ((facts.ascii || s.is_ascii()) && !s.bytes().any(|b| b.is_ascii_lowercase()))
+            .then_some(s),
         Op::Date => canonical_time(s).map(|_| &s[..10]),
         Op::Timestamp => canonical_time(s).filter(|_| s.len() == 24).map(|_| s),
         Op::Title | Op::Digits | Op::Integer => None,

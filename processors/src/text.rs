@@ -12,19 +12,35 @@ use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 /// `s` in NFC: itself when the quick check says it is (ASCII always is), normalised
 /// otherwise.
 pub fn nfc(s: &str) -> Cow<'_, str> {
-    if s.is_ascii() || s.chars().all(stable) || is_nfc_quick(s.chars()) == IsNormalized::Yes {
+    if s.is_ascii() || is_stable(s) || is_nfc_quick(s.chars()) == IsNormalized::Yes {
         Cow::Borrowed(s)
     } else {
         Cow::Owned(s.nfc().collect())
     }
 }
 
+/// True when every character of `s` is [`stable`]: then `s` is NFC.
+fn is_stable(s: &str) -> bool {
+    let table = stable_table();
+    s.chars().all(|c| {
+        let cp = c as u32;
+        cp < 0x80 || (cp < 0x1_0000 && table[cp as usize / 64] >> (cp % 64) & 1 == 1)
+    })
+}
+
 /// True for a character of the Basic Multilingual Plane that is NFC on its own and combines
 /// with nothing before it (NFC quick check Yes, combining class 0): text made of such
-/// characters only is NFC. A table of 65,536 bits, made once from the normalisation data.
+/// characters only is NFC.
+#[cfg(test)]
 fn stable(c: char) -> bool {
+    let cp = c as u32;
+    cp < 0x1_0000 && stable_table()[cp as usize / 64] >> (cp % 64) & 1 == 1
+}
+
+/// [`stable`] as a table of 65,536 bits, made once from the normalisation data.
+fn stable_table() -> &'static [u64; 1024] {
     static TABLE: OnceLock<Box<[u64; 1024]>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| {
+    TABLE.get_or_init(|| {
         let mut t = Box::new([0u64; 1024]);
         for cp in 0..0x1_0000u32 {
             if let Some(ch) = char::from_u32(cp) {
@@ -36,9 +52,7 @@ fn stable(c: char) -> bool {
             }
         }
         t
-    });
-    let cp = c as u32;
-    cp < 0x1_0000 && table[cp as usize / 64] >> (cp % 64) & 1 == 1
+    })
 }
 
 /// NFC, trimmed, every run of white space collapsed to one space.
@@ -70,7 +84,7 @@ pub fn is_squished(s: &str) -> bool {
             // the lead bytes of every white space character beyond ASCII (U+0085, U+00A0,
             // U+1680, U+2000–U+200A, U+2028, U+2029, U+202F, U+205F, U+3000): let the
             // general path decide
-            if c == 0xc2 || (0xe1..=0xe3).contains(&c) {
+            if c >= 0xc2 && (c == 0xc2 || (0xe1..=0xe3).contains(&c)) {
                 return false;
             }
             last_space = false;
@@ -144,16 +158,29 @@ pub fn title_case_into(s: &str, out: &mut String) {
     }
     let from = out.len();
     let mut start = true;
+    let mut sigma = false;
     for c in s.chars() {
+        if c.is_ascii() {
+            out.push(if start {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            });
+            start = c.is_ascii_whitespace() || c == '\u{b}' || c == '-' || c == '\'';
+            continue;
+        }
         if start {
             out.extend(c.to_uppercase());
         } else {
-            out.extend(c.to_lowercase());
+            for l in c.to_lowercase() {
+                sigma |= l == 'σ';
+                out.push(l);
+            }
         }
-        start = c.is_whitespace() || matches!(c, '-' | '\'' | '’' | '‐');
+        start = c.is_whitespace() || matches!(c, '’' | '‐');
     }
     // final sigma: lower-casing one character at a time cannot know the word ends
-    if out[from..].contains('σ') {
+    if sigma && out[from..].contains('σ') {
         let fixed = fix_final_sigma(&out[from..]);
         out.truncate(from);
         out.push_str(&fixed);
@@ -265,6 +292,7 @@ mod tests {
         assert_eq!(title_case("ÉLODIE"), "Élodie");
         assert_eq!(title_case("پارسا"), "پارسا");
         assert_eq!(title_case("ΟΔΥΣΣΕΥΣ"), "Οδυσσευς");
+        assert_eq!(title_case("ΟΔΥΣΣΕΥΣ σΊΣΥΦΟΣ"), "Οδυσσευς Σίσυφος");
         assert_eq!(title_case("d’artagnan"), "D’Artagnan");
         // the ASCII path and the general one agree
         for s in [
@@ -274,6 +302,8 @@ mod tests {
             "ABC def-GHI",
             "a1b2 c",
             "",
+            "jean-ÉLODIE o'brÏen",
+            "İlkay ǅivko",
         ] {
             let mut general = String::new();
             let mut start = true;

@@ -376,10 +376,14 @@ impl Validate {
             if failed.contains(i) {
                 continue;
             }
-            let len = match record.get(text, *i) {
-                Some(Field::Str(s)) => crate::text::clean_len(&s),
-                Some(Field::Number(n)) => n.to_string().chars().count(),
-                _ => continue,
+            let len = match record.text_at(text, *i) {
+                // ASCII with no space and no control character: as long as it is
+                Some((s, f)) if f.ascii && f.spaceless && f.plain => s.len(),
+                Some((s, _)) => crate::text::clean_len(s),
+                None => match record.get(text, *i) {
+                    Some(Field::Number(n)) => n.to_string().chars().count(),
+                    _ => continue,
+                },
             };
             if len > *max {
                 out.push((

@@ -48,11 +48,11 @@ enum Stored {
     Null,
     Bool(bool),
     Number(Number),
-    /// Byte offset and length in the record's text, and whether it is ASCII.
+    /// Byte offset and length in the record's text, and what [`scan`] saw of it.
     Span {
         at: u32,
         len: u32,
-        ascii: bool,
+        seen: u8,
     },
     /// A string with escapes, decoded.
     Owned(Box<str>),
@@ -93,6 +93,49 @@ impl Parsed {
             Stored::Object => Field::Object,
         })
     }
+
+    /// The string at path `index` of the plan, read back from `text`, with what the reader
+    /// learnt of it; `None` when the value there is not a string.
+    #[inline]
+    pub fn text_at<'a>(&'a self, text: &'a str, index: usize) -> Option<(&'a str, Facts)> {
+        match self.values.get(index)?.as_ref()? {
+            Stored::Span { at, len, seen } => Some((
+                text.get(*at as usize..(*at + *len) as usize)?,
+                Facts {
+                    ascii: seen & NON_ASCII == 0,
+                    spaceless: seen & SPACE == 0,
+                    plain: true,
+                },
+            )),
+            Stored::Owned(s) => Some((s, Facts::of(s))),
+            _ => None,
+        }
+    }
+}
+
+/// What is known of a string without looking at it again: the reader learns it while it
+/// looks for the string's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facts {
+    /// Every byte is ASCII.
+    pub ascii: bool,
+    /// No ASCII space (other white space, such as a tab, is not looked for).
+    pub spaceless: bool,
+    /// Nothing to escape in JSON: no `"`, `\` or control character. True of every string
+    /// that the record's text holds without escapes.
+    pub plain: bool,
+}
+
+impl Facts {
+    /// The facts of `s`, found by looking at it.
+    pub fn of(s: &str) -> Self {
+        let b = s.as_bytes();
+        Self {
+            ascii: s.is_ascii(),
+            spaceless: !b.contains(&b' '),
+            plain: first_special(b).is_none(),
+        }
+    }
 }
 
 /// Why a record's value could not be read, with its bytes given back.
@@ -118,19 +161,31 @@ pub struct FieldPlan {
 struct Node {
     /// (key, the path's index if a path ends here, the paths below)
     children: Vec<(String, Option<usize>, Node)>,
+    /// Each child's [`tag`], in the same order: most keys are ruled out by it alone.
+    tags: Vec<u32>,
     /// Every index at or below this node (cleared when a duplicate key replaces it).
     below: Vec<usize>,
 }
 
+/// A key's length and first and last bytes, packed into a word.
+#[inline]
+fn tag(key: &[u8]) -> u32 {
+    let (first, last) = (key.first().copied(), key.last().copied());
+    (key.len().min(0xffff) as u32) << 16
+        | u32::from(first.unwrap_or(0)) << 8
+        | u32::from(last.unwrap_or(0))
+}
+
 impl Node {
-    /// The wanted child named `key`: its length and first byte rule most keys out before a
-    /// comparison.
+    /// The wanted child named `key`.
     #[inline]
     fn child(&self, key: &[u8]) -> Option<usize> {
-        let (len, first) = (key.len(), key.first().copied());
-        self.children.iter().position(|(k, _, _)| {
-            k.len() == len && k.as_bytes().first().copied() == first && k.as_bytes() == key
-        })
+        let t = tag(key);
+        self.tags
+            .iter()
+            .enumerate()
+            .find(|(c, tag)| **tag == t && self.children[*c].0.as_bytes() == key)
+            .map(|(c, _)| c)
     }
 }
 
@@ -151,6 +206,7 @@ impl FieldPlan {
                 None => {
                     node.children
                         .push(((*key).to_owned(), None, Node::default()));
+                    node.tags.push(tag(key.as_bytes()));
                     node.children.len() - 1
                 }
             };
@@ -253,20 +309,8 @@ impl FieldPlan {
 /// takes ASCII only, and a string with a byte beyond ASCII is checked on its own (UTF-8
 /// pieces joined by ASCII are UTF-8). A wanted string records whether it is ASCII.
 fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Option<()> {
-    let ws = |mut i: usize| {
-        while let Some(b' ' | b'\n' | b'\t' | b'\r') = b.get(i) {
-            i += 1;
-        }
-        i
-    };
-    // a string's closing quote after its opening one at `i - 1`, and whether it is ASCII
-    let string = |i: usize| {
-        let (end, ascii) = scan_string(b, i)?;
-        if utf8 && !ascii {
-            std::str::from_utf8(&b[i..end]).ok()?;
-        }
-        Some((end, ascii))
-    };
+    let ws = |i: usize| skip_ws(b, i);
+    let string = |i: usize| checked_string(b, i, utf8);
     // open containers: the node of an object whose wanted paths go on (None: nothing
     // wanted below), and whether it is an array
     // (on the stack: a record is read without an allocation)
@@ -331,13 +375,13 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
         };
         match *b.get(i)? {
             b'"' => {
-                let (end, ascii) = string(i + 1)?;
+                let (end, seen) = string(i + 1)?;
                 store(
                     values,
                     Stored::Span {
                         at: u32::try_from(i + 1).ok()?,
                         len: u32::try_from(end - i - 1).ok()?,
-                        ascii,
+                        seen,
                     },
                 );
                 i = end + 1;
@@ -435,6 +479,26 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
     }
 }
 
+/// The first byte at or after `i` that is not JSON white space.
+#[inline(always)]
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\t' | b'\r') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// A string's closing quote after its opening one at `i - 1`, and what [`scan`] saw of it;
+/// with `utf8`, `None` also when it is not UTF-8.
+#[inline(always)]
+fn checked_string(b: &[u8], i: usize, utf8: bool) -> Option<(usize, u8)> {
+    let (end, seen) = scan_string(b, i)?;
+    if utf8 && seen & NON_ASCII != 0 {
+        std::str::from_utf8(&b[i..end]).ok()?;
+    }
+    Some((end, seen))
+}
+
 /// Nesting the fast reader takes (deeper records go to serde_json, which refuses 128).
 const FAST_DEPTH: usize = 32;
 
@@ -443,16 +507,28 @@ const FAST_DEPTH: usize = 32;
 #[inline]
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     if first_special(s.as_bytes()).is_none() {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+        write_plain_json_str(out, s);
     } else {
         serde_json::to_writer(out, s).expect("a string into memory");
     }
 }
 
-/// The first `"`, `\` or control character of `b`, eight bytes at a time.
+/// [`write_json_str`] of a string known to need no escapes ([`Facts::plain`]): quoted as it
+/// is.
+#[inline]
+pub fn write_plain_json_str(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(first_special(s.as_bytes()).is_none(), "{s:?}");
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
+/// The first `"`, `\` or control character of `b`, eight bytes at a time (what is written
+/// is mostly short): in each word, a byte equal to `"` or `\` or below 0x20 sets the high
+/// bit of its byte in `hit` (bytes above a hit may be set too, never below it, so the
+/// lowest is the first).
+#[inline]
 fn first_special(b: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -483,44 +559,73 @@ fn string_end(b: &[u8], i: usize) -> Option<usize> {
     scan_string(b, i).map(|(end, _)| end)
 }
 
-/// [`string_end`], and whether the string is ASCII. Eight bytes at a time: in each word, a
-/// byte equal to `"` or `\` or below 0x20 sets the high bit of its byte in `hit` (bytes
-/// above a hit may be set too, never below it, so the lowest is the first); the high bits
-/// of the bytes before the end are gathered in `high`.
-#[inline]
-fn scan_string(b: &[u8], i: usize) -> Option<(usize, bool)> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    const QUOTES: u64 = ONES * b'"' as u64;
-    const SLASHES: u64 = ONES * b'\\' as u64;
-    let mut at = i;
-    let mut high = 0u64;
-    while let Some(word) = b.get(at..at + 8) {
-        let v = u64::from_le_bytes(word.try_into().expect("eight bytes"));
-        let (q, s) = (v ^ QUOTES, v ^ SLASHES);
-        let hit = ((q.wrapping_sub(ONES) & !q)
-            | (s.wrapping_sub(ONES) & !s)
-            | (v.wrapping_sub(ONES * 0x20) & !v))
-            & HIGH;
-        if hit != 0 {
-            let n = hit.trailing_zeros() / 8;
-            // the bytes below the hit
-            high |= v & ((1u64 << (n * 8)) - 1);
-            at += n as usize;
-            return (b[at] == b'"').then_some((at, high & HIGH == 0));
+/// [`string_end`], and what [`scan`] saw of the string.
+#[inline(always)]
+fn scan_string(b: &[u8], i: usize) -> Option<(usize, u8)> {
+    let (end, seen) = scan(b, i);
+    (b.get(end) == Some(&b'"')).then_some((end, seen))
+}
+
+/// [`scan`] saw a byte beyond ASCII.
+const NON_ASCII: u8 = 1;
+/// [`scan`] saw an ASCII space.
+const SPACE: u8 = 2;
+
+/// The first `"`, `\` or control character of `b` at or after `from` (`b.len()` when there
+/// is none), and what the bytes before it hold ([`NON_ASCII`], [`SPACE`]). Sixteen bytes at
+/// a time with SSE2 (part of every x86-64), the last few one at a time.
+#[inline(always)]
+fn scan(b: &[u8], from: usize) -> (usize, u8) {
+    let mut at = from;
+    let mut seen = 0u8;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+            _mm_set1_epi8,
+        };
+        // SAFETY: SSE2 is enabled on every x86-64 target; each load reads the 16 bytes
+        // `b[at..at + 16]`, inside `b`
+        unsafe {
+            let quote = _mm_set1_epi8(b'"' as i8);
+            let slash = _mm_set1_epi8(b'\\' as i8);
+            let control = _mm_set1_epi8(0x1f);
+            let space = _mm_set1_epi8(b' ' as i8);
+            while at + 16 <= b.len() {
+                let v = _mm_loadu_si128(b.as_ptr().add(at).cast());
+                let specials = _mm_or_si128(
+                    _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, slash)),
+                    // at most 0x1f: the smaller of it and 0x1f is itself
+                    _mm_cmpeq_epi8(_mm_min_epu8(v, control), v),
+                );
+                let hit = _mm_movemask_epi8(specials) as u32;
+                let before = if hit == 0 {
+                    0xffff
+                } else {
+                    (1u32 << hit.trailing_zeros()) - 1
+                };
+                if _mm_movemask_epi8(v) as u32 & before != 0 {
+                    seen |= NON_ASCII;
+                }
+                if _mm_movemask_epi8(_mm_cmpeq_epi8(v, space)) as u32 & before != 0 {
+                    seen |= SPACE;
+                }
+                if hit != 0 {
+                    return (at + hit.trailing_zeros() as usize, seen);
+                }
+                at += 16;
+            }
         }
-        high |= v;
-        at += 8;
     }
-    let mut ascii = high & HIGH == 0;
-    for (k, &c) in b.get(at..)?.iter().enumerate() {
+    for (k, &c) in b.get(at..).unwrap_or_default().iter().enumerate() {
         match c {
-            b'"' => return Some((at + k, ascii)),
-            b'\\' | 0..=0x1f => return None,
-            c => ascii &= c < 0x80,
+            b'"' | b'\\' | 0..=0x1f => return (at + k, seen),
+            b' ' => seen |= SPACE,
+            0x80.. => seen |= NON_ASCII,
+            _ => {}
         }
     }
-    None
+    (b.len().max(at), seen)
 }
 
 /// The record itself: an object read with the plan, or the kind of what it is instead.
@@ -678,7 +783,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
             (Ok(at), Ok(len)) => Stored::Span {
                 at,
                 len,
-                ascii: v.is_ascii(),
+                seen: scan(v.as_bytes(), 0).1,
             },
             _ => Stored::Owned(v.into()),
         })
@@ -817,7 +922,7 @@ mod tests {
     }
 
     #[test]
-    fn the_eight_byte_scan_finds_what_the_byte_scan_finds() {
+    fn the_sixteen_byte_scan_finds_what_the_byte_scan_finds() {
         let slow = |b: &[u8]| {
             let at = b
                 .iter()
@@ -829,7 +934,7 @@ mod tests {
             b"abc".to_vec(),
             "zoë and Леся, 2000\"".as_bytes().to_vec(),
         ];
-        for n in 0..24 {
+        for n in 0..40 {
             for special in [
                 b'"', b'\\', 0x00, 0x1f, b'\n', 0x20, 0x7f, 0x80, 0xff, 0x21, 0x5b, 0x5d, 0x01,
             ] {
@@ -838,11 +943,27 @@ mod tests {
                 v.extend_from_slice(b"tail\"");
                 cases.push(v.clone());
                 v[0] = 0xe9;
-                cases.push(v);
+                cases.push(v.clone());
+                v[0] = b' ';
+                cases.push(v.clone());
+                if n > 1 {
+                    v[n - 1] = 0xc3;
+                    cases.push(v);
+                }
             }
         }
         for c in &cases {
             assert_eq!(string_end(c, 0), slow(c), "{c:?}");
+            // what it saw before the end: bytes beyond ASCII, spaces
+            let end = c
+                .iter()
+                .position(|c| matches!(c, b'"' | b'\\' | 0..=0x1f))
+                .unwrap_or(c.len());
+            let before = &c[..end];
+            let seen =
+                u8::from(!before.is_ascii()) * NON_ASCII | u8::from(before.contains(&b' ')) * SPACE;
+            assert_eq!(scan(c, 0), (end, seen), "{c:?}");
+            assert_eq!(first_special(c), (end < c.len()).then_some(end), "{c:?}");
             if let Ok(text) = std::str::from_utf8(c) {
                 let mut ours = Vec::new();
                 write_json_str(&mut ours, text);
