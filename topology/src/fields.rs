@@ -309,14 +309,12 @@ impl FieldPlan {
 /// takes ASCII only, and a string with a byte beyond ASCII is checked on its own (UTF-8
 /// pieces joined by ASCII are UTF-8). A wanted string records whether it is ASCII.
 fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Option<()> {
-    let ws = |i: usize| skip_ws(b, i);
-    let string = |i: usize| checked_string(b, i, utf8);
     // open containers: the node of an object whose wanted paths go on (None: nothing
     // wanted below), and whether it is an array
     // (on the stack: a record is read without an allocation)
     let mut stack: [(Option<&Node>, bool); FAST_DEPTH] = [(None, false); FAST_DEPTH];
     let mut depth = 0;
-    let mut i = ws(0);
+    let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return None;
     }
@@ -325,7 +323,9 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
     depth += 1;
     let mut first = true;
     loop {
-        i = ws(i);
+        if b.get(i).is_some_and(|&c| c <= b' ') {
+            i = skip_ws(b, i);
+        }
         let (node, array) = stack[depth - 1];
         let close = if array { b']' } else { b'}' };
         // the end of the container, or (after a member) the comma before the next one
@@ -333,7 +333,7 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
             depth -= 1;
             i += 1;
             if depth == 0 {
-                return (ws(i) == b.len()).then_some(());
+                return (skip_ws(b, i) == b.len()).then_some(());
             }
             first = false;
             continue;
@@ -342,7 +342,10 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
             if *b.get(i)? != b',' {
                 return None;
             }
-            i = ws(i + 1);
+            i += 1;
+            if b.get(i).is_some_and(|&c| c <= b' ') {
+                i = skip_ws(b, i);
+            }
         }
         first = false;
         // an object member's key, or an array's element
@@ -351,7 +354,7 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
             if b.get(i)? != &b'"' {
                 return None;
             }
-            let (end, _) = string(i + 1)?;
+            let (end, _) = checked_string::<false>(b, i + 1, utf8)?;
             if let Some(node) = node {
                 if let Some(c) = node.child(&b[i + 1..end]) {
                     let (_, index, below) = &node.children[c];
@@ -362,11 +365,18 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
                     wanted = Some((index, below));
                 }
             }
-            i = ws(end + 1);
-            if b.get(i)? != &b':' {
-                return None;
+            // `"key":value` with no white space is the common case
+            i = end + 1;
+            if b.get(i) != Some(&b':') {
+                i = skip_ws(b, i);
+                if b.get(i)? != &b':' {
+                    return None;
+                }
             }
-            i = ws(i + 1);
+            i += 1;
+            if b.get(i).is_some_and(|&c| c <= b' ') {
+                i = skip_ws(b, i);
+            }
         }
         let store = |values: &mut [Option<Stored>], v: Stored| {
             if let Some((Some(j), _)) = wanted {
@@ -375,7 +385,7 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
         };
         match *b.get(i)? {
             b'"' => {
-                let (end, seen) = string(i + 1)?;
+                let (end, seen) = checked_string::<true>(b, i + 1, utf8)?;
                 store(
                     values,
                     Stored::Span {
@@ -491,8 +501,8 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 /// A string's closing quote after its opening one at `i - 1`, and what [`scan`] saw of it;
 /// with `utf8`, `None` also when it is not UTF-8.
 #[inline(always)]
-fn checked_string(b: &[u8], i: usize, utf8: bool) -> Option<(usize, u8)> {
-    let (end, seen) = scan_string(b, i)?;
+fn checked_string<const SPACES: bool>(b: &[u8], i: usize, utf8: bool) -> Option<(usize, u8)> {
+    let (end, seen) = scan_string::<SPACES>(b, i)?;
     if utf8 && seen & NON_ASCII != 0 {
         std::str::from_utf8(&b[i..end]).ok()?;
     }
@@ -556,13 +566,13 @@ fn first_special(b: &[u8]) -> Option<usize> {
 /// or a control character.
 #[cfg(test)]
 fn string_end(b: &[u8], i: usize) -> Option<usize> {
-    scan_string(b, i).map(|(end, _)| end)
+    scan_string::<true>(b, i).map(|(end, _)| end)
 }
 
-/// [`string_end`], and what [`scan`] saw of the string.
+/// [`string_end`], and what [`scan_for`] saw of the string.
 #[inline(always)]
-fn scan_string(b: &[u8], i: usize) -> Option<(usize, u8)> {
-    let (end, seen) = scan(b, i);
+fn scan_string<const SPACES: bool>(b: &[u8], i: usize) -> Option<(usize, u8)> {
+    let (end, seen) = scan_for::<SPACES>(b, i);
     (b.get(end) == Some(&b'"')).then_some((end, seen))
 }
 
@@ -572,17 +582,17 @@ const NON_ASCII: u8 = 1;
 const SPACE: u8 = 2;
 
 /// The first `"`, `\` or control character of `b` at or after `from` (`b.len()` when there
-/// is none), and what the bytes before it hold ([`NON_ASCII`], [`SPACE`]). Sixteen bytes at
-/// a time with SSE2 (part of every x86-64), the last few one at a time.
+/// is none), and what the bytes before it hold ([`NON_ASCII`], and [`SPACE`] when `SPACES`).
+/// Sixteen bytes at a time with SSE2 (part of every x86-64), the last few one at a time.
 #[inline(always)]
-fn scan(b: &[u8], from: usize) -> (usize, u8) {
+fn scan_for<const SPACES: bool>(b: &[u8], from: usize) -> (usize, u8) {
     let mut at = from;
     let mut seen = 0u8;
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{
             _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
-            _mm_set1_epi8,
+            _mm_set1_epi8, _mm_setzero_si128,
         };
         // SAFETY: SSE2 is enabled on every x86-64 target; each load reads the 16 bytes
         // `b[at..at + 16]`, inside `b`
@@ -591,6 +601,9 @@ fn scan(b: &[u8], from: usize) -> (usize, u8) {
             let slash = _mm_set1_epi8(b'\\' as i8);
             let control = _mm_set1_epi8(0x1f);
             let space = _mm_set1_epi8(b' ' as i8);
+            // the whole chunks passed (their high bits), and their spaces
+            let mut high = _mm_setzero_si128();
+            let mut spaces = _mm_setzero_si128();
             while at + 16 <= b.len() {
                 let v = _mm_loadu_si128(b.as_ptr().add(at).cast());
                 let specials = _mm_or_si128(
@@ -599,33 +612,50 @@ fn scan(b: &[u8], from: usize) -> (usize, u8) {
                     _mm_cmpeq_epi8(_mm_min_epu8(v, control), v),
                 );
                 let hit = _mm_movemask_epi8(specials) as u32;
-                let before = if hit == 0 {
-                    0xffff
-                } else {
-                    (1u32 << hit.trailing_zeros()) - 1
-                };
-                if _mm_movemask_epi8(v) as u32 & before != 0 {
-                    seen |= NON_ASCII;
-                }
-                if _mm_movemask_epi8(_mm_cmpeq_epi8(v, space)) as u32 & before != 0 {
-                    seen |= SPACE;
-                }
                 if hit != 0 {
+                    let before = (1u32 << hit.trailing_zeros()) - 1;
+                    let high =
+                        _mm_movemask_epi8(high) as u32 | _mm_movemask_epi8(v) as u32 & before;
+                    if high != 0 {
+                        seen |= NON_ASCII;
+                    }
+                    if SPACES {
+                        let here = _mm_movemask_epi8(_mm_cmpeq_epi8(v, space)) as u32;
+                        if _mm_movemask_epi8(spaces) as u32 | here & before != 0 {
+                            seen |= SPACE;
+                        }
+                    }
                     return (at + hit.trailing_zeros() as usize, seen);
                 }
+                high = _mm_or_si128(high, v);
+                if SPACES {
+                    spaces = _mm_or_si128(spaces, _mm_cmpeq_epi8(v, space));
+                }
                 at += 16;
+            }
+            if _mm_movemask_epi8(high) != 0 {
+                seen |= NON_ASCII;
+            }
+            if SPACES && _mm_movemask_epi8(spaces) != 0 {
+                seen |= SPACE;
             }
         }
     }
     for (k, &c) in b.get(at..).unwrap_or_default().iter().enumerate() {
         match c {
             b'"' | b'\\' | 0..=0x1f => return (at + k, seen),
-            b' ' => seen |= SPACE,
+            b' ' if SPACES => seen |= SPACE,
             0x80.. => seen |= NON_ASCII,
             _ => {}
         }
     }
     (b.len().max(at), seen)
+}
+
+/// [`scan_for`] with spaces.
+#[inline(always)]
+fn scan(b: &[u8], from: usize) -> (usize, u8) {
+    scan_for::<true>(b, from)
 }
 
 /// The record itself: an object read with the plan, or the kind of what it is instead.
@@ -963,6 +993,7 @@ mod tests {
             let seen =
                 u8::from(!before.is_ascii()) * NON_ASCII | u8::from(before.contains(&b' ')) * SPACE;
             assert_eq!(scan(c, 0), (end, seen), "{c:?}");
+            assert_eq!(scan_for::<false>(c, 0), (end, seen & NON_ASCII), "{c:?}");
             assert_eq!(first_special(c), (end < c.len()).then_some(end), "{c:?}");
             if let Ok(text) = std::str::from_utf8(c) {
                 let mut ours = Vec::new();
