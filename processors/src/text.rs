@@ -118,6 +118,9 @@ pub fn clean_len(s: &str) -> usize {
     if s.is_ascii() && is_squished(s) {
         return s.len();
     }
+    if let Some(n) = clean_chars(s) {
+        return n;
+    }
     match nfc(s) {
         Cow::Borrowed(s) if is_squished(s) => s.chars().count(),
         Cow::Borrowed(s) => {
@@ -129,6 +132,28 @@ pub fn clean_len(s: &str) -> usize {
         }
         Cow::Owned(s) => clean_text(&s).chars().count(),
     }
+}
+
+/// The number of characters of `s` when it is clean already (`clean_text(s) == s`): every
+/// character [`stable`] and its only white space single spaces between words. One pass;
+/// `None` when it cannot tell.
+fn clean_chars(s: &str) -> Option<usize> {
+    let table = stable_table();
+    let mut n = 0;
+    let mut last_space = true;
+    for c in s.chars() {
+        let cp = c as u32;
+        let space = c == ' ';
+        if (space && last_space)
+            || (!space && c.is_whitespace())
+            || (cp >= 0x80 && !(cp < 0x1_0000 && table[cp as usize / 64] >> (cp % 64) & 1 == 1))
+        {
+            return None;
+        }
+        last_space = space;
+        n += 1;
+    }
+    (!last_space || n == 0).then_some(n)
 }
 
 /// Title case that knows scripts and name parts: every part after a space, hyphen or
@@ -248,8 +273,27 @@ mod tests {
         // "e" + combining acute becomes one character
         assert_eq!(clean_text("Jose\u{301}"), "José");
         assert_eq!(clean_text("   "), "");
-        for s in ["  Ana \t  María \n", "Jose\u{301}  x", "   ", "a", "ﬁ  Σ"] {
+        for s in [
+            "  Ana \t  María \n",
+            "Jose\u{301}  x",
+            "   ",
+            "a",
+            "ﬁ  Σ",
+            "",
+            "Леся Українка",
+            "Леся  Українка",
+            "Леся ",
+            " Леся",
+            "Леся\u{3000}Українка",
+            "Ле\u{301}ся",
+            "a\u{1}b é",
+            "😀 x",
+        ] {
             assert_eq!(clean_len(s), clean_text(s).chars().count(), "{s:?}");
+            if let Some(n) = clean_chars(s) {
+                assert_eq!(clean_text(s), s, "{s:?}");
+                assert_eq!(n, s.chars().count(), "{s:?}");
+            }
         }
         assert!(matches!(nfc("plain ascii"), Cow::Borrowed(_)));
         for (s, squished) in [

@@ -146,32 +146,56 @@ impl NodeConfig for ValidateConfig {
 /// dots and hyphens whose last dot is not its first character and is followed by at least
 /// two letters to the end.
 pub fn is_email(s: &str) -> bool {
-    let Some((local, domain)) = s.split_once('@') else {
+    let b = s.as_bytes();
+    let Some(at) = b.iter().position(|&c| c == b'@') else {
         return false;
     };
-    let local_ok = !local.is_empty()
-        && local
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-'));
-    let domain_ok = domain
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
-    let tld_ok = domain.rfind('.').is_some_and(|dot| {
-        dot >= 1
-            && domain.len() - dot > 2
-            && domain[dot + 1..].bytes().all(|b| b.is_ascii_alphabetic())
+    let (local, domain) = (&b[..at], &b[at + 1..]);
+    let local_ok = !local.is_empty() && local.iter().all(|&c| CLASS[c as usize] & LOCAL != 0);
+    let domain_ok = domain.iter().all(|&c| CLASS[c as usize] & DOMAIN != 0);
+    let tld_ok = domain.iter().rposition(|&c| c == b'.').is_some_and(|dot| {
+        dot >= 1 && domain.len() - dot > 2 && domain[dot + 1..].iter().all(u8::is_ascii_alphabetic)
     });
     local_ok && domain_ok && tld_ok
 }
+
+/// A byte may be in an email's local part.
+const LOCAL: u8 = 1;
+/// A byte may be in an email's domain.
+const DOMAIN: u8 = 2;
+/// A hexadecimal digit.
+const HEX: u8 = 4;
+
+/// What each byte may be, by the classes above.
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' {
+            t[c] |= LOCAL | DOMAIN;
+        }
+        if matches!(b, b'_' | b'%' | b'+') {
+            t[c] |= LOCAL;
+        }
+        if b.is_ascii_hexdigit() {
+            t[c] |= HEX;
+        }
+        c += 1;
+    }
+    t
+};
 
 /// `^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`.
 pub fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
+        && b[8] == b'-'
+        && b[13] == b'-'
+        && b[18] == b'-'
+        && b[23] == b'-'
+        // the dashes are not hex: count the hex digits
+        && b.iter().fold(0, |n, &c| n + usize::from(CLASS[c as usize] & HEX != 0)) == 32
 }
 
 fn digits(b: &[u8]) -> Option<u32> {

@@ -157,12 +157,15 @@ pub struct FieldPlan {
     paths: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Node {
     /// (key, the path's index if a path ends here, the paths below)
     children: Vec<(String, Option<usize>, Node)>,
     /// Each child's [`tag`], in the same order: most keys are ruled out by it alone.
     tags: Vec<u32>,
+    /// The child whose tag hashes to each slot, plus one ([`EMPTY`], or [`SHARED`] when
+    /// several do): a key is found, or ruled out, with one look.
+    slots: [u8; 64],
     /// Every index at or below this node (cleared when a duplicate key replaces it).
     below: Vec<usize>,
 }
@@ -176,16 +179,60 @@ fn tag(key: &[u8]) -> u32 {
         | u32::from(last.unwrap_or(0))
 }
 
+impl Default for Node {
+    fn default() -> Self {
+        Self {
+            children: Vec::new(),
+            tags: Vec::new(),
+            slots: [EMPTY; 64],
+            below: Vec::new(),
+        }
+    }
+}
+
+/// A slot of [`Node::slots`] no child hashes to.
+const EMPTY: u8 = 0;
+/// A slot of [`Node::slots`] that several children hash to (or a child past 253).
+const SHARED: u8 = u8::MAX;
+
+/// The slot of a tag.
+#[inline]
+fn slot(tag: u32) -> usize {
+    (tag.wrapping_mul(0x9e37_79b1) >> 26) as usize
+}
+
 impl Node {
     /// The wanted child named `key`.
     #[inline]
     fn child(&self, key: &[u8]) -> Option<usize> {
         let t = tag(key);
-        self.tags
-            .iter()
-            .enumerate()
-            .find(|(c, tag)| **tag == t && self.children[*c].0.as_bytes() == key)
-            .map(|(c, _)| c)
+        match self.slots[slot(t)] {
+            EMPTY => None,
+            SHARED => self
+                .tags
+                .iter()
+                .enumerate()
+                .find(|(c, tag)| **tag == t && self.children[*c].0.as_bytes() == key)
+                .map(|(c, _)| c),
+            c => {
+                let c = usize::from(c - 1);
+                (self.tags[c] == t && self.children[c].0.as_bytes() == key).then_some(c)
+            }
+        }
+    }
+
+    /// Adds a child named `key`; its index.
+    fn push(&mut self, key: &str) -> usize {
+        let c = self.children.len();
+        self.children.push((key.to_owned(), None, Node::default()));
+        let t = tag(key.as_bytes());
+        self.tags.push(t);
+        let slot = &mut self.slots[slot(t)];
+        *slot = match (*slot, u8::try_from(c + 1)) {
+            (EMPTY, Ok(n)) if n != SHARED => n,
+            _ => SHARED,
+        };
+        c
     }
 }
 
@@ -203,12 +250,7 @@ impl FieldPlan {
             node.below.push(index);
             let at = match node.child(key.as_bytes()) {
                 Some(at) => at,
-                None => {
-                    node.children
-                        .push(((*key).to_owned(), None, Node::default()));
-                    node.tags.push(tag(key.as_bytes()));
-                    node.children.len() - 1
-                }
+                None => node.push(key),
             };
             let entry = &mut node.children[at];
             if depth == keys.len() - 1 {
@@ -503,10 +545,44 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 #[inline(always)]
 fn checked_string<const SPACES: bool>(b: &[u8], i: usize, utf8: bool) -> Option<(usize, u8)> {
     let (end, seen) = scan_string::<SPACES>(b, i)?;
-    if utf8 && seen & NON_ASCII != 0 {
-        std::str::from_utf8(&b[i..end]).ok()?;
+    if utf8 && seen & NON_ASCII != 0 && !is_utf8(&b[i..end]) {
+        return None;
     }
     Some((end, seen))
+}
+
+/// `str::from_utf8(b).is_ok()`, for the short strings of a record: one character at a
+/// time, by the table of well-formed sequences (Unicode 3-7: no overlong forms, no
+/// surrogates, nothing above U+10FFFF).
+#[inline]
+fn is_utf8(b: &[u8]) -> bool {
+    let tail = |at: usize| b.get(at).is_some_and(|c| (0x80..=0xbf).contains(c));
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        if c < 0x80 {
+            i += 1;
+            continue;
+        }
+        // the second byte's range, by the first
+        let (second, len) = match c {
+            0xc2..=0xdf => (0x80..=0xbf, 2),
+            0xe0 => (0xa0..=0xbf, 3),
+            0xe1..=0xec | 0xee..=0xef => (0x80..=0xbf, 3),
+            0xed => (0x80..=0x9f, 3),
+            0xf0 => (0x90..=0xbf, 4),
+            0xf1..=0xf3 => (0x80..=0xbf, 4),
+            0xf4 => (0x80..=0x8f, 4),
+            _ => return false,
+        };
+        if !b.get(i + 1).is_some_and(|c| second.contains(c))
+            || (len > 2 && !tail(i + 2))
+            || (len > 3 && !tail(i + 3))
+        {
+            return false;
+        }
+        i += len;
+    }
+    true
 }
 
 /// Nesting the fast reader takes (deeper records go to serde_json, which refuses 128).
@@ -1062,6 +1138,41 @@ mod tests {
                     assert_eq!(back, bytes);
                 }
                 (got, want) => panic!("{bytes:?}: {got:?} against {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_utf8_check_is_std_s() {
+        let mut buf = Vec::new();
+        let mut check = |b: &[u8]| {
+            assert_eq!(is_utf8(b), std::str::from_utf8(b).is_ok(), "{b:x?}");
+        };
+        // every sequence of one and two bytes, and three from every lead byte beyond ASCII
+        for a in 0..=255u8 {
+            check(&[a]);
+            for c in 0..=255u8 {
+                check(&[a, c]);
+                if a >= 0xc0 {
+                    for d in 0..=255u8 {
+                        check(&[a, c, d]);
+                    }
+                }
+            }
+        }
+        // four bytes from every lead byte, the edges of each range after it
+        let edges = [0x00, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xff];
+        for a in 0xc0..=255u8 {
+            for c in edges {
+                for d in edges {
+                    for e in edges {
+                        buf.clear();
+                        buf.extend_from_slice(&[b'x', a, c, d, e, b'y']);
+                        check(&buf);
+                        check(&buf[1..5]);
+                        check(&buf[1..4]);
+                    }
+                }
             }
         }
     }
