@@ -211,7 +211,7 @@ enum Source {
 
 #[derive(Debug, Clone)]
 struct Compiled {
-    /// The field's name as JSON (`"first_name":`), written as is.
+    /// The field's name as JSON after `{` or `,` (`,"first_name":`), written as is.
     key: Vec<u8>,
     /// A field below reads this one (`@name`): its value is kept for it.
     referenced: bool,
@@ -255,7 +255,9 @@ impl Clean {
                     ),
                 });
             }
-            let mut key = serde_json::to_vec(&f.name).expect("a string");
+            // `{` before the first field, `,` before the others
+            let mut key = vec![if i == 0 { b'{' } else { b',' }];
+            serde_json::to_writer(&mut key, &f.name).expect("a string");
             key.push(b':');
             fields.push(Compiled {
                 key,
@@ -284,7 +286,6 @@ impl Clean {
     /// The clean row of a validated record: its fields read from `text`, then `source`.
     pub fn row(&mut self, text: &str, parsed: &Parsed, envelope: &Envelope) -> CleanRow {
         let mut out = Vec::with_capacity(self.row_size);
-        out.push(b'{');
         self.values.clear();
         self.arena.clear();
         for i in 0..self.fields.len() {
@@ -321,11 +322,14 @@ impl Clean {
                 });
                 self.values.push(kept);
             }
-            out.push(b',');
         }
         let o = &envelope.origin;
         let mut number = itoa::Buffer::new();
-        out.extend_from_slice(b"\"source\":{\"topic\":");
+        out.extend_from_slice(if self.fields.is_empty() {
+            b"{\"source\":{\"topic\":"
+        } else {
+            b",\"source\":{\"topic\":"
+        });
         write_json_str(&mut out, &o.topic);
         out.extend_from_slice(b",\"partition\":");
         out.extend_from_slice(number.format(o.partition).as_bytes());
