@@ -1066,8 +1066,8 @@ mod tests {
                 .position(|c| matches!(c, b'"' | b'\\' | 0..=0x1f))
                 .unwrap_or(c.len());
             let before = &c[..end];
-            let seen =
-                u8::from(!before.is_ascii()) * NON_ASCII | u8::from(before.contains(&b' ')) * SPACE;
+            let seen = (u8::from(!before.is_ascii()) * NON_ASCII)
+                | (u8::from(before.contains(&b' ')) * SPACE);
             assert_eq!(scan(c, 0), (end, seen), "{c:?}");
             assert_eq!(scan_for::<false>(c, 0), (end, seen & NON_ASCII), "{c:?}");
             assert_eq!(first_special(c), (end < c.len()).then_some(end), "{c:?}");
@@ -1145,7 +1145,7 @@ mod tests {
     #[test]
     fn the_utf8_check_is_std_s() {
         let mut buf = Vec::new();
-        let mut check = |b: &[u8]| {
+        let check = |b: &[u8]| {
             assert_eq!(is_utf8(b), std::str::from_utf8(b).is_ok(), "{b:x?}");
         };
         // every sequence of one and two bytes, and three from every lead byte beyond ASCII
