@@ -371,7 +371,17 @@ impl Clean {
                     };
                 }
                 self.scratch.clear();
-                self.scratch.push_str(s);
+                // the first operation that changes the text writes it straight from the
+                // record when it can
+                match ops.peek() {
+                    Some(Op::Title) => title_case_into(s, &mut self.scratch),
+                    Some(Op::Digits) => phone_digits_into(s, &mut self.scratch),
+                    _ => {
+                        self.scratch.push_str(s);
+                        return finish(&mut self.scratch, &mut self.other, ops);
+                    }
+                }
+                ops.next();
                 return finish(&mut self.scratch, &mut self.other, ops);
             }
         }

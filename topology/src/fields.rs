@@ -168,6 +168,8 @@ struct Node {
     slots: [u8; 64],
     /// Every index at or below this node (cleared when a duplicate key replaces it).
     below: Vec<usize>,
+    /// [`Node::below`] as bits, when every index is under 64 (else 0: look at each).
+    below_bits: u64,
 }
 
 /// A key's length and first and last bytes, packed into a word.
@@ -186,6 +188,7 @@ impl Default for Node {
             tags: Vec::new(),
             slots: [EMPTY; 64],
             below: Vec::new(),
+            below_bits: 0,
         }
     }
 }
@@ -203,7 +206,7 @@ fn slot(tag: u32) -> usize {
 
 impl Node {
     /// The wanted child named `key`.
-    #[inline]
+    #[inline(always)]
     fn child(&self, key: &[u8]) -> Option<usize> {
         let t = tag(key);
         match self.slots[slot(t)] {
@@ -219,6 +222,16 @@ impl Node {
                 (self.tags[c] == t && self.children[c].0.as_bytes() == key).then_some(c)
             }
         }
+    }
+
+    /// Notes that path `index` ends at or below this node.
+    fn add_below(&mut self, index: usize) {
+        self.below.push(index);
+        self.below_bits = if self.below.iter().all(|&i| i < 64) {
+            self.below.iter().fold(0, |bits, &i| bits | 1 << i)
+        } else {
+            0
+        };
     }
 
     /// Adds a child named `key`; its index.
@@ -247,7 +260,7 @@ impl FieldPlan {
         let mut node = &mut self.root;
         let keys: Vec<&str> = path.split('.').collect();
         for (depth, key) in keys.iter().enumerate() {
-            node.below.push(index);
+            node.add_below(index);
             let at = match node.child(key.as_bytes()) {
                 Some(at) => at,
                 None => node.push(key),
@@ -255,7 +268,7 @@ impl FieldPlan {
             let entry = &mut node.children[at];
             if depth == keys.len() - 1 {
                 entry.1 = Some(index);
-                entry.2.below.push(index);
+                entry.2.add_below(index);
             }
             node = &mut entry.2;
         }
@@ -364,6 +377,8 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
     stack[0] = (Some(root), false);
     depth += 1;
     let mut first = true;
+    // the paths under 64 kept so far, as bits
+    let mut kept = 0u64;
     loop {
         if b.get(i).is_some_and(|&c| c <= b' ') {
             i = skip_ws(b, i);
@@ -401,8 +416,11 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
                 if let Some(c) = node.child(&b[i + 1..end]) {
                     let (_, index, below) = &node.children[c];
                     // a later duplicate key replaces everything the earlier one held
-                    for j in &below.below {
-                        values[*j] = None;
+                    // (nothing to do unless something below was kept already)
+                    if below.below_bits == 0 || kept & below.below_bits != 0 {
+                        for j in &below.below {
+                            values[*j] = None;
+                        }
                     }
                     wanted = Some((index, below));
                 }
@@ -420,22 +438,22 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
                 i = skip_ws(b, i);
             }
         }
-        let store = |values: &mut [Option<Stored>], v: Stored| {
-            if let Some((Some(j), _)) = wanted {
-                values[*j] = Some(v);
-            }
+        // where a wanted value is kept
+        let slot = match wanted {
+            Some((Some(j), _)) => Some(*j),
+            _ => None,
         };
         match *b.get(i)? {
             b'"' => {
                 let (end, seen) = checked_string::<true>(b, i + 1, utf8)?;
-                store(
-                    values,
-                    Stored::Span {
+                if let Some(j) = slot {
+                    kept |= 1u64.checked_shl(j as u32).unwrap_or(0);
+                    values[j] = Some(Stored::Span {
                         at: u32::try_from(i + 1).ok()?,
                         len: u32::try_from(end - i - 1).ok()?,
                         seen,
-                    },
-                );
+                    });
+                }
                 i = end + 1;
             }
             c @ (b'{' | b'[') => {
@@ -445,14 +463,14 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
                 let below = wanted
                     .map(|(_, below)| below)
                     .filter(|below| c == b'{' && !below.children.is_empty());
-                store(
-                    values,
-                    if c == b'{' {
+                if let Some(j) = slot {
+                    kept |= 1u64.checked_shl(j as u32).unwrap_or(0);
+                    values[j] = Some(if c == b'{' {
                         Stored::Object
                     } else {
                         Stored::Array
-                    },
-                );
+                    });
+                }
                 stack[depth] = (below, c == b'[');
                 depth += 1;
                 first = true;
@@ -491,7 +509,7 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
                 if matches!(b.get(i), Some(b'e' | b'E')) || i - start > 300 {
                     return None;
                 }
-                if let Some((Some(_), _)) = wanted {
+                if let Some(j) = slot {
                     if !integer {
                         return None;
                     }
@@ -510,7 +528,8 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
                     } else {
                         magnitude.into()
                     };
-                    store(values, Stored::Number(n));
+                    kept |= 1u64.checked_shl(j as u32).unwrap_or(0);
+                    values[j] = Some(Stored::Number(n));
                 }
             }
             _ => {
@@ -524,7 +543,10 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
                 } else {
                     return None;
                 };
-                store(values, v);
+                if let Some(j) = slot {
+                    kept |= 1u64.checked_shl(j as u32).unwrap_or(0);
+                    values[j] = Some(v);
+                }
                 i += len;
             }
         }
