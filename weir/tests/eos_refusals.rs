@@ -18,9 +18,7 @@ use common::fates::{self, Fate};
 use common::kafka::{create_topics_with, ends, header};
 use common::users::{raw_record, valid_user};
 use common::weir::Topics;
-use rdkafka::config::ClientConfig;
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use sha2::{Digest, Sha256};
 
 const PARTITIONS: i32 = 2;
@@ -37,26 +35,13 @@ fn topics(prefix: &str, dlq_configs: &[(&str, &str)]) -> Topics {
 /// Produces `RECORDS` raw records (every tenth bad), with `special` values in their places,
 /// record `i` into partition `i % PARTITIONS`.
 fn produce(topic: &str, special: &HashMap<usize, Vec<u8>>) {
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", common::bootstrap())
-        .set("message.max.bytes", "2000000")
-        .set("linger.ms", "5")
-        .create()
-        .expect("producer");
-    for i in 0..RECORDS {
-        let value = special.get(&i).cloned().unwrap_or_else(|| raw_record(i).0);
-        let key = format!("user-{i}");
-        producer
-            .send(
-                BaseRecord::to(topic)
-                    .partition((i % PARTITIONS as usize) as i32)
-                    .key(&key)
-                    .payload(&value),
-            )
-            .map_err(|(e, _)| e)
-            .expect("send");
-    }
-    producer.flush(Duration::from_secs(60)).expect("flush");
+    common::kafka::produce_paced(
+        topic,
+        PARTITIONS,
+        RECORDS,
+        |i| special.get(&i).cloned().unwrap_or_else(|| raw_record(i).0),
+        (usize::MAX, Duration::ZERO),
+    );
 }
 
 /// An invalid user (bad email) of about `bytes` bytes: a dead letter as large as itself.

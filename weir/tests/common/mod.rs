@@ -78,7 +78,8 @@ pub mod kafka {
 
     /// Produces `count` records at a steady pace with an idempotent producer: record `i`,
     /// keyed `user-{i}`, into partition `i % partitions`, a pause of `pause` after every
-    /// `every` records; a full queue is waited out, never an error.
+    /// `every` records (`usize::MAX`: no pause); a full queue is waited out, never an error.
+    /// Records up to 2 MB go (the refusal tests send some past a topic's limit).
     pub fn produce_paced(
         topic: &str,
         partitions: i32,
@@ -90,6 +91,7 @@ pub mod kafka {
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", super::bootstrap())
             .set("enable.idempotence", "true")
+            .set("message.max.bytes", "2000000")
             .set("linger.ms", "5")
             .create()
             .expect("producer");
