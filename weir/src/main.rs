@@ -151,7 +151,29 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Fixes glibc's mmap threshold at 1 MiB (unless `MALLOC_MMAP_THRESHOLD_` sets it), before
+/// any thread starts. By default glibc raises the threshold to the largest block freed so far
+/// (up to 32 MiB) and lets each thread's arena keep twice that unreturned: after the sink's
+/// multi-megabyte batches, every arena kept its own. Measured on `weir run` of every
+/// sub-topology under 400,000 records at full speed: peak memory 105–113 MB before, 89–90 MB
+/// after, CPU time unchanged.
+fn fix_malloc_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+        extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        // SAFETY: mallopt only sets a parameter of glibc's allocator; it is called before
+        // this process starts any thread
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 1 << 20);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    fix_malloc_threshold();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match &cli.command {
