@@ -105,8 +105,8 @@ fn rounds(
     for round in 1..=args.load.rounds {
         let p = pass_through(t, raw, copy, &name(&format!("pass-{round}")))?;
         eprintln!(
-            "round {round}: pass-through {:.0} records/s ({} records, {} transactions committed, {:.1} s of it committing)",
-            p.per_second, p.records, p.committed, p.commit
+            "round {round}: pass-through {:.0} records/s ({} records, {} transactions committed, {:.1} s of it committing, CPU {:.1} s)",
+            p.per_second, p.records, p.committed, p.commit, p.cpu
         );
         let w = run_weir(args, raw, clean, dlq, &name(&format!("app-{round}")))?;
         eprintln!(
@@ -174,6 +174,8 @@ fn pass_through(
         input: InputMode::Group,
     };
     let timeout = Duration::from_secs(30);
+    // this process does nothing else while the pass-through runs: its CPU time is the loop's
+    let cpu_before = process_usage(std::process::id()).1;
     let producer: ThreadedProducer<DefaultProducerContext> =
         engine::producer_config(&config).create()?;
     producer.init_transactions(timeout)?;
@@ -249,10 +251,13 @@ fn pass_through(
         }
     }
     let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    drop(consumer);
+    drop(producer);
     Ok(Run {
         records: records as f64,
         committed: commits as f64,
         commit: committing.as_secs_f64(),
+        cpu: process_usage(std::process::id()).1 - cpu_before,
         per_second: if secs > 0.0 {
             records as f64 / secs
         } else {
