@@ -451,16 +451,20 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
         };
         match *b.get(i)? {
             b'"' => {
-                let (end, seen) = checked_string::<true>(b, i + 1, utf8)?;
                 if let Some(j) = slot {
+                    let (end, seen) = checked_string::<true>(b, i + 1, utf8)?;
                     kept |= 1u64.checked_shl(j as u32).unwrap_or(0);
                     values[j] = Some(Stored::Span {
                         at: u32::try_from(i + 1).ok()?,
                         len: u32::try_from(end - i - 1).ok()?,
                         seen,
                     });
+                    i = end + 1;
+                } else {
+                    // a string no rule wants: its end (and UTF-8) only
+                    let (end, _) = checked_string::<false>(b, i + 1, utf8)?;
+                    i = end + 1;
                 }
-                i = end + 1;
             }
             c @ (b'{' | b'[') => {
                 if depth >= FAST_DEPTH {
