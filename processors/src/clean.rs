@@ -218,19 +218,24 @@ struct Compiled {
     sources: Vec<Source>,
     ops: Vec<Op>,
     integer: bool,
-    missing: Option<String>,
+    /// What a field with no value is written as: its `missing` text as JSON, or `null`.
+    missing_json: Vec<u8>,
 }
 
 /// The running clean processor.
 pub struct Clean {
     fields: Vec<Compiled>,
-    /// This record's field values, one after another in `arena`.
-    values: Vec<Option<(usize, usize)>>,
+    /// This record's field values, one after another in `arena`, and whether each needs no
+    /// escapes.
+    values: Vec<Option<(usize, usize, bool)>>,
     arena: String,
     scratch: String,
     other: String,
     /// What a raw record's row usually measures, to size the next one.
     row_size: usize,
+    /// The last topic seen, and the row's text from `,"source"` to its partition's value
+    /// for it (a topology's records mostly come from one topic).
+    source_prefix: (String, Vec<u8>),
 }
 
 impl Clean {
@@ -270,7 +275,10 @@ impl Clean {
                 sources,
                 integer: f.ops.contains(&Op::Integer),
                 ops: f.ops.clone(),
-                missing: f.missing.clone(),
+                missing_json: match &f.missing {
+                    Some(m) => serde_json::to_vec(m).expect("a string"),
+                    None => b"null".to_vec(),
+                },
             });
         }
         Ok(Self {
@@ -280,6 +288,7 @@ impl Clean {
             scratch: String::new(),
             other: String::new(),
             row_size: 512,
+            source_prefix: (String::new(), Vec::new()),
         })
     }
 
@@ -304,34 +313,38 @@ impl Clean {
                     // the record's own text, unescaped: nothing to escape
                     Value::Slice(s, true) => write_plain_json_str(&mut out, s),
                     Value::Slice(s, false) => write_json_str(&mut out, s),
-                    Value::Scratch => write_json_str(&mut out, &self.scratch),
-                    Value::None => match &f.missing {
-                        Some(m) => write_json_str(&mut out, m),
-                        None => out.extend_from_slice(b"null"),
-                    },
+                    Value::Scratch(true) => write_plain_json_str(&mut out, &self.scratch),
+                    Value::Scratch(false) => write_json_str(&mut out, &self.scratch),
+                    Value::None => out.extend_from_slice(&f.missing_json),
                 }
                 let kept = match (f.referenced, value) {
-                    (true, Value::Slice(s, _)) => Some(s),
-                    (true, Value::Scratch) => Some(self.scratch.as_str()),
+                    (true, Value::Slice(s, plain)) => Some((s, plain)),
+                    (true, Value::Scratch(plain)) => Some((self.scratch.as_str(), plain)),
                     _ => None,
                 }
-                .map(|v| {
+                .map(|(v, plain)| {
                     let at = self.arena.len();
                     self.arena.push_str(v);
-                    (at, self.arena.len())
+                    (at, self.arena.len(), plain)
                 });
                 self.values.push(kept);
             }
         }
         let o = &envelope.origin;
         let mut number = itoa::Buffer::new();
-        out.extend_from_slice(if self.fields.is_empty() {
-            b"{\"source\":{\"topic\":"
-        } else {
-            b",\"source\":{\"topic\":"
-        });
-        write_json_str(&mut out, &o.topic);
-        out.extend_from_slice(b",\"partition\":");
+        if self.source_prefix.0 != o.topic || self.source_prefix.1.is_empty() {
+            let prefix = &mut self.source_prefix.1;
+            prefix.clear();
+            prefix.extend_from_slice(if self.fields.is_empty() {
+                b"{\"source\":{\"topic\":"
+            } else {
+                b",\"source\":{\"topic\":"
+            });
+            write_json_str(prefix, &o.topic);
+            prefix.extend_from_slice(b",\"partition\":");
+            self.source_prefix.0.clone_from(&o.topic);
+        }
+        out.extend_from_slice(&self.source_prefix.1);
         out.extend_from_slice(number.format(o.partition).as_bytes());
         out.extend_from_slice(b",\"offset\":");
         out.extend_from_slice(number.format(o.offset).as_bytes());
@@ -378,25 +391,38 @@ impl Clean {
                     Some(Op::Digits) => phone_digits_into(s, &mut self.scratch),
                     _ => {
                         self.scratch.push_str(s);
-                        return finish(&mut self.scratch, &mut self.other, ops);
+                        return finish(&mut self.scratch, &mut self.other, ops, facts.plain);
                     }
                 }
                 ops.next();
-                return finish(&mut self.scratch, &mut self.other, ops);
+                return finish(&mut self.scratch, &mut self.other, ops, facts.plain);
             }
         }
         let s = &mut self.scratch;
         s.clear();
+        // no part needs an escape: neither does their join
+        let mut plain = true;
         for source in &f.sources {
             let start = s.len();
             if start > 0 {
                 s.push(' ');
             }
             let pushed = match source {
-                Source::Path(p) => push_text(parsed.get(text, *p), s),
+                Source::Path(p) => match parsed.text_at(text, *p) {
+                    Some((t, facts)) => {
+                        s.push_str(t);
+                        plain &= facts.plain;
+                        true
+                    }
+                    None => {
+                        plain = false;
+                        push_text(parsed.get(text, *p), s)
+                    }
+                },
                 Source::Field(j) => match self.values[*j] {
-                    Some((a, b)) => {
+                    Some((a, b, p)) => {
                         s.push_str(&self.arena[a..b]);
+                        plain &= p;
                         true
                     }
                     None => false,
@@ -406,15 +432,17 @@ impl Clean {
                 s.truncate(start);
             }
         }
-        finish(&mut self.scratch, &mut self.other, ops)
+        finish(&mut self.scratch, &mut self.other, ops, plain)
     }
 }
 
-/// The rest of the operations on `scratch`.
+/// The rest of the operations on `scratch`. `plain`: the text needs no escapes (no
+/// operation adds a `"`, a `\\` or a control character, so the result needs none either).
 fn finish<'t>(
     scratch: &mut String,
     other: &mut String,
     ops: impl Iterator<Item = &'t Op>,
+    plain: bool,
 ) -> Value<'static> {
     for op in ops {
         if !apply(*op, scratch, other) {
@@ -424,7 +452,7 @@ fn finish<'t>(
     if scratch.is_empty() {
         Value::None
     } else {
-        Value::Scratch
+        Value::Scratch(plain)
     }
 }
 
@@ -434,8 +462,8 @@ enum Value<'t> {
     None,
     /// In the record, as it was; true when it needs no escapes ([`Facts::plain`]).
     Slice(&'t str, bool),
-    /// In the processor's scratch buffer.
-    Scratch,
+    /// In the processor's scratch buffer; true when it needs no escapes.
+    Scratch(bool),
 }
 
 /// What `op` leaves of `s` when that is a part of `s` itself (nothing to copy), else `None`.
@@ -646,6 +674,44 @@ mod tests {
         assert_eq!(r["phone"], serde_json::Value::Null);
         assert_eq!(r["age"], serde_json::Value::Null);
         assert_eq!(r["full"], "b");
+    }
+
+    #[test]
+    fn text_that_needs_escapes_is_escaped_through_operations_and_joins() {
+        let c = config(serde_json::json!([
+            {"name": "first", "from": "first", "ops": ["nfc", "trim", "title"]},
+            {"name": "last", "from": "last", "ops": ["nfc", "trim", "title"]},
+            {"name": "full", "from": ["@first", "@last"], "ops": ["trim"]},
+            {"name": "both", "from": ["first", "last"], "ops": ["lower"]},
+            {"name": "gone", "from": "nothing", "missing": "say \"none\""}
+        ]));
+        // an escaped quote and a tab in one name, plain text in the other
+        let r = run(&c, r#"{"first":" zo\"ya\t","last":"kovalenko"}"#);
+        assert_eq!(r["first"], "Zo\"ya");
+        assert_eq!(r["last"], "Kovalenko");
+        assert_eq!(r["full"], "Zo\"ya Kovalenko");
+        assert_eq!(r["both"], " zo\"ya\t kovalenko");
+        assert_eq!(r["gone"], "say \"none\"");
+    }
+
+    #[test]
+    fn a_row_names_the_topic_of_its_own_record() {
+        let c = config(serde_json::json!([{"name": "a", "from": "a"}]));
+        let mut plan = FieldPlan::default();
+        plan.add("a");
+        let mut clean = Clean::new(&c, &plan).unwrap();
+        let mut parsed = Parsed::default();
+        let raw = r#"{"a":"x"}"#;
+        plan.read(raw, &mut parsed).unwrap();
+        for topic in ["one", "two", "t\"3", "one"] {
+            let env = Envelope::raw(Origin {
+                topic: topic.into(),
+                ..Origin::default()
+            });
+            let row: serde_json::Value =
+                serde_json::from_slice(&clean.row(raw, &parsed, &env).json).unwrap();
+            assert_eq!(row["source"]["topic"], topic);
+        }
     }
 
     #[test]
