@@ -297,10 +297,29 @@ impl FieldPlan {
     /// Reads `text` (a record's value) into `parsed`: the kind of value when it is not an
     /// object; `Err` exactly when `serde_json::from_str::<Value>` fails, with its error.
     pub fn read(&self, text: &str, parsed: &mut Parsed) -> Result<(), serde_json::Error> {
+        self.read_shaped(text, parsed, &mut Shape::default())
+    }
+
+    /// [`FieldPlan::read`] that learns the records' keys in `shape` and checks the next
+    /// record's against them first (records of one topic mostly have one shape).
+    pub fn read_shaped(
+        &self,
+        text: &str,
+        parsed: &mut Parsed,
+        shape: &mut Shape,
+    ) -> Result<(), serde_json::Error> {
         parsed.not_object = None;
         parsed.values.clear();
         parsed.values.resize(self.paths.len(), None);
-        if fast(&self.root, text.as_bytes(), &mut parsed.values, false).is_some() {
+        if fast(
+            &self.root,
+            text.as_bytes(),
+            &mut parsed.values,
+            false,
+            shape,
+        )
+        .is_some()
+        {
             return Ok(());
         }
         // anything the fast reader does not take (escapes, exponents, errors, deep nesting,
@@ -313,10 +332,20 @@ impl FieldPlan {
     /// text is kept in `parsed.text`; when it is not UTF-8 or not JSON, the bytes come back
     /// with the reason.
     pub fn read_value(&self, bytes: Vec<u8>, parsed: &mut Parsed) -> Result<(), Unreadable> {
+        self.read_value_shaped(bytes, parsed, &mut Shape::default())
+    }
+
+    /// [`FieldPlan::read_value`] with a [`Shape`], as [`FieldPlan::read_shaped`].
+    pub fn read_value_shaped(
+        &self,
+        bytes: Vec<u8>,
+        parsed: &mut Parsed,
+        shape: &mut Shape,
+    ) -> Result<(), Unreadable> {
         parsed.not_object = None;
         parsed.values.clear();
         parsed.values.resize(self.paths.len(), None);
-        if fast(&self.root, &bytes, &mut parsed.values, true).is_some() {
+        if fast(&self.root, &bytes, &mut parsed.values, true, shape).is_some() {
             // SAFETY: the fast reader took only ASCII outside strings, and checked each
             // string with a byte beyond ASCII with `str::from_utf8`; UTF-8 pieces joined by
             // ASCII bytes are UTF-8
@@ -369,7 +398,13 @@ impl FieldPlan {
 /// With `utf8` it also checks that the bytes are UTF-8, in the same pass: outside strings it
 /// takes ASCII only, and a string with a byte beyond ASCII is checked on its own (UTF-8
 /// pieces joined by ASCII are UTF-8). A wanted string records whether it is ASCII.
-fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Option<()> {
+fn fast(
+    root: &Node,
+    b: &[u8],
+    values: &mut [Option<Stored>],
+    utf8: bool,
+    shape: &mut Shape,
+) -> Option<()> {
     // open containers: the node of an object whose wanted paths go on (None: nothing
     // wanted below), and whether it is an array
     // (on the stack: a record is read without an allocation)
@@ -385,6 +420,8 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
     let mut first = true;
     // the paths under 64 kept so far, as bits
     let mut kept = 0u64;
+    // the object members read so far (the index of the next one in `shape`)
+    let mut member = 0usize;
     loop {
         if b.get(i).is_some_and(|&c| c <= b' ') {
             i = skip_ws(b, i);
@@ -417,29 +454,49 @@ fn fast(root: &Node, b: &[u8], values: &mut [Option<Stored>], utf8: bool) -> Opt
             if b.get(i)? != &b'"' {
                 return None;
             }
-            let (end, _) = checked_string::<false>(b, i + 1, utf8)?;
-            if let Some(node) = node {
-                if let Some(c) = node.child(&b[i + 1..end]) {
-                    let (_, index, below) = &node.children[c];
-                    // a later duplicate key replaces everything the earlier one held
-                    // (nothing to do unless something below was kept already)
-                    if below.below_bits == 0 || kept & below.below_bits != 0 {
-                        for j in &below.below {
-                            values[*j] = None;
-                        }
+            let at = node.map_or(0, |n| n as *const Node as usize);
+            // the key the last record had here, and what it found: the same bytes under
+            // the same node find the same child (its quotes and colon are part of the
+            // bytes, and a learnt key has no escape and is UTF-8)
+            let (c, colon) = match shape
+                .keys
+                .get(member)
+                .filter(|k| k.node == at && k.matches(b, i))
+            {
+                Some(k) => {
+                    i += usize::from(k.len);
+                    (k.child, k.colon)
+                }
+                None => {
+                    let (end, _) = checked_string::<false>(b, i + 1, utf8)?;
+                    let c = node.and_then(|node| node.child(&b[i + 1..end]));
+                    shape.learn(member, at, &b[i..], end + 1 - i, c);
+                    i = end + 1;
+                    (c, false)
+                }
+            };
+            member += 1;
+            if let (Some(node), Some(c)) = (node, c) {
+                let (_, index, below) = &node.children[c];
+                // a later duplicate key replaces everything the earlier one held
+                // (nothing to do unless something below was kept already)
+                if below.below_bits == 0 || kept & below.below_bits != 0 {
+                    for j in &below.below {
+                        values[*j] = None;
                     }
-                    wanted = Some((index, below));
                 }
+                wanted = Some((index, below));
             }
-            // `"key":value` with no white space is the common case
-            i = end + 1;
-            if b.get(i) != Some(&b':') {
-                i = skip_ws(b, i);
-                if b.get(i)? != &b':' {
-                    return None;
+            if !colon {
+                // `"key":value` with no white space is the common case
+                if b.get(i) != Some(&b':') {
+                    i = skip_ws(b, i);
+                    if b.get(i)? != &b':' {
+                        return None;
+                    }
                 }
+                i += 1;
             }
-            i += 1;
             if b.get(i).is_some_and(|&c| c <= b' ') {
                 i = skip_ws(b, i);
             }
@@ -619,6 +676,92 @@ fn is_utf8(b: &[u8]) -> bool {
 
 /// Nesting the fast reader takes (deeper records go to serde_json, which refuses 128).
 const FAST_DEPTH: usize = 32;
+
+/// The keys of the records read before, member by member in the order they came: the fast
+/// reader checks the next record's key against the one the last record had at the same
+/// place (sixteen bytes compared at once) before it looks for the key's end and looks it up.
+/// Records of one topic mostly have one shape; a key that differs is read as before and
+/// learnt.
+#[derive(Debug, Clone, Default)]
+pub struct Shape {
+    keys: Vec<LearntKey>,
+}
+
+/// The most members of a record a [`Shape`] learns.
+const SHAPE_MEMBERS: usize = 512;
+
+#[derive(Debug, Clone, Copy)]
+struct LearntKey {
+    /// The node the key was read under (its address; 0 for none: nothing wanted below).
+    node: usize,
+    /// The key's bytes from its opening quote to its closing quote, and the colon after it
+    /// when it came straight after; zero-padded to 16 bytes.
+    bytes: u128,
+    /// The bytes of `bytes` that count (0: nothing learnt; longer keys are not).
+    mask: u128,
+    len: u8,
+    /// The colon is part of `bytes`.
+    colon: bool,
+    /// The child of `node` the key names.
+    child: Option<usize>,
+}
+
+impl LearntKey {
+    /// `b` holds this key's bytes at `i`.
+    #[inline(always)]
+    fn matches(&self, b: &[u8], i: usize) -> bool {
+        if self.len == 0 {
+            return false;
+        }
+        match b.get(i..i + 16) {
+            Some(chunk) => {
+                let v = u128::from_le_bytes(chunk.try_into().expect("sixteen bytes"));
+                (v ^ self.bytes) & self.mask == 0
+            }
+            None => {
+                let len = usize::from(self.len);
+                b.get(i..i + len) == Some(&self.bytes.to_le_bytes()[..len])
+            }
+        }
+    }
+}
+
+impl Shape {
+    /// Learns member `member`'s key: `key` starts at its opening quote, `len` bytes up to and
+    /// including its closing quote (the colon is taken too when it comes next).
+    fn learn(&mut self, member: usize, node: usize, key: &[u8], len: usize, child: Option<usize>) {
+        if member > self.keys.len() || member >= SHAPE_MEMBERS {
+            return;
+        }
+        let colon = key.get(len) == Some(&b':');
+        let len = len + usize::from(colon);
+        let mut bytes = [0u8; 16];
+        let (bytes, mask, len) = match key.get(..len).filter(|_| len <= 16) {
+            Some(k) => {
+                bytes[..len].copy_from_slice(k);
+                let mask = if len == 16 {
+                    u128::MAX
+                } else {
+                    (1u128 << (8 * len)) - 1
+                };
+                (u128::from_le_bytes(bytes), mask, len as u8)
+            }
+            None => (0, 0, 0),
+        };
+        let learnt = LearntKey {
+            node,
+            bytes,
+            mask,
+            len,
+            colon,
+            child,
+        };
+        match self.keys.get_mut(member) {
+            Some(k) => *k = learnt,
+            None => self.keys.push(learnt),
+        }
+    }
+}
 
 /// Writes `s` as a JSON string, exactly as serde_json does: with nothing to escape (no `"`,
 /// `\`, control character) quoted as it is, else by serde_json itself.
@@ -1021,6 +1164,121 @@ mod tests {
             Field::Array => Field::Array,
             Field::Object => Field::Object,
         })
+    }
+
+    #[test]
+    fn a_learnt_shape_reads_every_record_as_serde_json_does() {
+        let p = plan(&["name.first", "name.last", "email", "a", "x.name"]);
+        // (record, whether the fast reader takes it)
+        let records = [
+            (
+                r#"{"name":{"first":"Ana","last":"Li"},"email":"a@b.co"}"#,
+                true,
+            ),
+            (
+                r#"{"name":{"first":"Ana","last":"Li"},"email":"a@b.co"}"#,
+                true,
+            ),
+            // a key changed, shortened, longer than sixteen bytes, escaped, spaced
+            (
+                r#"{"namf":{"first":"Ana","last":"Li"},"email":"a@b.co"}"#,
+                true,
+            ),
+            (r#"{"nam":{"first":"Bo"},"email":"b@b.co"}"#, true),
+            (
+                r#"{"name":{"first_name_that_is_long":"Bo","last":"Ek"},"email":"c@b.co"}"#,
+                true,
+            ),
+            (
+                r#"{"na\u006de":{"first":"Cy","last":"Do"},"email":"d@b.co"}"#,
+                false,
+            ),
+            (
+                r#"{"name" :{"first":"Cy","last":"Do"},"email" : "e@b.co"}"#,
+                true,
+            ),
+            (
+                r#"{"name":{"first":"Cy","last":"Do"},"email":"f@b.co"}"#,
+                true,
+            ),
+            (
+                r#"{"name" :{"first":"Cy","last":"Do"},"email" : "e@b.co"}"#,
+                true,
+            ),
+            // the same keys under other nodes, and duplicates that replace what came before
+            (r#"{"x":{"first":"zz","name":"in x"}}"#, true),
+            (
+                r#"{"first":"no","name":{"email":"no","first":"Di"},"email":"g@b.co"}"#,
+                true,
+            ),
+            (
+                r#"{"name":{"first":"Ed","last":"Fa"},"name":{"last":"Go"},"email":"h@b.co"}"#,
+                true,
+            ),
+            (
+                r#"{"name":{"first":"Ed","last":"Fa"},"name":{"last":"Go"},"email":"h@b.co"}"#,
+                true,
+            ),
+            (
+                r#"{"x":{"name":"in x"},"name":{"name":"not wanted","first":"Hu"}}"#,
+                true,
+            ),
+            (
+                r#"{"name":{"first":"Ana","last":"Li"},"email":"a@b.co"}"#,
+                true,
+            ),
+            (r#"{"x":{"first":"zz"}}"#, true),
+            (
+                r#"{"name" :{"first" :"Cy","last":"Do"},"email" : "e@b.co"}"#,
+                true,
+            ),
+            (
+                r#"{"name" :{"first" :"Cy","last":"Do"},"email" : "e@b.co"}"#,
+                true,
+            ),
+            // at the very end of the bytes (fewer than sixteen left), cut, or not an object
+            (r#"{"a":1}"#, true),
+            (r#"{"a":1}"#, true),
+            (r#"{"a""#, false),
+            (r#"{"a":"#, false),
+            (r#"{"email":"#, false),
+            (r#"["a",{"a":1}]"#, false),
+            (
+                r#"{"name":{"first":"Ana","last":"Li"},"email":"a@b.co"}"#,
+                true,
+            ),
+        ];
+        let mut shape = Shape::default();
+        for round in 0..2 {
+            for (text, fast_reads) in records {
+                let mut slow = Parsed::default();
+                let want = p.read_with_serde(text, &mut slow);
+                // the fast reader itself: it takes what it should, and reads it alike
+                let mut values = vec![None; p.paths.len()];
+                let took = fast(&p.root, text.as_bytes(), &mut values, false, &mut shape);
+                assert_eq!(took.is_some(), fast_reads, "round {round}: {text}");
+                if took.is_some() {
+                    assert_eq!(values, slow.values, "round {round}: {text}");
+                }
+                // and through the plan, with the shape learnt so far
+                let mut shaped = Parsed::default();
+                let got = p.read_shaped(text, &mut shaped, &mut shape);
+                assert_eq!(
+                    got.as_ref().map_err(ToString::to_string),
+                    want.as_ref().map_err(ToString::to_string),
+                    "round {round}: {text}"
+                );
+                if got.is_ok() {
+                    assert_eq!(shaped, slow, "round {round}: {text}");
+                }
+            }
+        }
+        // what was learnt was used: every member of a repeated record is known
+        let text = records[0].0;
+        let mut values = vec![None; p.paths.len()];
+        fast(&p.root, text.as_bytes(), &mut values, false, &mut shape).unwrap();
+        let known = shape.keys.iter().take(4).filter(|k| k.len > 0).count();
+        assert_eq!(known, 4, "{:?}", shape.keys);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::fields::{FieldPlan, Parsed, Unreadable};
+use crate::fields::{FieldPlan, Parsed, Shape, Unreadable};
 
 use crate::build::{BuildContext, BuildError, Built, Processor};
 use crate::component::{DataType, NodeConfig, OutputSpec};
@@ -49,10 +49,10 @@ impl NodeConfig for KafkaSourceConfig {
     }
 
     fn build(&self, ctx: &BuildContext) -> Result<Built, BuildError> {
-        Ok(Built::Processor(Box::new(Decode {
-            node: ctx.node.to_owned(),
-            plan: ctx.plan.clone(),
-        })))
+        Ok(Built::Processor(Box::new(Decode::new(
+            ctx.node,
+            ctx.plan.clone(),
+        ))))
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -64,6 +64,8 @@ impl NodeConfig for KafkaSourceConfig {
 pub struct Decode {
     node: String,
     plan: Arc<FieldPlan>,
+    /// The keys of the records read so far, to check the next record's against.
+    shape: Shape,
 }
 
 impl Decode {
@@ -71,6 +73,7 @@ impl Decode {
         Self {
             node: node.to_owned(),
             plan,
+            shape: Shape::default(),
         }
     }
 
@@ -85,7 +88,7 @@ impl Decode {
 
     /// The decoded body of a raw value: JSON (holding the value as text), or a failure with
     /// its reason (the value stays with the caller).
-    pub fn decode(&self, value: &mut Option<Vec<u8>>) -> Body {
+    pub fn decode(&mut self, value: &mut Option<Vec<u8>>) -> Body {
         let Some(bytes) = value.take() else {
             return self.fail(
                 "record.empty",
@@ -93,7 +96,10 @@ impl Decode {
             );
         };
         let mut parsed = Parsed::default();
-        match self.plan.read_value(bytes, &mut parsed) {
+        match self
+            .plan
+            .read_value_shaped(bytes, &mut parsed, &mut self.shape)
+        {
             Ok(()) => Body::Json(parsed),
             Err(e) => {
                 let reason = match e {
@@ -132,8 +138,8 @@ mod tests {
 
     #[test]
     fn decodes_json_and_names_what_is_not() {
-        let d = Decode::new("raw", Arc::new(FieldPlan::default()));
-        let decode = |v: Option<&[u8]>| {
+        let mut d = Decode::new("raw", Arc::new(FieldPlan::default()));
+        let mut decode = |v: Option<&[u8]>| {
             let mut value = v.map(<[u8]>::to_vec);
             let body = d.decode(&mut value);
             // what fails keeps its bytes; JSON holds them as text
