@@ -302,6 +302,8 @@ struct TxnState {
     fatal: Option<EngineError>,
     /// Where to seek after an abort: the aborted transaction's first offsets.
     rewind: Vec<(usize, i32, i64)>,
+    /// When the group last moved on without this member (its session timed out).
+    assignment_lost: Option<Instant>,
     /// The transaction committing on its own thread, if one is.
     in_flight: Option<InFlight>,
     /// Records read while a commit was in flight: their outputs go into the next transaction.
@@ -428,7 +430,11 @@ impl ConsumerContext for EngineContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let mut state = self.shared.state.lock().unwrap();
-            let result = if consumer.assignment_lost() {
+            let lost = consumer.assignment_lost();
+            if lost {
+                state.assignment_lost = Some(Instant::now());
+            }
+            let result = if lost {
                 // the group moved on without this member: its offsets may be another
                 // member's by now, so nothing of the open transaction may commit (a commit
                 // already in flight finishes: the broker judges it)
@@ -1886,7 +1892,10 @@ fn start_producer(
 /// a transaction that outlived `transaction.timeout.ms`, say while the broker or this process
 /// was paused — does not end the run: the loop starts again with a new producer and consumer
 /// from the committed offsets, as Kafka Streams does for a migrated task (at most 5 times in
-/// 10 minutes). A consumer fenced by another member with the same instance id ends it.
+/// 10 minutes). So does a consumer fenced within a minute of losing its assignment: when a
+/// static member's session times out (the broker paused, say), librdkafka joins again with
+/// the same instance id, and its own earlier membership fences it (librdkafka issue 3437).
+/// A consumer fenced by another member with the same instance id ends it.
 pub fn run<J: Job>(
     job: &mut J,
     topics: Vec<String>,
@@ -1903,7 +1912,7 @@ pub fn run<J: Job>(
             t
         }
     };
-    let mut refusals = Refusals::default();
+    let mut carried = Carried::default();
     let mut total = RunSummary::default();
     let mut restarts: Vec<Instant> = Vec::new();
     loop {
@@ -1913,29 +1922,56 @@ pub fn run<J: Job>(
             &config,
             &metrics,
             &shutdown,
-            &mut refusals,
+            &mut carried,
             &mut total,
         );
-        match result {
-            Err(EngineError::Fenced { id, source })
-                if producer_fenced(&source) && !shutdown.load(Ordering::Relaxed) =>
-            {
+        let again = match &result {
+            _ if shutdown.load(Ordering::Relaxed) => None,
+            Err(EngineError::Fenced { source, .. }) if producer_fenced(source) => Some(
+                "the producer was fenced while this member still holds its partitions (a transaction outlived transaction.timeout.ms?): starting the loop again from the committed offsets",
+            ),
+            Err(EngineError::Fenced { source, .. }) if self_fenced(source, carried.assignment_lost) => Some(
+                "this member's group session timed out (the broker or this process paused?) and its own earlier membership fenced the new one: starting the loop again from the committed offsets",
+            ),
+            _ => None,
+        };
+        match (result, again) {
+            (Ok(()), _) => return Ok(total),
+            (Err(EngineError::Fenced { id, source }), Some(why)) => {
                 restarts.retain(|t| t.elapsed() < Duration::from_secs(600));
                 if restarts.len() >= 5 {
                     return Err(EngineError::Fenced { id, source });
                 }
                 restarts.push(Instant::now());
-                tracing::warn!(error = %source, transactional_id = %id, "the producer was fenced while this member still holds its partitions (a transaction outlived transaction.timeout.ms?): starting the loop again from the committed offsets");
+                tracing::warn!(error = %source, transactional_id = %id, "{why}");
+                carried.assignment_lost = None;
                 job.on_abort();
             }
-            Ok(()) => return Ok(total),
-            Err(e) => return Err(e),
+            (Err(e), _) => return Err(e),
         }
     }
 }
 
+/// What one start of the loop hands the next: the refusals it knows of, and when the group
+/// last moved on without this member.
+#[derive(Default)]
+struct Carried {
+    refusals: Refusals,
+    assignment_lost: Option<Instant>,
+}
+
 fn producer_fenced(e: &KafkaError) -> bool {
     is_fenced(e) && e.rdkafka_error_code() != Some(RDKafkaErrorCode::FencedInstanceId)
+}
+
+/// How long after losing its assignment a member's consumer fenced by its instance id is
+/// taken to be fenced by its own earlier membership (sessions time out after 10 s).
+const SELF_FENCE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The consumer was fenced by its instance id soon after this member lost its assignment.
+fn self_fenced(e: &KafkaError, assignment_lost: Option<Instant>) -> bool {
+    e.rdkafka_error_code() == Some(RDKafkaErrorCode::FencedInstanceId)
+        && assignment_lost.is_some_and(|t| t.elapsed() < SELF_FENCE_WINDOW)
 }
 
 fn run_once<J: Job>(
@@ -1944,7 +1980,7 @@ fn run_once<J: Job>(
     config: &EngineConfig,
     metrics: &Metrics,
     shutdown: &Arc<AtomicBool>,
-    refusals: &mut Refusals,
+    carried: &mut Carried,
     total: &mut RunSummary,
 ) -> Result<(), EngineError> {
     let producer = start_producer(config, shutdown)?;
@@ -1988,7 +2024,7 @@ fn run_once<J: Job>(
         job,
         shared: shared.clone(),
         shutdown: shutdown.clone(),
-        refusals: std::mem::take(refusals),
+        refusals: std::mem::take(&mut carried.refusals),
         out: Vec::with_capacity(4),
         settling: Vec::new(),
         fruitless_aborts: 0,
@@ -2012,10 +2048,14 @@ fn run_once<J: Job>(
             break r;
         }
     };
-    *refusals = std::mem::take(&mut engine.refusals);
+    carried.refusals = std::mem::take(&mut engine.refusals);
     // a loop stopped by an error may leave a commit in flight: its result is booked
     let _ = settle_in_flight(&shared, &mut shared.state.lock().unwrap(), true);
-    let summary = shared.state.lock().unwrap().summary;
+    let (summary, lost) = {
+        let state = shared.state.lock().unwrap();
+        (state.summary, state.assignment_lost)
+    };
+    carried.assignment_lost = lost.or(carried.assignment_lost);
     total.records += summary.records;
     total.committed_transactions += summary.committed_transactions;
     total.aborted_transactions += summary.aborted_transactions;
@@ -2060,6 +2100,24 @@ mod tests {
             partitions: Vec::new(),
         };
         assert_eq!(config(range).transactional_id(), "users-dlq-replay");
+    }
+
+    #[test]
+    fn a_consumer_fenced_soon_after_losing_its_assignment_starts_again() {
+        let fenced = KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::FencedInstanceId);
+        let now = Instant::now();
+        // its own earlier membership: the loop starts again
+        assert!(self_fenced(&fenced, Some(now)));
+        // another member with its instance id (no lost assignment, or long ago): it ends
+        assert!(!self_fenced(&fenced, None));
+        let long_ago = now.checked_sub(SELF_FENCE_WINDOW + Duration::from_secs(1));
+        if let Some(t) = long_ago {
+            assert!(!self_fenced(&fenced, Some(t)));
+        }
+        // a fenced producer is the other path, not this one
+        let producer = KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced);
+        assert!(!self_fenced(&producer, Some(now)));
+        assert!(producer_fenced(&producer) && !producer_fenced(&fenced));
     }
 
     #[test]
