@@ -157,10 +157,39 @@ pub enum Unreadable {
 }
 
 /// The dotted paths to read, as a tree; each path has an index into the values.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct FieldPlan {
     root: Node,
     paths: Vec<String>,
+    /// Names this plan as it stands (a copy, or a path added, is another): a [`Shape`]
+    /// learnt under one plan is not used under another.
+    id: u64,
+}
+
+/// A fresh [`FieldPlan::id`].
+fn plan_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+impl Default for FieldPlan {
+    fn default() -> Self {
+        Self {
+            root: Node::default(),
+            paths: Vec::new(),
+            id: plan_id(),
+        }
+    }
+}
+
+impl Clone for FieldPlan {
+    fn clone(&self) -> Self {
+        Self {
+            root: self.root.clone(),
+            paths: self.paths.clone(),
+            id: plan_id(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +292,7 @@ impl FieldPlan {
         }
         let index = self.paths.len();
         self.paths.push(path.to_owned());
+        self.id = plan_id();
         let mut node = &mut self.root;
         let keys: Vec<&str> = path.split('.').collect();
         for (depth, key) in keys.iter().enumerate() {
@@ -308,6 +338,7 @@ impl FieldPlan {
         parsed: &mut Parsed,
         shape: &mut Shape,
     ) -> Result<(), serde_json::Error> {
+        shape.follow(self.id);
         parsed.not_object = None;
         parsed.values.clear();
         parsed.values.resize(self.paths.len(), None);
@@ -342,6 +373,7 @@ impl FieldPlan {
         parsed: &mut Parsed,
         shape: &mut Shape,
     ) -> Result<(), Unreadable> {
+        shape.follow(self.id);
         parsed.not_object = None;
         parsed.values.clear();
         parsed.values.resize(self.paths.len(), None);
@@ -684,6 +716,8 @@ const FAST_DEPTH: usize = 32;
 /// learnt.
 #[derive(Debug, Clone, Default)]
 pub struct Shape {
+    /// The [`FieldPlan::id`] of the plan the keys were learnt under.
+    plan: u64,
     keys: Vec<LearntKey>,
 }
 
@@ -727,6 +761,15 @@ impl LearntKey {
 }
 
 impl Shape {
+    /// Forgets what was learnt under another plan than `plan` (its nodes are not this one's).
+    #[inline]
+    fn follow(&mut self, plan: u64) {
+        if self.plan != plan {
+            self.keys.clear();
+            self.plan = plan;
+        }
+    }
+
     /// Learns member `member`'s key: `key` starts at its opening quote, `len` bytes up to and
     /// including its closing quote (the colon is taken too when it comes next).
     fn learn(&mut self, member: usize, node: usize, key: &[u8], len: usize, child: Option<usize>) {
@@ -1279,6 +1322,19 @@ mod tests {
         fast(&p.root, text.as_bytes(), &mut values, false, &mut shape).unwrap();
         let known = shape.keys.iter().take(4).filter(|k| k.len > 0).count();
         assert_eq!(known, 4, "{:?}", shape.keys);
+    }
+
+    #[test]
+    fn a_shape_learnt_under_a_plan_is_not_used_once_the_plan_changes() {
+        let mut p = plan(&["a"]);
+        let mut shape = Shape::default();
+        let text = r#"{"a":1,"b":2}"#;
+        let mut parsed = Parsed::default();
+        p.read_shaped(text, &mut parsed, &mut shape).unwrap();
+        // `b` was learnt as a key nobody wants; now it is wanted
+        let b = p.add("b");
+        p.read_shaped(text, &mut parsed, &mut shape).unwrap();
+        assert_eq!(parsed.get(text, b), Some(Field::Number(2.into())));
     }
 
     #[test]
