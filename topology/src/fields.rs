@@ -1212,88 +1212,48 @@ mod tests {
     #[test]
     fn a_learnt_shape_reads_every_record_as_serde_json_does() {
         let p = plan(&["name.first", "name.last", "email", "a", "x.name"]);
-        // (record, whether the fast reader takes it)
         let records = [
-            (
-                r#"{"name":{"first":"Ana","last":"Li"},"email":"a@b.co"}"#,
-                true,
-            ),
-            (
-                r#"{"name":{"first":"Ana","last":"Li"},"email":"a@b.co"}"#,
-                true,
-            ),
+            r#"{"name":{"first":"Ana","last":"Li"},"email":"a@b.co"}"#,
+            r#"{"name":{"first":"Ana","last":"Li"},"email":"a@b.co"}"#,
             // a key changed, shortened, longer than sixteen bytes, escaped, spaced
-            (
-                r#"{"namf":{"first":"Ana","last":"Li"},"email":"a@b.co"}"#,
-                true,
-            ),
-            (r#"{"nam":{"first":"Bo"},"email":"b@b.co"}"#, true),
-            (
-                r#"{"name":{"first_name_that_is_long":"Bo","last":"Ek"},"email":"c@b.co"}"#,
-                true,
-            ),
-            (
-                r#"{"na\u006de":{"first":"Cy","last":"Do"},"email":"d@b.co"}"#,
-                false,
-            ),
-            (
-                r#"{"name" :{"first":"Cy","last":"Do"},"email" : "e@b.co"}"#,
-                true,
-            ),
-            (
-                r#"{"name":{"first":"Cy","last":"Do"},"email":"f@b.co"}"#,
-                true,
-            ),
-            (
-                r#"{"name" :{"first":"Cy","last":"Do"},"email" : "e@b.co"}"#,
-                true,
-            ),
+            r#"{"namf":{"first":"Ana","last":"Li"},"email":"a@b.co"}"#,
+            r#"{"nam":{"first":"Bo"},"email":"b@b.co"}"#,
+            r#"{"name":{"first_name_that_is_long":"Bo","last":"Ek"},"email":"c@b.co"}"#,
+            r#"{"na\u006de":{"first":"Cy","last":"Do"},"email":"d@b.co"}"#,
+            r#"{"name" :{"first":"Cy","last":"Do"},"email" : "e@b.co"}"#,
+            r#"{"name":{"first":"Cy","last":"Do"},"email":"f@b.co"}"#,
+            r#"{"name" :{"first":"Cy","last":"Do"},"email" : "e@b.co"}"#,
             // the same keys under other nodes, and duplicates that replace what came before
-            (r#"{"x":{"first":"zz","name":"in x"}}"#, true),
-            (
-                r#"{"first":"no","name":{"email":"no","first":"Di"},"email":"g@b.co"}"#,
-                true,
-            ),
-            (
-                r#"{"name":{"first":"Ed","last":"Fa"},"name":{"last":"Go"},"email":"h@b.co"}"#,
-                true,
-            ),
-            (
-                r#"{"name":{"first":"Ed","last":"Fa"},"name":{"last":"Go"},"email":"h@b.co"}"#,
-                true,
-            ),
-            (
-                r#"{"x":{"name":"in x"},"name":{"name":"not wanted","first":"Hu"}}"#,
-                true,
-            ),
-            (
-                r#"{"name":{"first":"Ana","last":"Li"},"email":"a@b.co"}"#,
-                true,
-            ),
-            (r#"{"x":{"first":"zz"}}"#, true),
-            (
-                r#"{"name" :{"first" :"Cy","last":"Do"},"email" : "e@b.co"}"#,
-                true,
-            ),
-            (
-                r#"{"name" :{"first" :"Cy","last":"Do"},"email" : "e@b.co"}"#,
-                true,
-            ),
+            r#"{"x":{"first":"zz","name":"in x"}}"#,
+            r#"{"first":"no","name":{"email":"no","first":"Di"},"email":"g@b.co"}"#,
+            r#"{"name":{"first":"Ed","last":"Fa"},"name":{"last":"Go"},"email":"h@b.co"}"#,
+            r#"{"name":{"first":"Ed","last":"Fa"},"name":{"last":"Go"},"email":"h@b.co"}"#,
+            r#"{"x":{"name":"in x"},"name":{"name":"not wanted","first":"Hu"}}"#,
+            r#"{"name":{"first":"Ana","last":"Li"},"email":"a@b.co"}"#,
+            r#"{"x":{"first":"zz"}}"#,
+            r#"{"name" :{"first" :"Cy","last":"Do"},"email" : "e@b.co"}"#,
+            r#"{"name" :{"first" :"Cy","last":"Do"},"email" : "e@b.co"}"#,
             // at the very end of the bytes (fewer than sixteen left), cut, or not an object
-            (r#"{"a":1}"#, true),
-            (r#"{"a":1}"#, true),
-            (r#"{"a""#, false),
-            (r#"{"a":"#, false),
-            (r#"{"email":"#, false),
-            (r#"["a",{"a":1}]"#, false),
-            (
-                r#"{"name":{"first":"Ana","last":"Li"},"email":"a@b.co"}"#,
-                true,
-            ),
+            r#"{"a":1}"#,
+            r#"{"a":1}"#,
+            r#"{"a""#,
+            r#"{"a":"#,
+            r#"{"email":"#,
+            r#"["a",{"a":1}]"#,
+            r#"{"name":{"first":"Ana","last":"Li"},"email":"a@b.co"}"#,
+        ];
+        // what the fast reader leaves to serde_json (an escape, a cut, not an object)
+        let not_fast = [
+            r#"{"na\u006de":{"first":"Cy","last":"Do"},"email":"d@b.co"}"#,
+            r#"{"a""#,
+            r#"{"a":"#,
+            r#"{"email":"#,
+            r#"["a",{"a":1}]"#,
         ];
         let mut shape = Shape::default();
         for round in 0..2 {
-            for (text, fast_reads) in records {
+            for text in records {
+                let fast_reads = !not_fast.contains(&text);
                 let mut slow = Parsed::default();
                 let want = p.read_with_serde(text, &mut slow);
                 // the fast reader itself: it takes what it should, and reads it alike
@@ -1317,7 +1277,7 @@ mod tests {
             }
         }
         // what was learnt was used: every member of a repeated record is known
-        let text = records[0].0;
+        let text = records[0];
         let mut values = vec![None; p.paths.len()];
         fast(&p.root, text.as_bytes(), &mut values, false, &mut shape).unwrap();
         let known = shape.keys.iter().take(4).filter(|k| k.len > 0).count();

@@ -15,6 +15,7 @@
 mod common;
 
 use proptest::prelude::*;
+use weir_topology::fields::{FieldPlan, Parsed, Shape};
 use weir_topology::graph::sub_topologies;
 use weir_topology::pipeline::{Fate, Pipeline};
 use weir_topology::{Body, LoadError, NodeKind, Origin};
@@ -272,17 +273,31 @@ fn damaged() -> impl Strategy<Value = String> {
         })
 }
 
-fn reads_alike(text: &str) -> Result<(), TestCaseError> {
-    let mut plan = weir_topology::fields::FieldPlan::default();
+/// The plan of every path the rules name, and two objects above them.
+fn paths_plan() -> FieldPlan {
+    let mut plan = FieldPlan::default();
     for path in PATHS {
         plan.add(&path.join("."));
     }
     plan.add("name");
     plan.add("location.street");
-    let (mut fast, mut slow) = (
-        weir_topology::fields::Parsed::default(),
-        weir_topology::fields::Parsed::default(),
-    );
+    plan
+}
+
+/// [`paths_plan`] and the [`Shape`] learnt from every case so far, shared by all cases (as a
+/// topology's source reads record after record).
+fn shared_plan() -> std::sync::MutexGuard<'static, (FieldPlan, Shape)> {
+    static SHARED: std::sync::OnceLock<std::sync::Mutex<(FieldPlan, Shape)>> =
+        std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| std::sync::Mutex::new((paths_plan(), Shape::default())))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+fn reads_alike(text: &str) -> Result<(), TestCaseError> {
+    let plan = paths_plan();
+    let (mut fast, mut slow) = (Parsed::default(), Parsed::default());
     let a = plan.read(text, &mut fast).map_err(|e| e.to_string());
     let b = plan
         .read_with_serde(text, &mut slow)
@@ -291,60 +306,26 @@ fn reads_alike(text: &str) -> Result<(), TestCaseError> {
     if a.is_ok() {
         prop_assert_eq!(&fast, &slow, "{:?}", text);
     }
-    // and with the keys learnt from every case before this one (one plan for all cases, as
-    // a topology's source reads record after record), as bytes
-    let (mut shaped, c) = {
-        let mut shared = shared_plan();
-        let (plan, shape) = &mut *shared;
-        let mut shaped = weir_topology::fields::Parsed::default();
-        let c = plan
-            .read_shaped(text, &mut shaped, shape)
-            .map_err(|e| e.to_string());
-        let mut as_bytes = weir_topology::fields::Parsed::default();
-        let d = plan
-            .read_value_shaped(text.as_bytes().to_vec(), &mut as_bytes, shape)
-            .map(|()| as_bytes.text.clone())
-            .map_err(|e| e.to_string());
-        prop_assert_eq!(c.is_ok(), d.is_ok(), "{:?}", text);
-        if d.is_ok() {
-            as_bytes.text = String::new();
-            prop_assert_eq!(&as_bytes, &shaped, "{:?}", text);
-        }
-        (shaped, c)
-    };
+    // and with the shape learnt from the cases before, as text and as bytes
+    let mut shared = shared_plan();
+    let (plan, shape) = &mut *shared;
+    let mut shaped = Parsed::default();
+    let c = plan
+        .read_shaped(text, &mut shaped, shape)
+        .map_err(|e| e.to_string());
     prop_assert_eq!(&c, &b, "{:?}", text);
     if c.is_ok() {
-        shaped.text = slow.text.clone();
         prop_assert_eq!(&shaped, &slow, "{:?}", text);
     }
+    let mut as_bytes = Parsed::default();
+    let d = plan.read_value_shaped(text.as_bytes().to_vec(), &mut as_bytes, shape);
+    prop_assert_eq!(c.is_ok(), d.is_ok(), "{:?}", text);
+    if d.is_ok() {
+        prop_assert_eq!(&as_bytes.text, text);
+        as_bytes.text = String::new();
+        prop_assert_eq!(&as_bytes, &slow, "{:?}", text);
+    }
     Ok(())
-}
-
-/// One plan of the paths and its [`weir_topology::fields::Shape`], shared by every case.
-fn shared_plan() -> std::sync::MutexGuard<
-    'static,
-    (
-        weir_topology::fields::FieldPlan,
-        weir_topology::fields::Shape,
-    ),
-> {
-    type Shared = (
-        weir_topology::fields::FieldPlan,
-        weir_topology::fields::Shape,
-    );
-    static SHARED: std::sync::OnceLock<std::sync::Mutex<Shared>> = std::sync::OnceLock::new();
-    SHARED
-        .get_or_init(|| {
-            let mut plan = weir_topology::fields::FieldPlan::default();
-            for path in PATHS {
-                plan.add(&path.join("."));
-            }
-            plan.add("name");
-            plan.add("location.street");
-            std::sync::Mutex::new((plan, weir_topology::fields::Shape::default()))
-        })
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
 }
 
 proptest! {
