@@ -1895,6 +1895,9 @@ fn start_producer(
 /// 10 minutes). So does a consumer fenced within a minute of losing its assignment: when a
 /// static member's session times out (the broker paused, say), librdkafka joins again with
 /// the same instance id, and its own earlier membership fences it (librdkafka issue 3437).
+/// And so does a producer that failed fatally while beginning, committing or aborting a
+/// transaction (INVALID_TXN_STATE after a broker was killed mid-commit, say): where Kafka
+/// Streams would end the stream thread, Weir starts its loop again with a new producer.
 /// A consumer fenced by another member with the same instance id ends it.
 pub fn run<J: Job>(
     job: &mut J,
@@ -1933,21 +1936,24 @@ pub fn run<J: Job>(
             Err(EngineError::Fenced { source, .. }) if self_fenced(source, carried.assignment_lost) => Some(
                 "this member's group session timed out (the broker or this process paused?) and its own earlier membership fenced the new one: starting the loop again from the committed offsets",
             ),
+            Err(e) if producer_failed(e) => Some(
+                "the transactional producer failed fatally (the broker killed or restarted mid-transaction?): starting the loop again with a new producer from the committed offsets",
+            ),
             _ => None,
         };
         match (result, again) {
             (Ok(()), _) => return Ok(total),
-            (Err(EngineError::Fenced { id, source }), Some(why)) => {
+            (Err(e), Some(why)) => {
                 restarts.retain(|t| t.elapsed() < Duration::from_secs(600));
                 if restarts.len() >= 5 {
-                    return Err(EngineError::Fenced { id, source });
+                    return Err(e);
                 }
                 restarts.push(Instant::now());
-                tracing::warn!(error = %source, transactional_id = %id, "{why}");
+                tracing::warn!(error = %e, transactional_id = %config.transactional_id(), "{why}");
                 carried.assignment_lost = None;
                 job.on_abort();
             }
-            (Err(e), _) => return Err(e),
+            (Err(e), None) => return Err(e),
         }
     }
 }
@@ -1962,6 +1968,20 @@ struct Carried {
 
 fn producer_fenced(e: &KafkaError) -> bool {
     is_fenced(e) && e.rdkafka_error_code() != Some(RDKafkaErrorCode::FencedInstanceId)
+}
+
+/// A fatal error of the transactional producer itself while it began, committed or aborted a
+/// transaction — not a fence: librdkafka raises INVALID_TXN_STATE, say, when a broker killed
+/// mid-commit leaves the producer's state behind the coordinator's. The producer is unusable;
+/// a new one with the same transactional id aborts what the old one left open.
+fn producer_failed(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Fatal {
+            during: "begin" | "commit" | "abort",
+            ..
+        }
+    )
 }
 
 /// How long after losing its assignment a member's consumer fenced by its instance id is
@@ -2118,6 +2138,30 @@ mod tests {
         let producer = KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced);
         assert!(!self_fenced(&producer, Some(now)));
         assert!(producer_fenced(&producer) && !producer_fenced(&fenced));
+    }
+
+    #[test]
+    fn a_producer_that_failed_fatally_in_a_transaction_call_starts_again_nothing_else_does() {
+        let failed = |during| EngineError::Fatal {
+            during,
+            source: KafkaError::MessageProduction(RDKafkaErrorCode::InvalidTransactionalState),
+        };
+        for during in ["begin", "commit", "abort"] {
+            assert!(producer_failed(&failed(during)), "{during}");
+        }
+        assert!(!producer_failed(&failed("poll")));
+        // a fence by another instance, a rewind given up or a record with no fate: it ends
+        let fenced = KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::FencedInstanceId);
+        assert!(!producer_failed(&fatal(
+            &config(InputMode::Group),
+            "commit",
+            fenced
+        )));
+        let rewind = EngineError::Rewind {
+            limit: Duration::from_secs(1),
+            source: KafkaError::Seek("broker down".into()),
+        };
+        assert!(!producer_failed(&rewind));
     }
 
     #[test]

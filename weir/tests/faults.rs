@@ -601,6 +601,7 @@ fn every_record_exactly_once_through_kills_pauses_and_crashes() {
         "loops_started_again": {
             "producer_fenced": restarts("the producer was fenced while"),
             "fenced_by_own_earlier_membership": restarts("its own earlier membership fenced"),
+            "producer_failed": restarts("the transactional producer failed fatally"),
         },
         "lost": lost,
         "duplicated": duplicated,
