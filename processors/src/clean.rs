@@ -16,8 +16,10 @@ use weir_topology::fields::{
 use weir_topology::schema::{FieldType, Schema, SchemaField};
 use weir_topology::{Body, CleanRow, DataType, Envelope, NodeConfig, OutputSpec};
 
-use crate::text::{is_squished, nfc, phone_digits_into, squish_into, title_case_into};
-use crate::validate::{canonical_time, parse_date};
+use crate::text::{
+    is_squished, nfc, phone_digits_into, push_number, squish_into, title_case_into, trim,
+};
+use crate::validate::{is_canonical_time, parse_date};
 
 /// Flattens and cleans validated records into rows with the declared fields.
 #[derive(Debug, Clone, Deserialize)]
@@ -479,8 +481,8 @@ fn unchanged(op: Op, s: &str, facts: Facts) -> Option<&str> {
             .then_some(s),
         Op::Upper => ((facts.ascii || s.is_ascii()) && !s.bytes().any(|b| b.is_ascii_lowercase()))
             .then_some(s),
-        Op::Date => canonical_time(s).map(|_| &s[..10]),
-        Op::Timestamp => canonical_time(s).filter(|_| s.len() == 24).map(|_| s),
+        Op::Date => is_canonical_time(s).then(|| &s[..10]),
+        Op::Timestamp => (s.len() == 24 && is_canonical_time(s)).then_some(s),
         Op::Title | Op::Digits | Op::Integer => None,
     }
 }
@@ -489,9 +491,7 @@ fn unchanged(op: Op, s: &str, facts: Facts) -> Option<&str> {
 fn push_text(v: Option<Field<'_>>, out: &mut String) -> bool {
     match v {
         Some(Field::Str(s)) => out.push_str(&s),
-        Some(Field::Number(n)) => {
-            let _ = std::fmt::Write::write_fmt(out, format_args!("{n}"));
-        }
+        Some(Field::Number(n)) => push_number(&n, out),
         Some(Field::Bool(b)) => out.push_str(if b { "true" } else { "false" }),
         _ => return false,
     }
@@ -505,7 +505,7 @@ fn integer(parsed: &Parsed, text: &str, sources: &[Source]) -> Option<i64> {
     };
     match parsed.get(text, *p)? {
         Field::Number(n) => n.as_i64(),
-        Field::Str(s) => s.trim().parse().ok(),
+        Field::Str(s) => trim(&s).parse().ok(),
         _ => None,
     }
 }
@@ -540,7 +540,7 @@ fn apply(op: Op, s: &mut String, other: &mut String) -> bool {
             other.push_str(&s.to_uppercase());
         }
         Op::Digits => phone_digits_into(s, other),
-        Op::Date if canonical_time(s).is_some() => {
+        Op::Date if is_canonical_time(s) => {
             s.truncate(10);
             return true;
         }
@@ -551,7 +551,7 @@ fn apply(op: Op, s: &mut String, other: &mut String) -> bool {
             None => return false,
         },
         // already what it becomes, or without its milliseconds
-        Op::Timestamp if canonical_time(s).is_some() => {
+        Op::Timestamp if is_canonical_time(s) => {
             if s.len() == 20 {
                 s.truncate(19);
                 s.push_str(".000Z");

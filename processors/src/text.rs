@@ -55,6 +55,40 @@ fn stable_table() -> &'static [u64; 1024] {
     })
 }
 
+/// `s.trim()`, with no look at the characters when both ends are visible ASCII (most
+/// values): then there is nothing to trim.
+#[inline]
+pub fn trim(s: &str) -> &str {
+    let visible = |b: Option<&u8>| b.is_some_and(|&b| b > b' ' && b < 0x7f);
+    if visible(s.as_bytes().first()) && visible(s.as_bytes().last()) {
+        s
+    } else {
+        s.trim()
+    }
+}
+
+/// A JSON number's text as serde_json writes it into `out` (integers without `fmt`).
+pub fn push_number(n: &serde_json::Number, out: &mut String) {
+    if let Some(u) = n.as_u64() {
+        out.push_str(itoa::Buffer::new().format(u));
+    } else if let Some(i) = n.as_i64() {
+        out.push_str(itoa::Buffer::new().format(i));
+    } else {
+        let _ = std::fmt::Write::write_fmt(out, format_args!("{n}"));
+    }
+}
+
+/// How many characters a JSON number's text has, as serde_json writes it.
+pub fn number_len(n: &serde_json::Number) -> usize {
+    if let Some(u) = n.as_u64() {
+        itoa::Buffer::new().format(u).len()
+    } else if let Some(i) = n.as_i64() {
+        itoa::Buffer::new().format(i).len()
+    } else {
+        n.to_string().len()
+    }
+}
+
 /// NFC, trimmed, every run of white space collapsed to one space.
 pub fn clean_text(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -170,15 +204,17 @@ pub fn title_case_into(s: &str, out: &mut String) {
     if s.is_ascii() {
         // the same rules on bytes: no ASCII letter changes length or has a final form
         let mut start = true;
-        out.extend(s.bytes().map(|b| {
+        let cased = s.bytes().map(|b| {
             let c = if start {
                 b.to_ascii_uppercase()
             } else {
                 b.to_ascii_lowercase()
             };
             start = b.is_ascii_whitespace() || b == 0x0b || b == b'-' || b == b'\'';
-            c as char
-        }));
+            c
+        });
+        // SAFETY: ASCII bytes in, ASCII bytes out: `out` stays UTF-8
+        unsafe { out.as_mut_vec() }.extend(cased);
         return;
     }
     let from = out.len();
@@ -239,6 +275,18 @@ pub fn phone_digits(s: &str) -> String {
 
 /// [`phone_digits`] appended to `out`.
 pub fn phone_digits_into(s: &str, out: &mut String) {
+    if s.is_ascii() {
+        // no ASCII character but `0`–`9` is a digit
+        let b = s.trim_start().as_bytes();
+        let digits = b.iter().copied().filter(u8::is_ascii_digit);
+        // SAFETY: `+` and ASCII digits: `out` stays UTF-8
+        let v = unsafe { out.as_mut_vec() };
+        if b.first() == Some(&b'+') {
+            v.push(b'+');
+        }
+        v.extend(digits);
+        return;
+    }
     let trimmed = s.trim_start();
     if trimmed.starts_with('+') {
         out.push('+');

@@ -208,16 +208,28 @@ fn digits(b: &[u8]) -> Option<u32> {
 /// without chrono's general parser: the date and (hour, minute, second, milliseconds), or
 /// `None` for anything else (which chrono then reads).
 pub fn canonical_time(s: &str) -> Option<(chrono::NaiveDate, (u32, u32, u32, u32))> {
+    let ((y, m, d), time) = canonical_parts(s)?;
+    Some((chrono::NaiveDate::from_ymd_opt(y as i32, m, d)?, time))
+}
+
+/// `canonical_time(s).is_some()`, without making the date.
+pub fn is_canonical_time(s: &str) -> bool {
+    canonical_parts(s).is_some()
+}
+
+/// [`canonical_time`]'s checks: (year, month, day) of a real date and the time.
+#[allow(clippy::type_complexity)]
+fn canonical_parts(s: &str) -> Option<((u32, u32, u32), (u32, u32, u32, u32))> {
     let b = s.as_bytes();
     let millis = match b.len() {
         24 if b[19] == b'.' && b[23] == b'Z' => digits(&b[20..23])?,
         20 if b[19] == b'Z' => 0,
         _ => return None,
     };
-    if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+    if b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return None;
     }
-    let date = canonical_date(&s[..10])?;
+    let date = canonical_ymd(&b[..10])?;
     let (h, m, sec) = (
         digits(&b[11..13])?,
         digits(&b[14..16])?,
@@ -228,20 +240,31 @@ pub fn canonical_time(s: &str) -> Option<(chrono::NaiveDate, (u32, u32, u32, u32
 
 /// `YYYY-MM-DD`, a real date.
 fn canonical_date(s: &str) -> Option<chrono::NaiveDate> {
-    let b = s.as_bytes();
+    let (y, m, d) = canonical_ymd(s.as_bytes())?;
+    chrono::NaiveDate::from_ymd_opt(y as i32, m, d)
+}
+
+/// `YYYY-MM-DD` as (year, month, day) when it is a real date of the proleptic Gregorian
+/// calendar (as chrono has it; every four-digit year is in its range).
+fn canonical_ymd(b: &[u8]) -> Option<(u32, u32, u32)> {
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
-    chrono::NaiveDate::from_ymd_opt(
-        digits(&b[..4])? as i32,
-        digits(&b[5..7])?,
-        digits(&b[8..10])?,
-    )
+    let (y, m, d) = (digits(&b[..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    (1..=days).contains(&d).then_some((y, m, d))
 }
 
 /// A date as randomuser.me writes it (RFC 3339) or a plain `YYYY-MM-DD`.
 pub fn parse_date(s: &str) -> Option<chrono::NaiveDate> {
-    let s = s.trim();
+    let s = crate::text::trim(s);
     if let Some((d, _)) = canonical_time(s) {
         return Some(d);
     }
@@ -268,7 +291,11 @@ fn shown(v: &str) -> String {
 type Check = (fn(&str) -> bool, &'static str, &'static str);
 
 const EMAIL: Check = (is_email, "email.invalid", "an email address");
-const DATE: Check = (|t| parse_date(t).is_some(), "date.invalid:", "a date");
+const DATE: Check = (
+    |t| is_canonical_time(t) || parse_date(t).is_some(),
+    "date.invalid:",
+    "a date",
+);
 const UUID: Check = (is_uuid, "uuid.invalid:", "a UUID");
 
 /// The running validate processor: every rule with the index of its path in the plan.
@@ -340,7 +367,7 @@ impl Validate {
                     ));
                     failed.push(*i);
                 }
-                Some(Field::Str(s)) if s.trim().is_empty() => {
+                Some(Field::Str(s)) if crate::text::trim(&s).is_empty() => {
                     out.push((format!("field.missing:{path}"), format!("{path} is blank")));
                     failed.push(*i);
                 }
@@ -377,7 +404,7 @@ impl Validate {
             match record.get(text, *i) {
                 None | Some(Field::Null) => {}
                 Some(Field::Str(s)) => {
-                    let t = s.trim();
+                    let t = crate::text::trim(&s);
                     if !passes(t) {
                         // codes ending in ':' name the field
                         let reason = match code.strip_suffix(':') {
@@ -405,7 +432,7 @@ impl Validate {
                 Some((s, f)) if f.ascii && f.spaceless && f.plain => s.len(),
                 Some((s, _)) => crate::text::clean_len(s),
                 None => match record.get(text, *i) {
-                    Some(Field::Number(n)) => n.to_string().chars().count(),
+                    Some(Field::Number(n)) => crate::text::number_len(&n),
                     _ => continue,
                 },
             };
@@ -505,6 +532,26 @@ mod tests {
             "éd4b4b9e-1c1e-4a5e-9a8e-0a0b0c0d0e0",
         ] {
             assert_eq!(is_uuid(s), uuid.is_match(s), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn canonical_dates_are_chrono_s_dates() {
+        for y in [0, 1, 4, 100, 1900, 1996, 2000, 2001, 2024, 2100, 2400, 9999] {
+            for m in 0..=13 {
+                for d in 0..=32 {
+                    let s = format!("{y:04}-{m:02}-{d:02}");
+                    let chrono = chrono::NaiveDate::from_ymd_opt(y as i32, m, d);
+                    assert_eq!(canonical_date(&s), chrono, "{s}");
+                    assert_eq!(
+                        canonical_ymd(s.as_bytes()).is_some(),
+                        chrono.is_some(),
+                        "{s}"
+                    );
+                    let t = format!("{s}T00:00:00Z");
+                    assert_eq!(is_canonical_time(&t), chrono.is_some(), "{t}");
+                }
+            }
         }
     }
 

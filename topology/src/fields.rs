@@ -666,44 +666,10 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 #[inline(always)]
 fn checked_string<const SPACES: bool>(b: &[u8], i: usize, utf8: bool) -> Option<(usize, u8)> {
     let (end, seen) = scan_string::<SPACES>(b, i)?;
-    if utf8 && seen & NON_ASCII != 0 && !is_utf8(&b[i..end]) {
+    if utf8 && seen & NON_ASCII != 0 && std::str::from_utf8(&b[i..end]).is_err() {
         return None;
     }
     Some((end, seen))
-}
-
-/// `str::from_utf8(b).is_ok()`, for the short strings of a record: one character at a
-/// time, by the table of well-formed sequences (Unicode 3-7: no overlong forms, no
-/// surrogates, nothing above U+10FFFF).
-#[inline]
-fn is_utf8(b: &[u8]) -> bool {
-    let tail = |at: usize| b.get(at).is_some_and(|c| (0x80..=0xbf).contains(c));
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        if c < 0x80 {
-            i += 1;
-            continue;
-        }
-        // the second byte's range, by the first
-        let (second, len) = match c {
-            0xc2..=0xdf => (0x80..=0xbf, 2),
-            0xe0 => (0xa0..=0xbf, 3),
-            0xe1..=0xec | 0xee..=0xef => (0x80..=0xbf, 3),
-            0xed => (0x80..=0x9f, 3),
-            0xf0 => (0x90..=0xbf, 4),
-            0xf1..=0xf3 => (0x80..=0xbf, 4),
-            0xf4 => (0x80..=0x8f, 4),
-            _ => return false,
-        };
-        if !b.get(i + 1).is_some_and(|c| second.contains(c))
-            || (len > 2 && !tail(i + 2))
-            || (len > 3 && !tail(i + 3))
-        {
-            return false;
-        }
-        i += len;
-    }
-    true
 }
 
 /// Nesting the fast reader takes (deeper records go to serde_json, which refuses 128).
@@ -1444,41 +1410,6 @@ mod tests {
                     assert_eq!(back, bytes);
                 }
                 (got, want) => panic!("{bytes:?}: {got:?} against {want:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn the_utf8_check_is_std_s() {
-        let mut buf = Vec::new();
-        let check = |b: &[u8]| {
-            assert_eq!(is_utf8(b), std::str::from_utf8(b).is_ok(), "{b:x?}");
-        };
-        // every sequence of one and two bytes, and three from every lead byte beyond ASCII
-        for a in 0..=255u8 {
-            check(&[a]);
-            for c in 0..=255u8 {
-                check(&[a, c]);
-                if a >= 0xc0 {
-                    for d in 0..=255u8 {
-                        check(&[a, c, d]);
-                    }
-                }
-            }
-        }
-        // four bytes from every lead byte, the edges of each range after it
-        let edges = [0x00, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xff];
-        for a in 0xc0..=255u8 {
-            for c in edges {
-                for d in edges {
-                    for e in edges {
-                        buf.clear();
-                        buf.extend_from_slice(&[b'x', a, c, d, e, b'y']);
-                        check(&buf);
-                        check(&buf[1..5]);
-                        check(&buf[1..4]);
-                    }
-                }
             }
         }
     }
