@@ -1730,8 +1730,14 @@ impl Worker {
         self.pipeline.process_into(origin_of(input), out);
     }
 
+    /// Through the pipeline a few records at a time, node by node
+    /// ([`Pipeline::process_batch_into`]).
     fn process_all(&mut self, inputs: &[BorrowedMessage<'_>], outs: &mut Vec<Vec<OutRecord>>) {
-        each(inputs, outs, |input, out| self.process(input, out));
+        outs.reserve(inputs.len());
+        for chunk in inputs.chunks(crate::pipeline::NODE_BATCH) {
+            self.pipeline
+                .process_batch_into(chunk.iter().map(origin_of), outs);
+        }
     }
 }
 

@@ -424,3 +424,78 @@ fn weir_process_prints_what_it_printed_before_the_rewrite() {
         "(input, output) SHA-256 of weir process: {clean} clean, {dead} dead letters"
     );
 }
+
+/// The engine sends records through the pipeline a few at a time, node by node: each record
+/// gets exactly the outputs it gets alone, and the counters the same counts.
+#[test]
+fn a_batch_through_the_nodes_gives_each_record_what_one_at_a_time_gives() {
+    use weir_topology::metrics::Metrics;
+    use weir_topology::pipeline::Pipeline;
+    use weir_topology::Origin;
+
+    let users = common::weir::users_toml();
+    let t = weir_topology::load_file(&users, &weir::registry::registry()).expect("users.toml");
+    let sub = weir_topology::graph::sub_topologies(&t)
+        .into_iter()
+        .find(|s| s.nodes.iter().any(|n| n == "raw"))
+        .expect("the processing sub-topology");
+    let (m1, m2) = (Metrics::new(), Metrics::new());
+    let mut alone = Pipeline::build(&t, &sub, Some(&m1)).expect("pipeline");
+    let mut together = Pipeline::build(&t, &sub, Some(&m2)).expect("pipeline");
+    let topic = alone.topics()[0].clone();
+    let mut rng = Rng(0x5eed_0000_2026_1129);
+    let records: Vec<Vec<u8>> = (0..40_000).map(|i| record(&mut rng, i)).collect();
+    let origin = |i: usize| Origin {
+        topic: topic.clone(),
+        partition: (i % 4) as i32,
+        offset: i as i64,
+        timestamp: Some(1_764_000_000_000 + i as i64),
+        key: Some(format!("k{i}").into_bytes()),
+        value: Some(records[i].clone()),
+        headers: vec![("h".into(), Some(b"v".to_vec()))],
+        ..Origin::default()
+    };
+    let mut want = Vec::new();
+    for i in 0..records.len() {
+        let mut out = Vec::new();
+        alone.process_into(origin(i), &mut out);
+        want.push(out);
+    }
+    // batches of every size from 1 to 40, and the engine's
+    let mut got = Vec::new();
+    let (mut i, mut size) = (0, 1);
+    while i < records.len() {
+        let end = (i + size).min(records.len());
+        together.process_batch_into((i..end).map(origin), &mut got);
+        i = end;
+        size = if size == 40 {
+            weir_topology::pipeline::NODE_BATCH
+        } else {
+            size + 1
+        };
+    }
+    // when a record failed is the clock's: not compared
+    for r in got.iter_mut().chain(want.iter_mut()).flatten() {
+        for (k, v) in &mut r.headers {
+            if k == "weir.errors.failed.at" {
+                *v = None;
+            }
+        }
+    }
+    assert_eq!(got.len(), want.len(), "one Vec of outputs per input");
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "the outputs of record {k}");
+    }
+    let (clean, dead) = want.iter().flatten().fold((0, 0), |(c, d), r| {
+        if r.headers.iter().any(|(k, _)| k.starts_with("weir.errors")) {
+            (c, d + 1)
+        } else {
+            (c + 1, d)
+        }
+    });
+    assert!(
+        clean > 10_000 && dead > 4_000,
+        "a mix: {clean} clean, {dead} dead letters"
+    );
+    assert_eq!(m2.render(), m1.render(), "the same counts");
+}
