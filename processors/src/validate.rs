@@ -541,7 +541,7 @@ mod tests {
             for m in 0..=13 {
                 for d in 0..=32 {
                     let s = format!("{y:04}-{m:02}-{d:02}");
-                    let chrono = chrono::NaiveDate::from_ymd_opt(y as i32, m, d);
+                    let chrono = chrono::NaiveDate::from_ymd_opt(y, m, d);
                     assert_eq!(canonical_date(&s), chrono, "{s}");
                     assert_eq!(
                         canonical_ymd(s.as_bytes()).is_some(),

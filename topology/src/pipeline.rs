@@ -69,6 +69,17 @@ struct Compiled {
     records_out: Vec<(Option<&'static str>, IntCounter)>,
 }
 
+/// The nodes a node's `routes` wire to its `output`.
+fn routed_to<'r>(
+    routes: &'r [(Option<&'static str>, Vec<usize>)],
+    output: Option<&'static str>,
+) -> &'r [usize] {
+    routes
+        .iter()
+        .find(|(o, _)| *o == output)
+        .map_or(&[], |(_, t)| t.as_slice())
+}
+
 /// A sub-topology, ready to process records.
 pub struct Pipeline {
     nodes: Vec<Compiled>,
@@ -291,12 +302,7 @@ impl Pipeline {
                         if let Some(taps) = &self.taps {
                             taps.offer(&node.name, output, envelope);
                         }
-                        let targets = node
-                            .routes
-                            .iter()
-                            .find(|(o, _)| *o == output)
-                            .map(|(_, t)| t.as_slice())
-                            .unwrap_or(&[]);
+                        let targets = routed_to(&node.routes, output);
                         match targets {
                             [] => slots[slot as usize].1 = None,
                             [rest @ .., last] => {
@@ -380,12 +386,7 @@ impl Pipeline {
                         if let Some(taps) = &self.taps {
                             taps.offer(&node.name, output, &envelope);
                         }
-                        let targets = node
-                            .routes
-                            .iter()
-                            .find(|(o, _)| *o == output)
-                            .map(|(_, t)| t.as_slice())
-                            .unwrap_or(&[]);
+                        let targets = routed_to(&node.routes, output);
                         match targets {
                             [] => break,
                             // the last target first, the others after it in order
