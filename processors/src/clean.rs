@@ -17,7 +17,7 @@ use weir_topology::schema::{FieldType, Schema, SchemaField};
 use weir_topology::{Body, CleanRow, DataType, Envelope, NodeConfig, OutputSpec};
 
 use crate::text::{
-    is_squished, nfc, phone_digits_into, push_number, squish_into, title_case_into, trim,
+    is_squished, nfc, phone_digits_into, squish_into, title_case_into, trim, with_number_text,
 };
 use crate::validate::{is_canonical_time, parse_date};
 
@@ -491,7 +491,7 @@ fn unchanged(op: Op, s: &str, facts: Facts) -> Option<&str> {
 fn push_text(v: Option<Field<'_>>, out: &mut String) -> bool {
     match v {
         Some(Field::Str(s)) => out.push_str(&s),
-        Some(Field::Number(n)) => push_number(&n, out),
+        Some(Field::Number(n)) => with_number_text(&n, |t| out.push_str(t)),
         Some(Field::Bool(b)) => out.push_str(if b { "true" } else { "false" }),
         _ => return false,
     }

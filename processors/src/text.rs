@@ -67,25 +67,14 @@ pub fn trim(s: &str) -> &str {
     }
 }
 
-/// A JSON number's text as serde_json writes it into `out` (integers without `fmt`).
-pub fn push_number(n: &serde_json::Number, out: &mut String) {
+/// `f` of a JSON number's text as serde_json writes it (an integer without `fmt`).
+pub fn with_number_text<R>(n: &serde_json::Number, f: impl FnOnce(&str) -> R) -> R {
     if let Some(u) = n.as_u64() {
-        out.push_str(itoa::Buffer::new().format(u));
+        f(itoa::Buffer::new().format(u))
     } else if let Some(i) = n.as_i64() {
-        out.push_str(itoa::Buffer::new().format(i));
+        f(itoa::Buffer::new().format(i))
     } else {
-        let _ = std::fmt::Write::write_fmt(out, format_args!("{n}"));
-    }
-}
-
-/// How many characters a JSON number's text has, as serde_json writes it.
-pub fn number_len(n: &serde_json::Number) -> usize {
-    if let Some(u) = n.as_u64() {
-        itoa::Buffer::new().format(u).len()
-    } else if let Some(i) = n.as_i64() {
-        itoa::Buffer::new().format(i).len()
-    } else {
-        n.to_string().len()
+        f(&n.to_string())
     }
 }
 

@@ -432,7 +432,7 @@ impl Validate {
                 Some((s, f)) if f.ascii && f.spaceless && f.plain => s.len(),
                 Some((s, _)) => crate::text::clean_len(s),
                 None => match record.get(text, *i) {
-                    Some(Field::Number(n)) => crate::text::number_len(&n),
+                    Some(Field::Number(n)) => crate::text::with_number_text(&n, str::len),
                     _ => continue,
                 },
             };

@@ -330,11 +330,7 @@ impl Pipeline {
                         if let Some(taps) = &self.taps {
                             taps.offer(&node.name, None, &envelope);
                         }
-                        if let (Some(m), Body::Failed(f)) = (&self.metrics, &envelope.body) {
-                            for r in &f.reasons {
-                                m.dead_letters.with_label_values(&[r.as_str()]).inc();
-                            }
-                        }
+                        count_dead_letter(self.metrics.as_ref(), &envelope);
                         outs[base + *at as usize].push(encoder.encode_owned(envelope));
                     }
                 }
@@ -402,11 +398,7 @@ impl Pipeline {
                         if let Some(taps) = &self.taps {
                             taps.offer(&node.name, None, &envelope);
                         }
-                        if let (Some(m), Body::Failed(f)) = (&self.metrics, &envelope.body) {
-                            for r in &f.reasons {
-                                m.dead_letters.with_label_values(&[r.as_str()]).inc();
-                            }
-                        }
+                        count_dead_letter(self.metrics.as_ref(), &envelope);
                         match &mut reached {
                             Reached::Fates(fates) => {
                                 let record = encoder.encode(&envelope);
@@ -434,6 +426,15 @@ impl Pipeline {
             }
         }
         self.work = work;
+    }
+}
+
+/// Counts a failed record's reasons as it reaches a topic sink (a dead letter).
+fn count_dead_letter(metrics: Option<&Metrics>, envelope: &Envelope) {
+    if let (Some(m), Body::Failed(f)) = (metrics, &envelope.body) {
+        for r in &f.reasons {
+            m.dead_letters.with_label_values(&[r.as_str()]).inc();
+        }
     }
 }
 
