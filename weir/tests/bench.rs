@@ -1,9 +1,10 @@
-//! `weir bench topology`, `weir bench sink` and `weir bench live`, small, against the real
-//! broker and PostgreSQL: the first processes every record exactly once and reports its
-//! throughput; the second writes every clean record with the sink, loads the same rows with
-//! `COPY`, reports the ratio and leaves nothing behind; in the third every client that keeps
-//! up receives every greeting, and a stalled client neither blocks the others nor loses
-//! greetings untold.
+//! `weir bench topology`, `weir bench process`, `weir bench sink` and `weir bench live`,
+//! small, against the real broker and PostgreSQL: the first processes every record exactly
+//! once and reports its throughput; the second gives every record the same fate in node
+//! batches as one at a time; the third writes every clean record with the sink, loads the
+//! same rows with `COPY`, reports the ratio and leaves nothing behind; in the fourth every
+//! client that keeps up receives every greeting, and a stalled client neither blocks the
+//! others nor loses greetings untold.
 
 mod common;
 
@@ -33,8 +34,46 @@ fn the_topology_bench_processes_every_record_and_reports_throughput() {
     );
 }
 
-/// `weir bench live`, small: every client that keeps up receives every greeting, and a
-/// stalled client neither blocks the others nor loses greetings untold.
+/// `weir bench process` (no services): records sent through the nodes 8 at a time (the
+/// engine's way, the default) meet the same fates as one at a time.
+#[test]
+fn the_process_bench_gives_each_record_the_same_fate_in_node_batches_as_one_at_a_time() {
+    let fates = |batch: &str| -> (u64, u64) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["bench", "process", "--synthetic", "3001", "--dirty", "0.2"])
+            .args(["--min-time", "0s", "--batch", batch, "--topology"])
+            .arg(common::weir::users_toml())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains(&format!(", {batch} at a time through the nodes)")),
+            "{stdout}"
+        );
+        // "… ): N clean, M dead letters"
+        let tail = stdout
+            .split("): ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{stdout}"));
+        let mut n = tail
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|w| !w.is_empty());
+        let mut next = || -> u64 { n.next().and_then(|w| w.parse().ok()).unwrap() };
+        (next(), next())
+    };
+    let (one, eight) = (fates("1"), fates("8"));
+    assert_eq!(one, eight);
+    assert_eq!(one.0 + one.1, 3001, "{one:?}");
+    assert!(one.0 > 2000 && one.1 > 300, "{one:?}");
+}
+
+/// `weir bench sink`, small: every clean record is written, `COPY` loads the same rows, the
+/// ratio is reported and the bench's schema is gone afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sink_bench_writes_every_clean_record_and_compares_with_copy() {
     let url = common::pg::fresh_database("weir_bench_sink").await;

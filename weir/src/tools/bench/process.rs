@@ -2,13 +2,14 @@
 //! does with each record between the consumer and the producer (its origin, the processors,
 //! the sink's output record) — over raw values read from a file, one per line, repeated for
 //! at least `--min-time`. Reports records per second of CPU time of the thread that
-//! processes (one core), and records per second of wall time.
+//! processes (one core), and records per second of wall time. Records go through the nodes
+//! `--batch` at a time, as the engine sends them ([`NODE_BATCH`]); `--batch 1` one at a time.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use weir_topology::pipeline::{OutRecord, Pipeline};
+use weir_topology::pipeline::{OutRecord, Pipeline, NODE_BATCH};
 use weir_topology::Origin;
 
 use crate::cmd::parse_duration;
@@ -34,6 +35,10 @@ pub struct ProcessArgs {
     /// Repeat the input until at least this long has passed.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub min_time: Duration,
+    /// Records sent through the nodes together (the engine's path sends 8); 1: one record
+    /// through every node before the next.
+    #[arg(long, default_value_t = NODE_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    pub batch: usize,
 }
 
 /// CPU time of the calling thread so far (`/proc/thread-self/schedstat`, nanoseconds).
@@ -77,23 +82,31 @@ pub fn process(args: &ProcessArgs) -> anyhow::Result<()> {
         .collect();
     anyhow::ensure!(!lines.is_empty(), "{from} has no records");
     // the engine's path: outputs are the records its producer sends, bytes moved into them
-    let mut outs: Vec<OutRecord> = Vec::with_capacity(4);
+    let origin = |i: usize, line: &[u8]| Origin {
+        topic: topic.clone(),
+        partition: 0,
+        offset: i as i64,
+        timestamp: Some(1_764_000_000_000 + i as i64),
+        key: Some(b"0b8c5e86-0e6f-4f0c-9d2c-7a3a8f1e2b4d".to_vec()),
+        value: Some(line.to_vec()),
+        ..Origin::default()
+    };
+    let batch = args.batch;
+    let mut outs: Vec<Vec<OutRecord>> = Vec::with_capacity(batch);
     let mut run = |pipeline: &mut Pipeline, lines: &[&[u8]], tally: &mut Tally| {
-        for (i, line) in lines.iter().enumerate() {
+        for (c, chunk) in lines.chunks(batch).enumerate() {
             outs.clear();
-            pipeline.process_into(
-                Origin {
-                    topic: topic.clone(),
-                    partition: 0,
-                    offset: i as i64,
-                    timestamp: Some(1_764_000_000_000 + i as i64),
-                    key: Some(b"0b8c5e86-0e6f-4f0c-9d2c-7a3a8f1e2b4d".to_vec()),
-                    value: Some(line.to_vec()),
-                    ..Origin::default()
-                },
-                &mut outs,
-            );
-            for r in &outs {
+            let first = c * batch;
+            if batch == 1 {
+                outs.push(Vec::with_capacity(4));
+                pipeline.process_into(origin(first, chunk[0]), &mut outs[0]);
+            } else {
+                pipeline.process_batch_into(
+                    chunk.iter().enumerate().map(|(j, l)| origin(first + j, l)),
+                    &mut outs,
+                );
+            }
+            for r in outs.iter().flatten() {
                 match r.headers.is_empty() {
                     true => tally.clean += 1,
                     false => tally.dead += 1,
@@ -120,11 +133,12 @@ pub fn process(args: &ProcessArgs) -> anyhow::Result<()> {
     let (cpu, wall) = (thread_cpu() - cpu0, wall0.elapsed());
     let per = |d: Duration| tally.records as f64 / d.as_secs_f64();
     println!(
-        "{} records ({} passes over {} lines of {}): {} clean, {} dead letters",
+        "{} records ({} passes over {} lines of {}, {} at a time through the nodes): {} clean, {} dead letters",
         tally.records,
         passes,
         lines.len(),
         from,
+        batch,
         tally.clean,
         tally.dead
     );
