@@ -1,8 +1,10 @@
 //! A sub-topology compiled for running: processors and sink encoders wired by their inputs.
-//! `weir process`, `weir test` and the engine all push records through [`Pipeline::process`],
-//! so what runs offline is what runs in production.
+//! `weir process`, `weir test` and the engine all push records through one walk over the
+//! nodes (behind [`Pipeline::process`], [`Pipeline::process_into`] and
+//! [`Pipeline::process_batch_into`]), so what runs offline is what runs in production.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use prometheus::IntCounter;
 
@@ -86,12 +88,9 @@ pub struct Pipeline {
     /// Source node index by the topic it reads.
     sources: HashMap<String, usize>,
     metrics: Option<Metrics>,
-    /// Copies still to route (an output wired to several nodes), reused from record to
-    /// record.
-    work: Vec<(usize, Envelope)>,
     /// The nodes in an order where each comes after every node that feeds it.
     order: Vec<usize>,
-    /// The records of a batch in [`Pipeline::process_batch_into`], each with the index of
+    /// The records of a walk ([`Pipeline::walk`]), each with the index of
     /// the input it came from (a copy for an output wired to several nodes has a slot of its
     /// own), and what waits at each node (slots): reused from batch to batch, so that a
     /// record stays where it is from node to node.
@@ -187,7 +186,6 @@ impl Pipeline {
             nodes,
             sources,
             metrics: metrics.cloned(),
-            work: Vec::new(),
             order,
             taps: None,
         })
@@ -244,38 +242,44 @@ impl Pipeline {
         Some(sink.encode(&envelope))
     }
 
-    /// Pushes one raw record from `origin.topic` through the graph; appends every fate.
+    /// Pushes one raw record from `origin.topic` through the graph; appends every fate, in
+    /// the order of the nodes that the record reached.
     pub fn process(&mut self, origin: Origin, fates: &mut Vec<Fate>) {
-        self.route(origin, Reached::Fates(fates));
+        self.walk(std::iter::once(origin), &mut Fates(fates));
     }
 
     /// Pushes one raw record through the graph; appends only what its topic sinks write (the
     /// engine's path: the records' bytes are moved into them, not copied).
     pub fn process_into(&mut self, origin: Origin, out: &mut Vec<OutRecord>) {
-        self.route(origin, Reached::Records(out));
+        self.walk(std::iter::once(origin), &mut Records { outs: out });
     }
 
     /// [`Pipeline::process_into`] of several raw records at once: appends one `Vec` to
-    /// `outs` for each, in order, with what its topic sinks write. The records go through
-    /// one node at a time — every record of the batch through a node before the next node —
-    /// so each processor's code and tables stay in the cache while it works; an input's
-    /// outputs are those `process_into` gives, in the order of the nodes that write them.
+    /// `outs` for each, in order, with what its topic sinks write. An input's outputs are
+    /// those `process_into` gives it alone.
     pub fn process_batch_into(
         &mut self,
         origins: impl IntoIterator<Item = Origin>,
         outs: &mut Vec<Vec<OutRecord>>,
     ) {
         let base = outs.len();
+        self.walk(origins, &mut Batch { outs, base });
+    }
+
+    /// The one walk over the graph, for every way in: the records go through one node at a
+    /// time — every record of the batch through a node before the next node, the nodes in
+    /// [`feeding_order`] — so each processor's code and tables stay in the cache while it
+    /// works ([`NODE_BATCH`]). `reach` takes what arrives at the sinks.
+    fn walk(&mut self, origins: impl IntoIterator<Item = Origin>, reach: &mut impl Reach) {
         let (mut slots, mut queues) = (
             std::mem::take(&mut self.slots),
             std::mem::take(&mut self.queues),
         );
-        for origin in origins {
-            let at = (outs.len() - base) as u32;
-            outs.push(Vec::with_capacity(1));
+        for (at, origin) in origins.into_iter().enumerate() {
+            reach.input();
             if let Some(start) = self.start(&origin.topic) {
                 queues[start].push(slots.len() as u32);
-                slots.push((at, Some(Envelope::raw(origin))));
+                slots.push((at as u32, Some(Envelope::raw(origin))));
             }
         }
         let mut counted: Vec<(Option<&'static str>, u64)> = Vec::new();
@@ -302,8 +306,7 @@ impl Pipeline {
                         if let Some(taps) = &self.taps {
                             taps.offer(&node.name, output, envelope);
                         }
-                        let targets = routed_to(&node.routes, output);
-                        match targets {
+                        match routed_to(&node.routes, output) {
                             [] => slots[slot as usize].1 = None,
                             [rest @ .., last] => {
                                 for &t in rest {
@@ -331,12 +334,14 @@ impl Pipeline {
                             taps.offer(&node.name, None, &envelope);
                         }
                         count_dead_letter(self.metrics.as_ref(), &envelope);
-                        outs[base + *at as usize].push(encoder.encode_owned(envelope));
+                        reach.topic(*at as usize, &node.name, encoder.as_ref(), envelope);
                     }
                 }
                 Stage::External => {
                     for &slot in &queue {
-                        slots[slot as usize].1 = None;
+                        if let Some(envelope) = slots[slot as usize].1.take() {
+                            reach.external(&node.name, envelope);
+                        }
                     }
                 }
             }
@@ -358,74 +363,65 @@ impl Pipeline {
             })
             .copied()
     }
+}
 
-    fn route(&mut self, origin: Origin, mut reached: Reached<'_>) {
-        let Some(start) = self.start(&origin.topic) else {
-            return;
-        };
-        // a record goes down its chain in place; an output wired to several nodes leaves
-        // its copies here for after
-        let mut work = std::mem::take(&mut self.work);
-        let mut next = Some((start, Envelope::raw(origin)));
-        while let Some((mut i, mut envelope)) = next.take().or_else(|| work.pop()) {
-            loop {
-                let node = &mut self.nodes[i];
-                if let Some(c) = &node.records_in {
-                    c.inc();
-                }
-                match &mut node.stage {
-                    Stage::Processor(p) => {
-                        let output = p.process(&mut envelope);
-                        if let Some((_, c)) = node.records_out.iter().find(|(o, _)| *o == output) {
-                            c.inc();
-                        }
-                        if let Some(taps) = &self.taps {
-                            taps.offer(&node.name, output, &envelope);
-                        }
-                        let targets = routed_to(&node.routes, output);
-                        match targets {
-                            [] => break,
-                            // the last target first, the others after it in order
-                            [rest @ .., last] => {
-                                for &t in rest {
-                                    work.push((t, envelope.clone()));
-                                }
-                                i = *last;
-                            }
-                        }
-                    }
-                    Stage::Topic(encoder) => {
-                        if let Some(taps) = &self.taps {
-                            taps.offer(&node.name, None, &envelope);
-                        }
-                        count_dead_letter(self.metrics.as_ref(), &envelope);
-                        match &mut reached {
-                            Reached::Fates(fates) => {
-                                let record = encoder.encode(&envelope);
-                                fates.push(Fate {
-                                    sink: node.name.clone(),
-                                    envelope,
-                                    record: Some(record),
-                                });
-                            }
-                            Reached::Records(out) => out.push(encoder.encode_owned(envelope)),
-                        }
-                        break;
-                    }
-                    Stage::External => {
-                        if let Reached::Fates(fates) = &mut reached {
-                            fates.push(Fate {
-                                sink: node.name.clone(),
-                                envelope,
-                                record: None,
-                            });
-                        }
-                        break;
-                    }
-                }
-            }
-        }
-        self.work = work;
+/// What a walk keeps of the records that reach the sinks.
+trait Reach {
+    /// The walk takes the next input (they are numbered from 0 in order).
+    fn input(&mut self) {}
+    /// Input `at`'s record reached a topic sink.
+    fn topic(&mut self, at: usize, sink: &Arc<str>, encoder: &dyn SinkEncoder, e: Envelope);
+    /// A record reached a sink outside the sub-topology's transaction.
+    fn external(&mut self, _sink: &Arc<str>, _e: Envelope) {}
+}
+
+/// Every fate of one input ([`Pipeline::process`]).
+struct Fates<'a>(&'a mut Vec<Fate>);
+
+impl Reach for Fates<'_> {
+    fn topic(&mut self, _: usize, sink: &Arc<str>, encoder: &dyn SinkEncoder, e: Envelope) {
+        let record = encoder.encode(&e);
+        self.0.push(Fate {
+            sink: sink.clone(),
+            envelope: e,
+            record: Some(record),
+        });
+    }
+
+    fn external(&mut self, sink: &Arc<str>, e: Envelope) {
+        self.0.push(Fate {
+            sink: sink.clone(),
+            envelope: e,
+            record: None,
+        });
+    }
+}
+
+/// The records for Kafka of one input ([`Pipeline::process_into`]).
+struct Records<'a> {
+    outs: &'a mut Vec<OutRecord>,
+}
+
+impl Reach for Records<'_> {
+    fn topic(&mut self, _: usize, _: &Arc<str>, encoder: &dyn SinkEncoder, e: Envelope) {
+        self.outs.push(encoder.encode_owned(e));
+    }
+}
+
+/// The records for Kafka of each input of a batch, one `Vec` each from `base` on
+/// ([`Pipeline::process_batch_into`]).
+struct Batch<'a> {
+    outs: &'a mut Vec<Vec<OutRecord>>,
+    base: usize,
+}
+
+impl Reach for Batch<'_> {
+    fn input(&mut self) {
+        self.outs.push(Vec::with_capacity(1));
+    }
+
+    fn topic(&mut self, at: usize, _: &Arc<str>, encoder: &dyn SinkEncoder, e: Envelope) {
+        self.outs[self.base + at].push(encoder.encode_owned(e));
     }
 }
 
@@ -464,13 +460,6 @@ fn feeding_order(nodes: &[Compiled]) -> Vec<usize> {
         }
     }
     order
-}
-
-/// What a caller of the pipeline keeps of each record: every fate, or only the records
-/// for Kafka.
-enum Reached<'a> {
-    Fates(&'a mut Vec<Fate>),
-    Records(&'a mut Vec<OutRecord>),
 }
 
 /// A refused record's bytes cut to [`REFUSED_PREVIEW_BYTES`] (at a character boundary when
