@@ -18,12 +18,7 @@ fn the_topology_bench_processes_every_record_and_reports_throughput() {
         .env("WEIR_LOG", "warn")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = common::stdout_of(out);
     assert!(
         stdout.contains("3000 records (20% bad)") && stdout.contains(" records/s, "),
         "{stdout}"
@@ -45,12 +40,7 @@ fn the_process_bench_gives_each_record_the_same_fate_in_node_batches_as_one_at_a
             .arg(common::weir::users_toml())
             .output()
             .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = common::stdout_of(out);
         assert!(
             stdout.contains(&format!(", {batch} at a time through the nodes)")),
             "{stdout}"
