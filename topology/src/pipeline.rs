@@ -96,6 +96,8 @@ pub struct Pipeline {
     /// record stays where it is from node to node.
     slots: Vec<(u32, Option<Envelope>)>,
     queues: Vec<Vec<u32>>,
+    /// A processor's records by output in a walk, reused from walk to walk.
+    counted: Vec<(Option<&'static str>, u64)>,
     /// Taps open on this process's edges (`weir tap`).
     taps: Option<std::sync::Arc<crate::tap::Taps>>,
 }
@@ -182,6 +184,7 @@ impl Pipeline {
         let order = feeding_order(&nodes);
         Ok(Self {
             slots: Vec::new(),
+            counted: Vec::new(),
             queues: nodes.iter().map(|_| Vec::new()).collect(),
             nodes,
             sources,
@@ -282,7 +285,7 @@ impl Pipeline {
                 slots.push((at as u32, Some(Envelope::raw(origin))));
             }
         }
-        let mut counted: Vec<(Option<&'static str>, u64)> = Vec::new();
+        let mut counted = std::mem::take(&mut self.counted);
         for k in 0..self.order.len() {
             let i = self.order[k];
             let mut queue = std::mem::take(&mut queues[i]);
@@ -349,7 +352,7 @@ impl Pipeline {
             queues[i] = queue;
         }
         slots.clear();
-        (self.slots, self.queues) = (slots, queues);
+        (self.slots, self.queues, self.counted) = (slots, queues, counted);
     }
 
     /// The node that reads `topic` (the only source when there is one).
