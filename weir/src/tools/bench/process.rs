@@ -92,26 +92,34 @@ pub fn process(args: &ProcessArgs) -> anyhow::Result<()> {
         ..Origin::default()
     };
     let batch = args.batch;
-    let mut outs: Vec<Vec<OutRecord>> = Vec::with_capacity(batch);
+    // one at a time: the engine's one output buffer, reused; in batches: one per record
+    let (mut one, mut outs): (Vec<OutRecord>, Vec<Vec<OutRecord>>) =
+        (Vec::with_capacity(4), Vec::with_capacity(batch));
+    let count = |outs: &[OutRecord], tally: &mut Tally| {
+        for r in outs {
+            match r.headers.is_empty() {
+                true => tally.clean += 1,
+                false => tally.dead += 1,
+            }
+            tally.bytes_out += r.value.len() as u64;
+        }
+    };
     let mut run = |pipeline: &mut Pipeline, lines: &[&[u8]], tally: &mut Tally| {
         for (c, chunk) in lines.chunks(batch).enumerate() {
-            outs.clear();
             let first = c * batch;
             if batch == 1 {
-                outs.push(Vec::with_capacity(4));
-                pipeline.process_into(origin(first, chunk[0]), &mut outs[0]);
+                one.clear();
+                pipeline.process_into(origin(first, chunk[0]), &mut one);
+                count(&one, tally);
             } else {
+                outs.clear();
                 pipeline.process_batch_into(
                     chunk.iter().enumerate().map(|(j, l)| origin(first + j, l)),
                     &mut outs,
                 );
-            }
-            for r in outs.iter().flatten() {
-                match r.headers.is_empty() {
-                    true => tally.clean += 1,
-                    false => tally.dead += 1,
+                for out in &outs {
+                    count(out, tally);
                 }
-                tally.bytes_out += r.value.len() as u64;
             }
         }
         tally.records += lines.len() as u64;
