@@ -46,7 +46,7 @@ async fn a_tampered_row_fails_the_audit_with_a_clear_report() {
         ("WEIR_DATABASE_URL", url.as_str()),
     ];
     let mut child = common::Guard(
-        Command::new(env!("CARGO_BIN_EXE_weir"))
+        Command::new(common::weir_bin())
             .args([
                 "run",
                 users_toml().to_str().unwrap(),
@@ -251,7 +251,7 @@ async fn a_tampered_row_fails_the_audit_with_a_clear_report() {
     assert_eq!(stored, (false, Some("after".into())));
 
     // the command line says the same and exits 1
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+    let out = Command::new(common::weir_bin())
         .args([
             "audit",
             users_toml().to_str().unwrap(),

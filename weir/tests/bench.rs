@@ -10,7 +10,7 @@ mod common;
 
 #[test]
 fn the_topology_bench_processes_every_record_and_reports_throughput() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+    let out = std::process::Command::new(common::weir_bin())
         .args(["bench", "topology"])
         .arg(common::weir::users_toml())
         .args(["--records", "3000", "--dirty", "0.2", "--partitions", "2"])
@@ -34,7 +34,7 @@ fn the_topology_bench_processes_every_record_and_reports_throughput() {
 #[test]
 fn the_process_bench_gives_each_record_the_same_fate_in_node_batches_as_one_at_a_time() {
     let fates = |batch: &str| -> (u64, u64) {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        let out = std::process::Command::new(common::weir_bin())
             .args(["bench", "process", "--synthetic", "3001", "--dirty", "0.2"])
             .args(["--min-time", "0s", "--batch", batch, "--topology"])
             .arg(common::weir::users_toml())
@@ -67,7 +67,7 @@ fn the_process_bench_gives_each_record_the_same_fate_in_node_batches_as_one_at_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sink_bench_writes_every_clean_record_and_compares_with_copy() {
     let url = common::pg::fresh_database("weir_bench_sink").await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+    let out = std::process::Command::new(common::weir_bin())
         .args(["bench", "sink"])
         .arg(common::weir::users_toml())
         .args(["--records", "3000", "--dirty", "0.2", "--partitions", "2"])

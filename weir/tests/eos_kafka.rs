@@ -146,7 +146,7 @@ impl Weir {
         self.starts += 1;
         let log =
             std::fs::File::create(self.dir.join(format!("weir-{}.log", self.starts))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        let child = Command::new(common::weir_bin())
             .args([
                 "run",
                 users_toml().to_str().unwrap(),
@@ -383,7 +383,7 @@ fn two_processes_of_one_application_share_the_partitions_exactly_once() {
     let start = |instance: &str| {
         let log = std::fs::File::create(dir.join(format!("{instance}.log"))).unwrap();
         common::Guard(
-            Command::new(env!("CARGO_BIN_EXE_weir"))
+            Command::new(common::weir_bin())
                 .args([
                     "run",
                     users_toml().to_str().unwrap(),

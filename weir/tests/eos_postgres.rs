@@ -162,7 +162,7 @@ fn nix_is_root() -> bool {
 fn start_weir(env: &[(String, String)], dir: &Path, n: usize) -> common::Guard {
     let log = std::fs::File::create(dir.join(format!("weir-{n}.log"))).unwrap();
     common::Guard(
-        Command::new(env!("CARGO_BIN_EXE_weir"))
+        Command::new(common::weir_bin())
             .args([
                 "run",
                 users_toml().to_str().unwrap(),

@@ -386,7 +386,7 @@ fn weir_process_prints_what_it_printed_before_the_rewrite() {
     }
 
     let users = common::weir::users_toml();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+    let mut child = Command::new(common::weir_bin())
         .args(["process", users.to_str().unwrap()])
         .env("WEIR_LOG", "warn")
         .stdin(Stdio::piped())

@@ -22,7 +22,7 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn ingest(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
+    Command::new(common::weir_bin())
         .arg("ingest")
         .args(args)
         .env("WEIR_KAFKA_BOOTSTRAP", common::bootstrap())
@@ -298,7 +298,7 @@ fn a_paced_synthetic_source_sleeps_between_records() {
     let topic = common::unique("weir-ingest-paced");
     create_topics(&[&topic], 1);
     let mut child = common::Guard(
-        Command::new(env!("CARGO_BIN_EXE_weir"))
+        Command::new(common::weir_bin())
             .args([
                 "ingest",
                 "--source",

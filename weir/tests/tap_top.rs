@@ -16,7 +16,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 const TOKEN: &str = "tap-test-token";
 
 fn weir(args: &[&str], token: Option<&str>) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+    let mut c = Command::new(common::weir_bin());
     c.args(args).env_remove("WEIR_ADMIN_TOKEN");
     if let Some(t) = token {
         c.env("WEIR_ADMIN_TOKEN", t);
