@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The `weir` binary the tests run: `WEIR_TEST_BIN` when it is set (`deploy/dev test` sets
-/// it to the release binary it has just built, the one that ships; the suites that start
-/// `weir` run 2-7 times faster with it), else this build's.
+/// it to the release binary it has just built, the one that ships: golden_process took 44 s
+/// instead of 113, eos_kafka 36 instead of 56, faults 94 instead of 116), else this build's.
 pub fn weir_bin() -> std::path::PathBuf {
     std::env::var_os("WEIR_TEST_BIN").map_or_else(|| env!("CARGO_BIN_EXE_weir").into(), Into::into)
 }
