@@ -19,7 +19,7 @@ use crate::record::{Body, Envelope, Failure, Origin};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fate {
     /// The sink node reached.
-    pub sink: std::sync::Arc<str>,
+    pub sink: Arc<str>,
     /// The record as the sink received it.
     pub envelope: Envelope,
     /// What the sink writes to Kafka, for topic sinks.
@@ -61,7 +61,7 @@ enum Stage {
 }
 
 struct Compiled {
-    name: std::sync::Arc<str>,
+    name: Arc<str>,
     /// The topic a topic sink writes.
     topic: Option<String>,
     stage: Stage,
@@ -99,7 +99,7 @@ pub struct Pipeline {
     /// A processor's records by output in a walk, reused from walk to walk.
     counted: Vec<(Option<&'static str>, u64)>,
     /// Taps open on this process's edges (`weir tap`).
-    taps: Option<std::sync::Arc<crate::tap::Taps>>,
+    taps: Option<Arc<crate::tap::Taps>>,
 }
 
 impl Pipeline {
@@ -121,7 +121,7 @@ impl Pipeline {
                 plan.add(&path);
             }
         }
-        let plan = std::sync::Arc::new(plan);
+        let plan = Arc::new(plan);
         let mut nodes = Vec::new();
         let mut sources = HashMap::new();
         for (i, name) in sub.nodes.iter().enumerate() {
@@ -195,7 +195,7 @@ impl Pipeline {
     }
 
     /// Offers the records on every edge to the taps of `taps` (`weir tap`).
-    pub fn with_taps(mut self, taps: std::sync::Arc<crate::tap::Taps>) -> Self {
+    pub fn with_taps(mut self, taps: Arc<crate::tap::Taps>) -> Self {
         self.taps = Some(taps);
         self
     }
