@@ -17,7 +17,8 @@ use weir_topology::schema::{FieldType, Schema, SchemaField};
 use weir_topology::{Body, CleanRow, DataType, Envelope, NodeConfig, OutputSpec};
 
 use crate::text::{
-    is_squished, nfc, phone_digits_into, squish_into, title_case_into, trim, with_number_text,
+    is_squished, is_title_case, nfc, phone_digits_into, squish_into, title_case_into, trim,
+    with_number_text,
 };
 use crate::validate::{is_canonical_time, parse_date};
 
@@ -483,7 +484,8 @@ fn unchanged(op: Op, s: &str, facts: Facts) -> Option<&str> {
             .then_some(s),
         Op::Date => is_canonical_time(s).then(|| &s[..10]),
         Op::Timestamp => (s.len() == 24 && is_canonical_time(s)).then_some(s),
-        Op::Title | Op::Digits | Op::Integer => None,
+        Op::Title => is_title_case(s).then_some(s),
+        Op::Digits | Op::Integer => None,
     }
 }
 

@@ -136,6 +136,12 @@ pub fn squish_into(s: &str, out: &mut String) {
     }
 }
 
+/// The most characters NFC makes of one character (Unicode's normalization FAQ: NFC
+/// expands a text at most threefold, in UTF-32 as in UTF-8). Trimming and collapsing white
+/// space only shorten, so a text of `n` bytes (at most `n` characters) cleans to at most
+/// `n * NFC_GROWTH` characters.
+pub const NFC_GROWTH: usize = 3;
+
 /// The number of characters of [`clean_text`]`(s)`, without making it when `s` is NFC.
 pub fn clean_len(s: &str) -> usize {
     if s.is_ascii() && is_squished(s) {
@@ -235,6 +241,52 @@ pub fn title_case_into(s: &str, out: &mut String) {
         out.truncate(from);
         out.push_str(&fixed);
     }
+}
+
+/// `title_case(s) == s`, told without writing anything: what is title cased already can
+/// stay where it is in the record.
+pub fn is_title_case(s: &str) -> bool {
+    let mut start = true;
+    let ascii = |b: u8, start: &mut bool| {
+        let same = if *start {
+            !b.is_ascii_lowercase()
+        } else {
+            !b.is_ascii_uppercase()
+        };
+        *start = b.is_ascii_whitespace() || b == 0x0b || b == b'-' || b == b'\'';
+        same
+    };
+    if s.is_ascii() {
+        return s.bytes().all(|b| ascii(b, &mut start));
+    }
+    for c in s.chars() {
+        if c.is_ascii() {
+            if !ascii(c as u8, &mut start) {
+                return false;
+            }
+            continue;
+        }
+        // a lower-case sigma at a word's end becomes a final sigma: title case knows
+        if c == 'σ' {
+            return title_case(s) == s;
+        }
+        let same = if start {
+            single(c.to_uppercase()) == Some(c)
+        } else {
+            single(c.to_lowercase()) == Some(c)
+        };
+        if !same {
+            return false;
+        }
+        start = c.is_whitespace() || matches!(c, '’' | '‐');
+    }
+    true
+}
+
+/// The one character an iterator yields, else `None`.
+fn single(mut chars: impl Iterator<Item = char>) -> Option<char> {
+    let c = chars.next()?;
+    chars.next().is_none().then_some(c)
 }
 
 fn fix_final_sigma(s: &str) -> String {
@@ -397,6 +449,51 @@ mod tests {
                 start = c.is_whitespace() || matches!(c, '-' | '\'' | '’' | '‐');
             }
             assert_eq!(title_case(s), general, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn nfc_makes_at_most_nfc_growth_characters_of_one() {
+        let most = (0..=0x10_FFFF)
+            .filter_map(char::from_u32)
+            .map(|c| nfc(c.encode_utf8(&mut [0; 4])).chars().count())
+            .max();
+        assert_eq!(most, Some(NFC_GROWTH));
+    }
+
+    #[test]
+    fn tells_what_is_title_cased_already_as_title_case_would() {
+        for s in [
+            "o'neil-smith",
+            "O'Neil-Smith",
+            "O'neil-smith",
+            "Mary\tAnn",
+            "Mary\tann",
+            "X\u{b}Y",
+            "Abc Def-Ghi",
+            "A1b2 C",
+            "a1b2 c",
+            "",
+            "Mr",
+            "MR",
+            "Jean-Élodie O'Brïen",
+            "Jean-ÉLodie",
+            "İlkay Ǆivko",
+            "İlkay ǅivko",
+            "Зоряна",
+            "зоряна",
+            "Οδυσσευς",
+            "Οδυσσευσ",
+            "Οδυσσεύς Σίσυφος",
+            "پارسا",
+            "D’Artagnan",
+            "D’artagnan",
+            "Straße",
+            "ß",
+        ] {
+            assert_eq!(is_title_case(s), title_case(s) == s, "{s:?}");
+            let t = title_case(s);
+            assert_eq!(is_title_case(&t), title_case(&t) == t, "{t:?}");
         }
     }
 
