@@ -431,9 +431,7 @@ impl Validate {
                 // ASCII with no space and no control character: as long as it is
                 Some((s, f)) if f.ascii && f.spaceless && f.plain => s.len(),
                 // short enough whatever cleaning makes of it (it never triples a length)
-                Some((s, _)) if s.len().saturating_mul(crate::text::NFC_GROWTH) <= *max => {
-                    continue
-                }
+                Some((s, _)) if s.len().saturating_mul(crate::text::NFC_GROWTH) <= *max => continue,
                 Some((s, _)) => crate::text::clean_len(s),
                 None => match record.get(text, *i) {
                     Some(Field::Number(n)) => crate::text::with_number_text(&n, str::len),

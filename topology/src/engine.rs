@@ -929,7 +929,7 @@ pub fn origin_of<M: Message>(msg: &M) -> Origin {
         offset: msg.offset(),
         timestamp: msg.timestamp().to_millis(),
         key: msg.key().map(<[u8]>::to_vec),
-        value: msg.payload().map(<[u8]>::to_vec),
+        value: msg.payload().map(crate::record::value_copy),
         headers,
         replay_count,
     }

@@ -3,6 +3,8 @@
 //! ([`CleanRow`], its fields as the topology file declares them) or the reasons it failed
 //! ([`Failure`]).
 
+use std::cell::RefCell;
+
 use serde::{Deserialize, Serialize};
 
 use crate::fields::Parsed;
@@ -96,10 +98,14 @@ impl Envelope {
 
     /// Sets the body; a JSON record's text goes back to [`Origin::value`] when the record
     /// stops being JSON (a dead letter carries the original bytes).
+    /// A clean record no longer needs its value: its buffer is kept for the next record's
+    /// ([`value_copy`]).
     pub fn set_body(&mut self, body: Body) {
         if let Body::Json(p) | Body::Valid(p) = std::mem::replace(&mut self.body, body) {
-            if !matches!(self.body, Body::Json(_) | Body::Valid(_)) {
-                self.origin.value = Some(p.text.into_bytes());
+            match self.body {
+                Body::Json(_) | Body::Valid(_) => {}
+                Body::Clean(_) => recycle(p.text.into_bytes()),
+                _ => self.origin.value = Some(p.text.into_bytes()),
             }
         }
     }
@@ -111,5 +117,72 @@ impl Envelope {
             offset: self.origin.offset,
             timestamp: self.origin.timestamp,
         }
+    }
+}
+
+/// How many value buffers a thread keeps for the records it reads next: a node batch's
+/// worth and more.
+const SPARE_BUFFERS: usize = 64;
+
+/// The largest buffer kept (a few records' worth of the common sizes; larger ones go back
+/// to the allocator).
+const SPARE_MAX_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    /// Value buffers that clean records gave back on this thread.
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A copy of a record's value, in a buffer a clean record gave back on this thread when
+/// there is one: a value is usually larger than the allocator's per-thread cache takes, and
+/// a buffer just used is still in the CPU's cache.
+pub fn value_copy(bytes: &[u8]) -> Vec<u8> {
+    let spare = SPARE.with(|s| s.borrow_mut().pop());
+    match spare {
+        Some(mut buf) => {
+            buf.clear();
+            buf.extend_from_slice(bytes);
+            buf
+        }
+        None => bytes.to_vec(),
+    }
+}
+
+/// Keeps `buf` for [`value_copy`] (up to [`SPARE_BUFFERS`] of at most [`SPARE_MAX_BYTES`]).
+fn recycle(buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > SPARE_MAX_BYTES {
+        return;
+    }
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < SPARE_BUFFERS {
+            s.push(buf);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clean_record_gives_its_value_buffer_to_the_next_record() {
+        let value = br#"{"a":1}"#.repeat(100);
+        let copy = value_copy(&value);
+        assert_eq!(copy, value);
+        let at = copy.as_ptr();
+        let mut e = Envelope::raw(Origin::default());
+        let mut parsed = crate::fields::Parsed::default();
+        parsed.text = String::from_utf8(copy).unwrap();
+        e.body = Body::Valid(parsed);
+        e.set_body(Body::Clean(CleanRow::default()));
+        let next = value_copy(b"{}");
+        assert_eq!((next.as_slice(), next.as_ptr()), (&b"{}"[..], at));
+        // a dead letter keeps its value
+        let mut parsed = crate::fields::Parsed::default();
+        parsed.text = "{}".into();
+        e.body = Body::Json(parsed);
+        e.set_body(Body::Failed(Failure::default()));
+        assert_eq!(e.origin.value.as_deref(), Some(&b"{}"[..]));
     }
 }

@@ -88,7 +88,7 @@ pub fn process(args: &ProcessArgs) -> anyhow::Result<()> {
         offset: i as i64,
         timestamp: Some(1_764_000_000_000 + i as i64),
         key: Some(b"0b8c5e86-0e6f-4f0c-9d2c-7a3a8f1e2b4d".to_vec()),
-        value: Some(line.to_vec()),
+        value: Some(weir_topology::record::value_copy(line)),
         ..Origin::default()
     };
     let batch = args.batch;
