@@ -10,9 +10,7 @@ use std::any::Any;
 
 use serde::Deserialize;
 use weir_topology::build::{BuildContext, BuildError, Built, Processor};
-use weir_topology::fields::{
-    write_json_str, write_plain_json_str, Facts, Field, FieldPlan, Parsed,
-};
+use weir_topology::fields::{write_json_str, Facts, Field, FieldPlan, Parsed};
 use weir_topology::schema::{FieldType, Schema, SchemaField};
 use weir_topology::{Body, CleanRow, DataType, Envelope, NodeConfig, OutputSpec};
 
@@ -216,6 +214,8 @@ enum Source {
 struct Compiled {
     /// The field's name as JSON after `{` or `,` (`,"first_name":`), written as is.
     key: Vec<u8>,
+    /// `key` and the opening quote of a string value (`,"first_name":"`).
+    key_quoted: Vec<u8>,
     /// A field below reads this one (`@name`): its value is kept for it.
     referenced: bool,
     sources: Vec<Source>,
@@ -267,8 +267,11 @@ impl Clean {
             let mut key = vec![if i == 0 { b'{' } else { b',' }];
             serde_json::to_writer(&mut key, &f.name).expect("a string");
             key.push(b':');
+            let mut key_quoted = key.clone();
+            key_quoted.push(b'"');
             fields.push(Compiled {
                 key,
+                key_quoted,
                 referenced: config.fields[i + 1..].iter().any(|g| {
                     g.from
                         .list()
@@ -302,11 +305,10 @@ impl Clean {
         self.arena.clear();
         for i in 0..self.fields.len() {
             let f = &self.fields[i];
-            out.extend_from_slice(&f.key);
             if f.integer {
                 match integer(parsed, text, &f.sources) {
-                    Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-                    None => out.extend_from_slice(b"null"),
+                    Some(n) => put(&mut out, [&f.key, itoa::Buffer::new().format(n).as_bytes()]),
+                    None => put(&mut out, [&f.key, b"null"]),
                 }
                 self.values.push(None);
             } else {
@@ -314,11 +316,19 @@ impl Clean {
                 let f = &self.fields[i];
                 match value {
                     // the record's own text, unescaped: nothing to escape
-                    Value::Slice(s, true) => write_plain_json_str(&mut out, s),
-                    Value::Slice(s, false) => write_json_str(&mut out, s),
-                    Value::Scratch(true) => write_plain_json_str(&mut out, &self.scratch),
-                    Value::Scratch(false) => write_json_str(&mut out, &self.scratch),
-                    Value::None => out.extend_from_slice(&f.missing_json),
+                    Value::Slice(s, true) => put(&mut out, [&f.key_quoted, s.as_bytes(), b"\""]),
+                    Value::Scratch(true) => {
+                        put(&mut out, [&f.key_quoted, self.scratch.as_bytes(), b"\""])
+                    }
+                    Value::Slice(s, false) => {
+                        out.extend_from_slice(&f.key);
+                        write_json_str(&mut out, s)
+                    }
+                    Value::Scratch(false) => {
+                        out.extend_from_slice(&f.key);
+                        write_json_str(&mut out, &self.scratch)
+                    }
+                    Value::None => put(&mut out, [&f.key, &f.missing_json]),
                 }
                 let kept = match (f.referenced, value) {
                     (true, Value::Slice(s, plain)) => Some((s, plain)),
@@ -347,16 +357,22 @@ impl Clean {
             prefix.extend_from_slice(b",\"partition\":");
             self.source_prefix.0.clone_from(&o.topic);
         }
-        out.extend_from_slice(&self.source_prefix.1);
-        out.extend_from_slice(number.format(o.partition).as_bytes());
-        out.extend_from_slice(b",\"offset\":");
-        out.extend_from_slice(number.format(o.offset).as_bytes());
-        out.extend_from_slice(b",\"timestamp\":");
-        match o.timestamp {
-            Some(t) => out.extend_from_slice(number.format(t).as_bytes()),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b"}}");
+        let (mut offset, mut timestamp) = (itoa::Buffer::new(), itoa::Buffer::new());
+        put(
+            &mut out,
+            [
+                &self.source_prefix.1,
+                number.format(o.partition).as_bytes(),
+                b",\"offset\":",
+                offset.format(o.offset).as_bytes(),
+                b",\"timestamp\":",
+                match o.timestamp {
+                    Some(t) => timestamp.format(t).as_bytes(),
+                    None => b"null",
+                },
+                b"}}",
+            ],
+        );
         self.row_size = self.row_size.max(out.len());
         CleanRow { json: out }
     }
@@ -456,6 +472,56 @@ fn finish<'t>(
         Value::None
     } else {
         Value::Scratch(plain)
+    }
+}
+
+/// Appends `parts` to `out` after one capacity check, each short part copied in a few
+/// moves rather than by a call to `memcpy` (a row is mostly short keys and values).
+#[inline(always)]
+fn put<const N: usize>(out: &mut Vec<u8>, parts: [&[u8]; N]) {
+    out.reserve(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        let (n, len) = (p.len(), out.len());
+        // SAFETY: `reserve` made room for every part after `len`; each copy below writes
+        // exactly the `n` bytes `out[len..len + n]` from `p` (overlapping moves write some
+        // of them twice), and the source and the destination do not overlap
+        unsafe {
+            let (src, dst) = (p.as_ptr(), out.as_mut_ptr().add(len));
+            match n {
+                0 => {}
+                1..=3 => {
+                    *dst = *src;
+                    *dst.add(n / 2) = *src.add(n / 2);
+                    *dst.add(n - 1) = *src.add(n - 1);
+                }
+                4..=7 => {
+                    let (a, b) = (
+                        src.cast::<u32>().read_unaligned(),
+                        src.add(n - 4).cast::<u32>().read_unaligned(),
+                    );
+                    dst.cast::<u32>().write_unaligned(a);
+                    dst.add(n - 4).cast::<u32>().write_unaligned(b);
+                }
+                8..=16 => {
+                    let (a, b) = (
+                        src.cast::<u64>().read_unaligned(),
+                        src.add(n - 8).cast::<u64>().read_unaligned(),
+                    );
+                    dst.cast::<u64>().write_unaligned(a);
+                    dst.add(n - 8).cast::<u64>().write_unaligned(b);
+                }
+                17..=32 => {
+                    let (a, b) = (
+                        src.cast::<u128>().read_unaligned(),
+                        src.add(n - 16).cast::<u128>().read_unaligned(),
+                    );
+                    dst.cast::<u128>().write_unaligned(a);
+                    dst.add(n - 16).cast::<u128>().write_unaligned(b);
+                }
+                _ => std::ptr::copy_nonoverlapping(src, dst, n),
+            }
+            out.set_len(len + n);
+        }
     }
 }
 
