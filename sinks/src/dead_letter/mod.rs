@@ -22,7 +22,7 @@ use std::any::Any;
 use serde::Deserialize;
 use weir_topology::build::{BuildContext, BuildError, Built, OutRecord, SinkEncoder};
 use weir_topology::engine::REPLAY_COUNT_HEADER;
-use weir_topology::{Body, DataType, Envelope, NodeConfig, OutputSpec};
+use weir_topology::{Body, DataType, Envelope, NodeConfig, Origin, OutputSpec};
 
 pub mod reader;
 pub mod replay;
@@ -99,31 +99,83 @@ impl SinkEncoder for DeadLetterEncoder {
     }
 
     fn encode(&self, record: &Envelope) -> OutRecord {
-        let (reasons, message, node, extra) = match &record.body {
-            Body::Failed(f) => (
+        let o = &record.origin;
+        let headers = match &record.body {
+            Body::Failed(f) => self.headers(
+                o,
                 f.reasons.join(","),
                 f.message.clone(),
                 f.node.clone(),
-                f.headers.as_slice(),
+                &f.headers,
             ),
-            _ => (
-                "internal.not_failed".to_owned(),
-                "a record that did not fail reached the dead-letter sink".to_owned(),
-                String::new(),
-                &[][..],
-            ),
+            _ => self.not_failed(o),
         };
-        let o = &record.origin;
+        OutRecord {
+            topic: self.topic.clone(),
+            key: o.key.clone(),
+            value: o.value.clone().unwrap_or_default(),
+            headers,
+            timestamp: o.timestamp,
+        }
+    }
+
+    /// [`Self::encode`], moving the record's key, bytes and failure instead of copying them.
+    fn encode_owned(&self, record: Envelope) -> OutRecord {
+        let Envelope { origin: o, body } = record;
+        let headers = match body {
+            Body::Failed(f) => {
+                let reasons = match f.reasons.len() {
+                    1 => f.reasons.into_iter().next().unwrap_or_default(),
+                    _ => f.reasons.join(","),
+                };
+                self.headers(&o, reasons, f.message, f.node, &f.headers)
+            }
+            _ => self.not_failed(&o),
+        };
+        OutRecord {
+            topic: self.topic.clone(),
+            key: o.key,
+            value: o.value.unwrap_or_default(),
+            headers,
+            timestamp: o.timestamp,
+        }
+    }
+}
+
+impl DeadLetterEncoder {
+    /// The headers of a record that reached the dead-letter sink without failing.
+    fn not_failed(&self, o: &Origin) -> Vec<(String, Option<Vec<u8>>)> {
+        self.headers(
+            o,
+            "internal.not_failed".to_owned(),
+            "a record that did not fail reached the dead-letter sink".to_owned(),
+            String::new(),
+            &[],
+        )
+    }
+
+    /// A dead letter's headers: the record's own (but earlier failures' and its replay
+    /// count), then why it failed, where it came from, when, and how many replays.
+    fn headers(
+        &self,
+        o: &Origin,
+        reasons: String,
+        message: String,
+        node: String,
+        extra: &[(String, String)],
+    ) -> Vec<(String, Option<Vec<u8>>)> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or(0);
-        let mut headers: Vec<(String, Option<Vec<u8>>)> = o
-            .headers
-            .iter()
-            .filter(|(k, _)| !k.starts_with(ERRORS_PREFIX) && k != REPLAY_COUNT_HEADER)
-            .cloned()
-            .collect();
+        let mut headers: Vec<(String, Option<Vec<u8>>)> =
+            Vec::with_capacity(o.headers.len() + 10 + extra.len());
+        headers.extend(
+            o.headers
+                .iter()
+                .filter(|(k, _)| !k.starts_with(ERRORS_PREFIX) && k != REPLAY_COUNT_HEADER)
+                .cloned(),
+        );
         let mut add = |k: &str, v: String| headers.push((k.to_owned(), Some(v.into_bytes())));
         add(REASONS, reasons);
         add(MESSAGE, message);
@@ -140,13 +192,7 @@ impl SinkEncoder for DeadLetterEncoder {
         for (k, v) in extra {
             add(k, v.clone());
         }
-        OutRecord {
-            topic: self.topic.clone(),
-            key: o.key.clone(),
-            value: o.value.clone().unwrap_or_default(),
-            headers,
-            timestamp: o.timestamp,
-        }
+        headers
     }
 }
 
@@ -212,5 +258,16 @@ mod tests {
         assert_eq!(h(APPLICATION).as_deref(), Some("users"));
         assert_eq!(h(REPLAY_COUNT_HEADER).as_deref(), Some("2"));
         assert_eq!(h(TIMESTAMP).as_deref(), Some("1700000000123"));
+        // moved rather than copied, the same record (but the moment it failed)
+        let when = |mut r: OutRecord| {
+            r.headers.retain(|(k, _)| k != FAILED_AT);
+            r
+        };
+        assert_eq!(when(e.encode_owned(env.clone())), when(r));
+        let mut one = env;
+        if let Body::Failed(f) = &mut one.body {
+            f.reasons.truncate(1);
+        }
+        assert_eq!(when(e.encode_owned(one.clone())), when(e.encode(&one)));
     }
 }
