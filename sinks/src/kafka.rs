@@ -85,7 +85,7 @@ impl SinkEncoder for TopicEncoder {
         // the same bytes as `encode`, moved
         let value = match record.body {
             Body::Clean(row) => row.json,
-            Body::Json(p) | Body::Valid(p) => p.text.into_bytes(),
+            Body::Json(p) | Body::Valid(p) => p.into_text().into_bytes(),
             Body::Raw | Body::Failed(_) => record.origin.value.unwrap_or_default(),
         };
         self.record(record.origin.key, value, record.origin.timestamp)

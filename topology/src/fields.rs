@@ -17,6 +17,7 @@
 //! object finds nothing.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -78,7 +79,42 @@ pub struct Parsed {
     pub text: String,
 }
 
+thread_local! {
+    /// Value slots of records that no longer need them, for the next records read on this
+    /// thread ([`Parsed::reuse`]).
+    static SPARE_VALUES: RefCell<Vec<Vec<Option<Stored>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How many slot vectors a thread keeps ([`SPARE_VALUES`]).
+const SPARE_SLOTS: usize = 64;
+
 impl Parsed {
+    /// An empty `Parsed` whose value slots a record read before on this thread gave back
+    /// ([`Parsed::into_text`]), when there are some: no allocation for the next record.
+    pub fn reuse() -> Self {
+        Self {
+            values: SPARE_VALUES
+                .with(|s| s.borrow_mut().pop())
+                .unwrap_or_default(),
+            ..Self::default()
+        }
+    }
+
+    /// The record's text; its value slots go to the next record read on this thread.
+    pub fn into_text(self) -> String {
+        let mut values = self.values;
+        if values.capacity() > 0 {
+            values.clear();
+            SPARE_VALUES.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < SPARE_SLOTS {
+                    s.push(values);
+                }
+            });
+        }
+        self.text
+    }
+
     /// The value at path `index` of the plan, read back from the record's text.
     pub fn field(&self, index: usize) -> Option<Field<'_>> {
         self.get(&self.text, index)

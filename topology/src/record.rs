@@ -104,8 +104,8 @@ impl Envelope {
         if let Body::Json(p) | Body::Valid(p) = std::mem::replace(&mut self.body, body) {
             match self.body {
                 Body::Json(_) | Body::Valid(_) => {}
-                Body::Clean(_) => recycle(p.text.into_bytes()),
-                _ => self.origin.value = Some(p.text.into_bytes()),
+                Body::Clean(_) => recycle(p.into_text().into_bytes()),
+                _ => self.origin.value = Some(p.into_text().into_bytes()),
             }
         }
     }

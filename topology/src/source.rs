@@ -95,7 +95,7 @@ impl Decode {
                 "the record has no value (a tombstone)".into(),
             );
         };
-        let mut parsed = Parsed::default();
+        let mut parsed = Parsed::reuse();
         match self
             .plan
             .read_value_shaped(bytes, &mut parsed, &mut self.shape)
