@@ -494,34 +494,32 @@ fn put<const N: usize>(out: &mut Vec<u8>, parts: [&[u8]; N]) {
                     *dst.add(n / 2) = *src.add(n / 2);
                     *dst.add(n - 1) = *src.add(n - 1);
                 }
-                4..=7 => {
-                    let (a, b) = (
-                        src.cast::<u32>().read_unaligned(),
-                        src.add(n - 4).cast::<u32>().read_unaligned(),
-                    );
-                    dst.cast::<u32>().write_unaligned(a);
-                    dst.add(n - 4).cast::<u32>().write_unaligned(b);
-                }
-                8..=16 => {
-                    let (a, b) = (
-                        src.cast::<u64>().read_unaligned(),
-                        src.add(n - 8).cast::<u64>().read_unaligned(),
-                    );
-                    dst.cast::<u64>().write_unaligned(a);
-                    dst.add(n - 8).cast::<u64>().write_unaligned(b);
-                }
-                17..=32 => {
-                    let (a, b) = (
-                        src.cast::<u128>().read_unaligned(),
-                        src.add(n - 16).cast::<u128>().read_unaligned(),
-                    );
-                    dst.cast::<u128>().write_unaligned(a);
-                    dst.add(n - 16).cast::<u128>().write_unaligned(b);
-                }
+                4..=7 => overlapping::<u32>(src, dst, n),
+                8..=16 => overlapping::<u64>(src, dst, n),
+                17..=32 => overlapping::<u128>(src, dst, n),
                 _ => std::ptr::copy_nonoverlapping(src, dst, n),
             }
             out.set_len(len + n);
         }
+    }
+}
+
+/// Copies `n` bytes, at least one `T` and at most two, as two moves of a `T` (the first
+/// bytes and the last, overlapping when `n` is less than two).
+///
+/// # Safety
+/// `src` is readable and `dst` writable for `n` bytes, and the two do not overlap.
+#[inline(always)]
+unsafe fn overlapping<T: Copy>(src: *const u8, dst: *mut u8, n: usize) {
+    let last = n - std::mem::size_of::<T>();
+    // SAFETY: both moves stay inside the `n` bytes the caller vouches for
+    unsafe {
+        let (a, b) = (
+            src.cast::<T>().read_unaligned(),
+            src.add(last).cast::<T>().read_unaligned(),
+        );
+        dst.cast::<T>().write_unaligned(a);
+        dst.add(last).cast::<T>().write_unaligned(b);
     }
 }
 
