@@ -15,8 +15,8 @@ use weir_topology::schema::{FieldType, Schema, SchemaField};
 use weir_topology::{Body, CleanRow, DataType, Envelope, NodeConfig, OutputSpec};
 
 use crate::text::{
-    is_squished, is_title_case, nfc, phone_digits_into, squish_into, title_case_into, trim,
-    with_number_text,
+    ascii_has, is_squished, is_title_case, nfc, phone_digits_into, squish_into, title_case_into,
+    trim, with_number_text,
 };
 use crate::validate::{is_canonical_time, parse_date};
 
@@ -542,10 +542,12 @@ fn unchanged(op: Op, s: &str, facts: Facts) -> Option<&str> {
         Op::Trim => {
             ((facts.ascii && facts.spaceless && facts.plain) || is_squished(s)).then_some(s)
         }
-        Op::Lower => ((facts.ascii || s.is_ascii()) && !s.bytes().any(|b| b.is_ascii_uppercase()))
-            .then_some(s),
-        Op::Upper => ((facts.ascii || s.is_ascii()) && !s.bytes().any(|b| b.is_ascii_lowercase()))
-            .then_some(s),
+        Op::Lower => {
+            ((facts.ascii || s.is_ascii()) && !ascii_has(s.as_bytes(), b'A'..=b'Z')).then_some(s)
+        }
+        Op::Upper => {
+            ((facts.ascii || s.is_ascii()) && !ascii_has(s.as_bytes(), b'a'..=b'z')).then_some(s)
+        }
         Op::Date => is_canonical_time(s).then(|| &s[..10]),
         Op::Timestamp => (s.len() == 24 && is_canonical_time(s)).then_some(s),
         Op::Title => is_title_case(s).then_some(s),

@@ -259,6 +259,7 @@ pub fn is_title_case(s: &str) -> bool {
     if s.is_ascii() {
         return s.bytes().all(|b| ascii(b, &mut start));
     }
+    let cases = case_table();
     for c in s.chars() {
         if c.is_ascii() {
             if !ascii(c as u8, &mut start) {
@@ -270,7 +271,10 @@ pub fn is_title_case(s: &str) -> bool {
         if c == 'σ' {
             return title_case(s) == s;
         }
-        let same = if start {
+        let cp = c as usize;
+        let same = if cp < CASED_BELOW {
+            cases[usize::from(start)][cp / 64] >> (cp % 64) & 1 == 1
+        } else if start {
             single(c.to_uppercase()) == Some(c)
         } else {
             single(c.to_lowercase()) == Some(c)
@@ -281,6 +285,49 @@ pub fn is_title_case(s: &str) -> bool {
         start = c.is_whitespace() || matches!(c, '’' | '‐');
     }
     true
+}
+
+/// True when ASCII text `b` has a byte in `range` (of ASCII bytes), eight bytes at a time:
+/// adding `0x80 - start` to an ASCII byte sets its high bit when it is at least `start`,
+/// adding `0x7f - end` when it is beyond `end`, and neither carries into the next byte.
+pub fn ascii_has(b: &[u8], range: std::ops::RangeInclusive<u8>) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let (start, end) = (*range.start(), *range.end());
+    debug_assert!(b.is_ascii() && start >= 1 && end < 0x80 && start <= end);
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        let x = u64::from_le_bytes(w.try_into().expect("eight bytes"));
+        let from = x.wrapping_add(ONES * u64::from(0x80 - start));
+        let beyond = x.wrapping_add(ONES * u64::from(0x7f - end));
+        if from & !beyond & (ONES << 7) != 0 {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|b| range.contains(b))
+}
+
+/// [`case_table`] covers the characters below this one (Latin, Greek, Cyrillic, Armenian,
+/// Hebrew, Arabic and Persian, Syriac, Thaana).
+const CASED_BELOW: usize = 0x800;
+
+/// For each character below [`CASED_BELOW`], a bit set when lower-casing it (table 0) or
+/// upper-casing it (table 1) gives the character itself; made once from the standard
+/// library's own case mappings, which a character's table lookup then replaces.
+fn case_table() -> &'static [[u64; CASED_BELOW / 64]; 2] {
+    static TABLE: OnceLock<[[u64; CASED_BELOW / 64]; 2]> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = [[0u64; CASED_BELOW / 64]; 2];
+        for c in (0..CASED_BELOW as u32).filter_map(char::from_u32) {
+            let cp = c as usize;
+            if single(c.to_lowercase()) == Some(c) {
+                t[0][cp / 64] |= 1 << (cp % 64);
+            }
+            if single(c.to_uppercase()) == Some(c) {
+                t[1][cp / 64] |= 1 << (cp % 64);
+            }
+        }
+        t
+    })
 }
 
 /// The one character an iterator yields, else `None`.
@@ -453,6 +500,28 @@ mod tests {
     }
 
     #[test]
+    fn finds_ascii_bytes_of_a_range_as_a_byte_at_a_time_would() {
+        let text: Vec<u8> = (0..0x80u8).cycle().take(600).collect();
+        for len in [0, 1, 7, 8, 9, 16, 17, 40] {
+            for at in (0..text.len() - len).step_by(13) {
+                let b = &text[at..at + len];
+                for range in [b'A'..=b'Z', b'a'..=b'z', 1..=0x7f, 0x7f..=0x7f, 1..=1] {
+                    let want = b.iter().any(|c| range.contains(c));
+                    assert_eq!(ascii_has(b, range.clone()), want, "{b:?} {range:?}");
+                }
+            }
+        }
+        assert!(!ascii_has(
+            b"0b8c5e86-0e6f-4f0c-9d2c-7a3a8f1e2b4d",
+            b'A'..=b'Z'
+        ));
+        assert!(ascii_has(
+            b"0b8c5e86-0e6f-4f0c-9d2c-7a3a8f1e2B4d",
+            b'A'..=b'Z'
+        ));
+    }
+
+    #[test]
     fn nfc_makes_at_most_nfc_growth_characters_of_one() {
         let most = (0..=0x10_FFFF)
             .filter_map(char::from_u32)
@@ -494,6 +563,13 @@ mod tests {
             assert_eq!(is_title_case(s), title_case(s) == s, "{s:?}");
             let t = title_case(s);
             assert_eq!(is_title_case(&t), title_case(&t) == t, "{t:?}");
+        }
+        // every character of the case table and a little beyond, at a word's start and
+        // inside one
+        for c in (0..0x900).filter_map(char::from_u32) {
+            for s in [format!("{c}b"), format!("Ö{c}b"), format!("Ö {c}")] {
+                assert_eq!(is_title_case(&s), title_case(&s) == s, "{s:?}");
+            }
         }
     }
 
