@@ -355,16 +355,13 @@ impl Pipeline {
         (self.slots, self.queues, self.counted) = (slots, queues, counted);
     }
 
-    /// The node that reads `topic` (the only source when there is one).
+    /// The node that reads `topic` (the only source when there is one, whatever the topic:
+    /// no lookup).
     fn start(&self, topic: &str) -> Option<usize> {
-        self.sources
-            .get(topic)
-            .or_else(|| {
-                (self.sources.len() == 1)
-                    .then(|| self.sources.values().next())
-                    .flatten()
-            })
-            .copied()
+        match self.sources.len() {
+            1 => self.sources.values().next().copied(),
+            _ => self.sources.get(topic).copied(),
+        }
     }
 }
 
