@@ -98,6 +98,7 @@ impl Envelope {
 
     /// Sets the body; a JSON record's text goes back to [`Origin::value`] when the record
     /// stops being JSON (a dead letter carries the original bytes).
+    ///
     /// A clean record no longer needs its value: its buffer is kept for the next record's
     /// ([`value_copy`]).
     pub fn set_body(&mut self, body: Body) {
