@@ -17,11 +17,12 @@
 //! object finds nothing.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
+
+use crate::spare::Spares;
 
 /// A wanted value, as found.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,20 +83,15 @@ pub struct Parsed {
 thread_local! {
     /// Value slots of records that no longer need them, for the next records read on this
     /// thread ([`Parsed::reuse`]).
-    static SPARE_VALUES: RefCell<Vec<Vec<Option<Stored>>>> = const { RefCell::new(Vec::new()) };
+    static SPARE_VALUES: Spares<Vec<Option<Stored>>> = const { Spares::new() };
 }
-
-/// How many slot vectors a thread keeps ([`SPARE_VALUES`]).
-const SPARE_SLOTS: usize = 64;
 
 impl Parsed {
     /// An empty `Parsed` whose value slots a record read before on this thread gave back
     /// ([`Parsed::into_text`]), when there are some: no allocation for the next record.
     pub fn reuse() -> Self {
         Self {
-            values: SPARE_VALUES
-                .with(|s| s.borrow_mut().pop())
-                .unwrap_or_default(),
+            values: SPARE_VALUES.with(Spares::take).unwrap_or_default(),
             ..Self::default()
         }
     }
@@ -105,12 +101,7 @@ impl Parsed {
         let mut values = self.values;
         if values.capacity() > 0 {
             values.clear();
-            SPARE_VALUES.with(|s| {
-                let mut s = s.borrow_mut();
-                if s.len() < SPARE_SLOTS {
-                    s.push(values);
-                }
-            });
+            SPARE_VALUES.with(|s| s.keep(values));
         }
         self.text
     }

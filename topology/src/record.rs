@@ -3,11 +3,10 @@
 //! ([`CleanRow`], its fields as the topology file declares them) or the reasons it failed
 //! ([`Failure`]).
 
-use std::cell::RefCell;
-
 use serde::{Deserialize, Serialize};
 
 use crate::fields::Parsed;
+use crate::spare::Spares;
 
 /// Where a record came from: its source coordinates and its original key and bytes, kept
 /// unchanged so that a dead letter can carry them.
@@ -121,25 +120,20 @@ impl Envelope {
     }
 }
 
-/// How many value buffers a thread keeps for the records it reads next: a node batch's
-/// worth and more.
-const SPARE_BUFFERS: usize = 64;
-
-/// The largest buffer kept (a few records' worth of the common sizes; larger ones go back
-/// to the allocator).
+/// The largest value buffer kept (a few records' worth of the common sizes; larger ones go
+/// back to the allocator).
 const SPARE_MAX_BYTES: usize = 64 * 1024;
 
 thread_local! {
     /// Value buffers that clean records gave back on this thread.
-    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    static SPARE: Spares<Vec<u8>> = const { Spares::new() };
 }
 
 /// A copy of a record's value, in a buffer a clean record gave back on this thread when
 /// there is one: a value is usually larger than the allocator's per-thread cache takes, and
 /// a buffer just used is still in the CPU's cache.
 pub fn value_copy(bytes: &[u8]) -> Vec<u8> {
-    let spare = SPARE.with(|s| s.borrow_mut().pop());
-    match spare {
+    match SPARE.with(Spares::take) {
         Some(mut buf) => {
             buf.clear();
             buf.extend_from_slice(bytes);
@@ -149,17 +143,11 @@ pub fn value_copy(bytes: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Keeps `buf` for [`value_copy`] (up to [`SPARE_BUFFERS`] of at most [`SPARE_MAX_BYTES`]).
+/// Keeps `buf` for [`value_copy`] (when it is at most [`SPARE_MAX_BYTES`]).
 fn recycle(buf: Vec<u8>) {
-    if buf.capacity() == 0 || buf.capacity() > SPARE_MAX_BYTES {
-        return;
+    if buf.capacity() > 0 && buf.capacity() <= SPARE_MAX_BYTES {
+        SPARE.with(|s| s.keep(buf));
     }
-    SPARE.with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < SPARE_BUFFERS {
-            s.push(buf);
-        }
-    });
 }
 
 #[cfg(test)]
