@@ -205,7 +205,7 @@ pub fn title_case_into(s: &str, out: &mut String) {
             } else {
                 b.to_ascii_lowercase()
             };
-            start = b.is_ascii_whitespace() || b == 0x0b || b == b'-' || b == b'\'';
+            start = ascii_word_break(b);
             c
         });
         // SAFETY: ASCII bytes in, ASCII bytes out: `out` stays UTF-8
@@ -222,7 +222,7 @@ pub fn title_case_into(s: &str, out: &mut String) {
             } else {
                 c.to_ascii_lowercase()
             });
-            start = c.is_ascii_whitespace() || c == '\u{b}' || c == '-' || c == '\'';
+            start = ascii_word_break(c as u8);
             continue;
         }
         if start {
@@ -233,7 +233,7 @@ pub fn title_case_into(s: &str, out: &mut String) {
                 out.push(l);
             }
         }
-        start = c.is_whitespace() || matches!(c, '’' | '‐');
+        start = word_break(c);
     }
     // final sigma: lower-casing one character at a time cannot know the word ends
     if sigma && out[from..].contains('σ') {
@@ -241,6 +241,20 @@ pub fn title_case_into(s: &str, out: &mut String) {
         out.truncate(from);
         out.push_str(&fixed);
     }
+}
+
+/// A name part starts after this ASCII byte: white space (with the vertical tab), a hyphen
+/// or an apostrophe.
+#[inline]
+fn ascii_word_break(b: u8) -> bool {
+    b.is_ascii_whitespace() || b == 0x0b || b == b'-' || b == b'\''
+}
+
+/// A name part starts after this character beyond ASCII: white space, a typographic
+/// apostrophe or a hyphen.
+#[inline]
+fn word_break(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '’' | '‐')
 }
 
 /// `title_case(s) == s`, told without writing anything: what is title cased already can
@@ -253,7 +267,7 @@ pub fn is_title_case(s: &str) -> bool {
         } else {
             !b.is_ascii_uppercase()
         };
-        *start = b.is_ascii_whitespace() || b == 0x0b || b == b'-' || b == b'\'';
+        *start = ascii_word_break(b);
         same
     };
     if s.is_ascii() {
@@ -282,7 +296,7 @@ pub fn is_title_case(s: &str) -> bool {
         if !same {
             return false;
         }
-        start = c.is_whitespace() || matches!(c, '’' | '‐');
+        start = word_break(c);
     }
     true
 }
