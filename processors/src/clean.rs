@@ -300,7 +300,7 @@ impl Clean {
 
     /// The clean row of a validated record: its fields read from `text`, then `source`.
     pub fn row(&mut self, text: &str, parsed: &Parsed, envelope: &Envelope) -> CleanRow {
-        let mut out = Vec::with_capacity(self.row_size);
+        let mut out = weir_topology::record::buffer(self.row_size);
         self.values.clear();
         self.arena.clear();
         for i in 0..self.fields.len() {

@@ -1374,10 +1374,10 @@ impl<J: Job> Loop<'_, J> {
         Ok(())
     }
 
-    /// Sends one input record's outputs (in `self.out`) in the open transaction (beginning
-    /// one) and books its offset. False when that aborted the transaction (a refused output
-    /// of a record partly sent; without `msg` — a held record — any refused output): the
-    /// record is read again after the rewind.
+    /// Sends one input record's outputs (in `self.out`, emptied when they are sent) in the
+    /// open transaction (beginning one) and books its offset. False when that aborted the
+    /// transaction (a refused output of a record partly sent; without `msg` — a held record
+    /// — any refused output): the record is read again after the rewind.
     fn emit(
         &mut self,
         consumer: &BaseConsumer<EngineContext>,
@@ -1459,6 +1459,10 @@ impl<J: Job> Loop<'_, J> {
             state.timestamps.push(ts);
         }
         state.summary.records += 1;
+        // the producer has its own copies: the buffers serve the next records' outputs
+        for r in self.out.drain(..) {
+            crate::record::give_back(r.value);
+        }
         Ok(true)
     }
 

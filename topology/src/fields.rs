@@ -83,7 +83,7 @@ pub struct Parsed {
 thread_local! {
     /// Value slots of records that no longer need them, for the next records read on this
     /// thread ([`Parsed::reuse`]).
-    static SPARE_VALUES: Spares<Vec<Option<Stored>>> = const { Spares::new() };
+    static SPARE_VALUES: Spares<Vec<Option<Stored>>, 64> = const { Spares::new() };
 }
 
 impl Parsed {

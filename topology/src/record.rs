@@ -99,12 +99,12 @@ impl Envelope {
     /// stops being JSON (a dead letter carries the original bytes).
     ///
     /// A clean record no longer needs its value: its buffer is kept for the next record's
-    /// ([`value_copy`]).
+    /// ([`give_back`]).
     pub fn set_body(&mut self, body: Body) {
         if let Body::Json(p) | Body::Valid(p) = std::mem::replace(&mut self.body, body) {
             match self.body {
                 Body::Json(_) | Body::Valid(_) => {}
-                Body::Clean(_) => recycle(p.into_text().into_bytes()),
+                Body::Clean(_) => give_back(p.into_text().into_bytes()),
                 _ => self.origin.value = Some(p.into_text().into_bytes()),
             }
         }
@@ -120,31 +120,46 @@ impl Envelope {
     }
 }
 
-/// The largest value buffer kept (a few records' worth of the common sizes; larger ones go
+/// The largest byte buffer kept (the common record sizes with room to spare; larger ones go
 /// back to the allocator).
-const SPARE_MAX_BYTES: usize = 64 * 1024;
+const SPARE_MAX_BYTES: usize = 8 * 1024;
+
+/// How many byte buffers a thread keeps: the engine's largest batch of records, each with
+/// an output, and a node batch more (at most 5 MB of them).
+const SPARE_KEPT: usize = 640;
 
 thread_local! {
-    /// Value buffers that clean records gave back on this thread.
-    static SPARE: Spares<Vec<u8>> = const { Spares::new() };
+    /// Byte buffers that records gave back on this thread: the values of clean records, and
+    /// the outputs the engine has handed to its producer.
+    static SPARE: Spares<Vec<u8>, SPARE_KEPT> = const { Spares::new() };
 }
 
-/// A copy of a record's value, in a buffer a clean record gave back on this thread when
-/// there is one: a value is usually larger than the allocator's per-thread cache takes, and
-/// a buffer just used is still in the CPU's cache.
+/// A copy of a record's value, in a buffer a record gave back on this thread when there is
+/// one: a value is usually larger than the allocator's per-thread cache takes, and a buffer
+/// just used is still in the CPU's cache.
 pub fn value_copy(bytes: &[u8]) -> Vec<u8> {
+    let mut buf = buffer(bytes.len());
+    buf.extend_from_slice(bytes);
+    buf
+}
+
+/// An empty buffer for at least `capacity` bytes: one a record gave back on this thread
+/// when there is one (an output the size of a record is made while the batch's other
+/// outputs are still held, more than the allocator's per-thread cache keeps).
+pub fn buffer(capacity: usize) -> Vec<u8> {
     match SPARE.with(Spares::take) {
         Some(mut buf) => {
             buf.clear();
-            buf.extend_from_slice(bytes);
+            buf.reserve(capacity);
             buf
         }
-        None => bytes.to_vec(),
+        None => Vec::with_capacity(capacity),
     }
 }
 
-/// Keeps `buf` for [`value_copy`] (when it is at most [`SPARE_MAX_BYTES`]).
-fn recycle(buf: Vec<u8>) {
+/// Keeps `buf` for [`buffer`] and [`value_copy`] on this thread, when it is at most
+/// [`SPARE_MAX_BYTES`] (and the thread keeps fewer than [`SPARE_KEPT`]); else frees it.
+pub fn give_back(buf: Vec<u8>) {
     if buf.capacity() > 0 && buf.capacity() <= SPARE_MAX_BYTES {
         SPARE.with(|s| s.keep(buf));
     }
@@ -173,5 +188,23 @@ mod tests {
         e.body = Body::Json(parsed);
         e.set_body(Body::Failed(Failure::default()));
         assert_eq!(e.origin.value.as_deref(), Some(&b"{}"[..]));
+    }
+
+    #[test]
+    fn an_output_given_back_serves_the_next_buffer_unless_it_is_too_large() {
+        let mut sent = buffer(700);
+        sent.extend_from_slice(&[b'x'; 700]);
+        let at = sent.as_ptr();
+        give_back(sent);
+        let next = buffer(500);
+        assert_eq!((next.len(), next.as_ptr()), (0, at));
+        give_back(next);
+        let large = vec![0u8; SPARE_MAX_BYTES + 1];
+        let large_at = large.as_ptr();
+        give_back(large);
+        // not the large one: the one before it, with its room
+        let again = buffer(10);
+        assert_ne!(again.as_ptr(), large_at);
+        assert!(again.capacity() >= 700, "{}", again.capacity());
     }
 }

@@ -4,13 +4,10 @@
 
 use std::cell::RefCell;
 
-/// How many buffers of one kind a thread keeps: a node batch's worth and more.
-const KEPT: usize = 64;
+/// The spare buffers, for a `thread_local!`: at most `KEPT` of them.
+pub(crate) struct Spares<T, const KEPT: usize>(RefCell<Vec<T>>);
 
-/// The spare buffers, for a `thread_local!`.
-pub(crate) struct Spares<T>(RefCell<Vec<T>>);
-
-impl<T> Spares<T> {
+impl<T, const KEPT: usize> Spares<T, KEPT> {
     pub(crate) const fn new() -> Self {
         Self(RefCell::new(Vec::new()))
     }
@@ -20,7 +17,7 @@ impl<T> Spares<T> {
         self.0.borrow_mut().pop()
     }
 
-    /// Keeps `buf` (up to [`KEPT`] of them; the rest go back to the allocator).
+    /// Keeps `buf` (up to `KEPT` of them; the rest go back to the allocator).
     pub(crate) fn keep(&self, buf: T) {
         let mut kept = self.0.borrow_mut();
         if kept.len() < KEPT {

@@ -95,13 +95,15 @@ pub fn process(args: &ProcessArgs) -> anyhow::Result<()> {
     // one at a time: the engine's one output buffer, reused; in batches: one per record
     let (mut one, mut outs): (Vec<OutRecord>, Vec<Vec<OutRecord>>) =
         (Vec::with_capacity(4), Vec::with_capacity(batch));
-    let count = |outs: &[OutRecord], tally: &mut Tally| {
-        for r in outs {
+    // counted as the engine's producer takes them: their buffers serve the next outputs
+    let count = |outs: &mut Vec<OutRecord>, tally: &mut Tally| {
+        for r in outs.drain(..) {
             match r.headers.is_empty() {
                 true => tally.clean += 1,
                 false => tally.dead += 1,
             }
             tally.bytes_out += r.value.len() as u64;
+            weir_topology::record::give_back(r.value);
         }
     };
     let mut run = |pipeline: &mut Pipeline, lines: &[&[u8]], tally: &mut Tally| {
@@ -110,14 +112,14 @@ pub fn process(args: &ProcessArgs) -> anyhow::Result<()> {
             if batch == 1 {
                 one.clear();
                 pipeline.process_into(origin(first, chunk[0]), &mut one);
-                count(&one, tally);
+                count(&mut one, tally);
             } else {
                 outs.clear();
                 pipeline.process_batch_into(
                     chunk.iter().enumerate().map(|(j, l)| origin(first + j, l)),
                     &mut outs,
                 );
-                for out in &outs {
+                for out in &mut outs {
                     count(out, tally);
                 }
             }
