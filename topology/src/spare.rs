@@ -1,6 +1,7 @@
-//! A thread's few spare buffers of one kind, kept from the records that no longer need them
-//! for the next records read on that thread (a record's value, its field slots): no trip to
-//! the allocator for each record, and a buffer just used is still in the CPU's cache.
+//! A thread's spare buffers of one kind, up to a bound, kept from the records that no longer
+//! need them for the next records read on that thread (a record's value or output, its field
+//! slots): no trip to the allocator for each record, and a buffer just used is still in the
+//! CPU's cache.
 
 use std::cell::RefCell;
 
