@@ -10,8 +10,8 @@
 //!   [`describe`] prints it; [`diff`] says what an edit changes and how it applies.
 //! - [`record`]: records in flight, the clean row and failures; [`fields`] reads the fields
 //!   of a raw JSON record that the rules name, without a DOM; [`schema`] is what a clean row
-//!   holds, known when the topology is built; `spare` keeps a thread's value buffers and
-//!   field slots from one record for the next.
+//!   holds, known when the topology is built; `spare` keeps a thread's byte buffers (values,
+//!   outputs) and field slots from one record for the next.
 //! - [`pipeline`]: a sub-topology compiled into processors and sink encoders; the same code
 //!   runs in `weir process`, `weir test` and the engine.
 //! - [`source`]: the Kafka source component (decodes raw bytes as JSON).
