@@ -157,8 +157,8 @@ pub fn buffer(capacity: usize) -> Vec<u8> {
     }
 }
 
-/// Keeps `buf` for [`buffer`] and [`value_copy`] on this thread, when it is at most
-/// [`SPARE_MAX_BYTES`] (and the thread keeps fewer than [`SPARE_KEPT`]); else frees it.
+/// Keeps `buf` for [`buffer`] and [`value_copy`] on this thread, when it is at most 8 KB
+/// and the thread keeps fewer than 640; else frees it.
 pub fn give_back(buf: Vec<u8>) {
     if buf.capacity() > 0 && buf.capacity() <= SPARE_MAX_BYTES {
         SPARE.with(|s| s.keep(buf));
