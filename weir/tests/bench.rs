@@ -29,6 +29,43 @@ fn the_topology_bench_processes_every_record_and_reports_throughput() {
     );
 }
 
+/// `--contender`: another processor of the same topic runs in each round, with the topics,
+/// the application id and the broker in its environment, and its records/s are set beside
+/// Weir's (here the contender is `weir run` itself, which logs what the bench reads).
+#[test]
+fn the_topology_bench_runs_a_contender_beside_weir_and_compares() {
+    let contender = format!(
+        "env WEIR_LOG=info {} run {} --subtopologies 0 --no-http --stop-when-idle 2s --instance contender",
+        common::weir_bin().display(),
+        common::weir::users_toml().display()
+    );
+    let out = std::process::Command::new(common::weir_bin())
+        .args(["bench", "topology"])
+        .arg(common::weir::users_toml())
+        .args(["--records", "2000", "--partitions", "2", "--rounds", "1"])
+        .args(["--contender", &contender])
+        .env("WEIR_KAFKA_BOOTSTRAP", common::bootstrap())
+        .env("WEIR_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = common::stdout_of(out);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("contender ("))
+        .unwrap_or_else(|| panic!("no contender line: {stdout}"));
+    assert!(
+        line.contains(" of the pass-through; weir run ") && line.contains("x the contender"),
+        "{line}"
+    );
+    let per_second: f64 = line
+        .split("): ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no records/s: {line}"));
+    assert!(per_second > 0.0, "{line}");
+}
+
 /// `weir bench process` (no services): records sent through the nodes 8 at a time (the
 /// engine's way, the default) meet the same fates as one at a time.
 #[test]

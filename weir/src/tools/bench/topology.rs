@@ -6,11 +6,16 @@
 //!   `read_committed`, copies each record's key, value and headers to another topic and
 //!   commits the offsets in a transaction every `commit_interval`, with the engine's client
 //!   settings — in this process;
-//! - Weir: `weir run --subtopologies 0 --stop-when-idle` of the topology, a child process.
+//! - Weir: `weir run --subtopologies 0 --stop-when-idle` of the topology, a child process;
+//! - with `--contender CMD`, another processor of the same topic (a shell command, such as
+//!   the Kafka Streams version of the users topology in deploy/bench/kafka-streams): it gets
+//!   the topics, the application id, the bootstrap servers and the commit interval in the
+//!   environment, and prints `records=N records_per_second=R` when it has stopped.
 //!
 //! Each round reads the whole topic as a fresh consumer group. It prints records/s for
-//! each run (first record to last), the medians and Weir's ratio to the pass-through, with
-//! Weir's CPU time and peak memory; the bench's topics are deleted at the end.
+//! each run (first record to last), the medians and Weir's ratio to the pass-through (and
+//! to the contender), with Weir's CPU time and peak memory; the bench's topics are deleted at
+//! the end.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -40,6 +45,14 @@ pub struct TopologyArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub load: super::Load,
+    /// Another processor to run in each round (`sh -c "exec CMD 2>&1"`), after Weir: it
+    /// reads WEIR_TOPIC_RAW and writes WEIR_TOPIC_CLEAN and WEIR_TOPIC_DLQ (its own fresh
+    /// topics) as WEIR_APPLICATION_ID, from WEIR_KAFKA_BOOTSTRAP (plaintext), committing every
+    /// WEIR_COMMIT_INTERVAL; it stops by itself once the topic is read and prints
+    /// `records=N records_per_second=R` (first record to last; `dead_letters=N` too if it
+    /// likes) on a line of its own, as `weir run --stop-when-idle` logs.
+    #[arg(long, value_name = "CMD")]
+    pub contender: Option<String>,
 }
 
 /// One run's figures.
@@ -53,16 +66,18 @@ struct Run {
     per_second: f64,
     cpu: f64,
     peak_kb: u64,
+    /// What the contender said of its dead letters (`dead_letters=N`).
+    dead_letters: Option<f64>,
 }
 
 pub fn topology(args: &TopologyArgs) -> anyhow::Result<()> {
     let t = crate::cmd::load_with(&args.file, &args.load.kafka)?;
     let kafka = t.settings.kafka.clone();
-    let fresh = super::FreshTopics::create(
-        &kafka,
-        args.load.partitions,
-        &["raw", "clean", "dlq", "copy"],
-    )?;
+    let mut whats = vec!["raw", "clean", "dlq", "copy"];
+    if args.contender.is_some() {
+        whats.extend(["contender-clean", "contender-dlq"]);
+    }
+    let fresh = super::FreshTopics::create(&kafka, args.load.partitions, &whats)?;
     let [raw, clean, dlq, copy] = ["raw", "clean", "dlq", "copy"].map(|w| fresh.name(w));
     rounds(args, &t, &kafka, &raw, &clean, &dlq, &copy, &|w| {
         fresh.name(w)
@@ -101,7 +116,7 @@ fn rounds(
     producer.flush(Duration::from_secs(120))?;
     drop(producer);
 
-    let (mut pass, mut weir) = (Vec::new(), Vec::new());
+    let (mut pass, mut weir, mut other) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=args.load.rounds {
         let p = pass_through(t, raw, copy, &name(&format!("pass-{round}")))?;
         eprintln!(
@@ -126,6 +141,31 @@ fn rounds(
         );
         pass.push(p);
         weir.push(w);
+        if let Some(cmd) = &args.contender {
+            let c = run_contender(
+                cmd,
+                t,
+                raw,
+                [&name("contender-clean"), &name("contender-dlq")],
+                &name(&format!("contender-{round}")),
+            )?;
+            eprintln!(
+                "round {round}: contender    {:.0} records/s ({} records, {} dead letters, CPU {:.1} s, peak {:.1} MB)",
+                c.per_second,
+                c.records,
+                c.dead_letters
+                    .map_or_else(|| "? (not said)".to_owned(), |d| d.to_string()),
+                c.cpu,
+                c.peak_kb as f64 / 1024.0
+            );
+            anyhow::ensure!(
+                c.records as u64 == args.load.records,
+                "the contender read {} records, not all {}",
+                c.records,
+                args.load.records
+            );
+            other.push(c);
+        }
     }
     let (p, w) = (
         median(pass.iter().map(|r| r.per_second).collect()),
@@ -149,7 +189,100 @@ fn rounds(
         median(weir.iter().map(|r| r.cpu).collect()),
         median(weir.iter().map(|r| r.peak_kb as f64 / 1024.0).collect())
     );
+    if let Some(cmd) = &args.contender {
+        let c = median(other.iter().map(|r| r.per_second).collect());
+        println!(
+            "contender ({cmd}): {c:.0} records/s, {:.2} of the pass-through; weir run {:.2}x the contender; median CPU {:.1} s, peak memory {:.1} MB",
+            c / p,
+            w / c,
+            median(other.iter().map(|r| r.cpu).collect()),
+            median(other.iter().map(|r| r.peak_kb as f64 / 1024.0).collect())
+        );
+    }
     Ok(())
+}
+
+/// `sh -c CMD` over `raw` as application `app`, writing `out` (clean, dead letters).
+fn run_contender(
+    cmd: &str,
+    t: &weir_topology::Topology,
+    raw: &str,
+    out: [&str; 2],
+    app: &str,
+) -> anyhow::Result<Run> {
+    let child = Command::new("sh")
+        .args(["-c", &format!("exec {cmd} 2>&1")])
+        .env("WEIR_TOPIC_RAW", raw)
+        .env("WEIR_TOPIC_CLEAN", out[0])
+        .env("WEIR_TOPIC_DLQ", out[1])
+        .env("WEIR_APPLICATION_ID", app)
+        .env("WEIR_KAFKA_BOOTSTRAP", &t.settings.kafka.bootstrap_servers)
+        .env(
+            "WEIR_COMMIT_INTERVAL",
+            format!("{}ms", t.settings.commit_interval.as_std().as_millis()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting the contender: sh -c {cmd:?}"))?;
+    let (usage, status, lines) = watch(child)?;
+    let field = |name: &str| -> Option<f64> {
+        let key = format!("{name}=");
+        lines.iter().rev().find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(&key)?.parse().ok())
+        })
+    };
+    let (Some(records), Some(per_second), true) = (
+        field("records"),
+        field("records_per_second"),
+        status.success(),
+    ) else {
+        for l in lines.iter().rev().take(10).rev() {
+            eprintln!("  {l}");
+        }
+        anyhow::bail!(
+            "the contender did not finish with records=N records_per_second=R ({status})"
+        );
+    };
+    Ok(Run {
+        records,
+        per_second,
+        cpu: usage.1,
+        peak_kb: usage.0,
+        dead_letters: field("dead_letters"),
+        ..Run::default()
+    })
+}
+
+/// Waits for a child whose output `child.stdout` or `child.stderr` is piped, sampling its peak
+/// memory and CPU time as it runs; its exit status and the piped lines.
+fn watch(
+    mut child: std::process::Child,
+) -> anyhow::Result<((u64, f64), std::process::ExitStatus, Vec<String>)> {
+    let pid = child.id();
+    let piped: Box<dyn std::io::Read + Send> = match (child.stdout.take(), child.stderr.take()) {
+        (Some(out), _) => Box::new(out),
+        (None, Some(err)) => Box::new(err),
+        (None, None) => anyhow::bail!("the child's output is not piped"),
+    };
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(piped)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let mut usage = (0, 0.0);
+    while child.try_wait()?.is_none() {
+        let now = process_usage(pid);
+        if now.0 > 0 {
+            usage = now;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = child.wait()?;
+    Ok((usage, status, lines.join().unwrap_or_default()))
 }
 
 /// The pass-through over `raw` as consumer group `group`: poll, copy, and every
@@ -275,7 +408,7 @@ fn run_weir(
     dlq: &str,
     app: &str,
 ) -> anyhow::Result<Run> {
-    let mut child = Command::new(std::env::current_exe()?)
+    let child = Command::new(std::env::current_exe()?)
         .arg("run")
         .arg(&args.file)
         .args([
@@ -299,25 +432,7 @@ fn run_weir(
         .stderr(Stdio::piped())
         .spawn()
         .context("starting weir run")?;
-    let pid = child.id();
-    let stderr = child.stderr.take().expect("piped stderr");
-    let lines = std::thread::spawn(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<String>>()
-    });
-    let mut usage = (0, 0.0);
-    while child.try_wait()?.is_none() {
-        let now = process_usage(pid);
-        if now.0 > 0 {
-            usage = now;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let status = child.wait()?;
-    let lines = lines.join().unwrap_or_default();
+    let (usage, status, lines) = watch(child)?;
     let stopped = lines.iter().rev().find(|l| l.contains(" stopped records="));
     let (Some(stopped), true) = (stopped, status.success()) else {
         for l in lines.iter().rev().take(10).rev() {
@@ -340,5 +455,6 @@ fn run_weir(
         per_second: field("records_per_second").unwrap_or(0.0),
         cpu: usage.1,
         peak_kb: usage.0,
+        dead_letters: None,
     })
 }
