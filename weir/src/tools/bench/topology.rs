@@ -202,7 +202,8 @@ fn rounds(
     Ok(())
 }
 
-/// `sh -c CMD` over `raw` as application `app`, writing `out` (clean, dead letters).
+/// `sh -c "exec CMD 2>&1"` over `raw` as application `app`, writing `out` (clean, dead
+/// letters); its figures from the last line that gives them.
 fn run_contender(
     cmd: &str,
     t: &weir_topology::Topology,
