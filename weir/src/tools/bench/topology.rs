@@ -203,7 +203,7 @@ fn rounds(
 }
 
 /// `sh -c "exec CMD 2>&1"` over `raw` as application `app`, writing `out` (clean, dead
-/// letters); its figures from the last line that gives them.
+/// letters); its figures from the last line that gives `records_per_second`.
 fn run_contender(
     cmd: &str,
     t: &weir_topology::Topology,
@@ -227,21 +227,16 @@ fn run_contender(
         .spawn()
         .with_context(|| format!("starting the contender: sh -c {cmd:?}"))?;
     let (usage, status, lines) = watch(child)?;
-    let field = |name: &str| -> Option<f64> {
-        let key = format!("{name}=");
-        lines.iter().rev().find_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(&key)?.parse().ok())
-        })
-    };
+    let said = lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("records_per_second="));
     let (Some(records), Some(per_second), true) = (
-        field("records"),
-        field("records_per_second"),
+        said.and_then(|l| figure(l, "records")),
+        said.and_then(|l| figure(l, "records_per_second")),
         status.success(),
     ) else {
-        for l in lines.iter().rev().take(10).rev() {
-            eprintln!("  {l}");
-        }
+        print_last(&lines);
         anyhow::bail!(
             "the contender did not finish with records=N records_per_second=R ({status})"
         );
@@ -251,9 +246,23 @@ fn run_contender(
         per_second,
         cpu: usage.1,
         peak_kb: usage.0,
-        dead_letters: field("dead_letters"),
+        dead_letters: said.and_then(|l| figure(l, "dead_letters")),
         ..Run::default()
     })
+}
+
+/// The number after `name=` in a line of `key=value` words.
+fn figure(line: &str, name: &str) -> Option<f64> {
+    let key = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&key)?.parse().ok())
+}
+
+/// A child's last lines, to say why it failed.
+fn print_last(lines: &[String]) {
+    for l in lines.iter().rev().take(10).rev() {
+        eprintln!("  {l}");
+    }
 }
 
 /// Waits for a child whose output `child.stdout` or `child.stderr` is piped, sampling its peak
@@ -436,18 +445,11 @@ fn run_weir(
     let (usage, status, lines) = watch(child)?;
     let stopped = lines.iter().rev().find(|l| l.contains(" stopped records="));
     let (Some(stopped), true) = (stopped, status.success()) else {
-        for l in lines.iter().rev().take(10).rev() {
-            eprintln!("  {l}");
-        }
+        print_last(&lines);
         anyhow::bail!("weir run did not finish cleanly ({status})");
     };
     // the log line reads `… stopped records=N committed=N aborted=N records_per_second=R`
-    let field = |name: &str| -> Option<f64> {
-        let key = format!("{name}=");
-        stopped
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&key)?.parse().ok())
-    };
+    let field = |name: &str| figure(stopped, name);
     Ok(Run {
         records: field("records").unwrap_or(0.0),
         committed: field("committed").unwrap_or(0.0),
