@@ -407,6 +407,10 @@ struct EngineContext {
 }
 
 impl ClientContext for EngineContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::kafka::log_client_error(&error, reason);
+    }
+
     fn stats(&self, statistics: Statistics) {
         let sub = self.shared.config.subtopology.to_string();
         for (topic, t) in &statistics.topics {

@@ -31,6 +31,37 @@ pub enum ClusterError {
 
 impl ConsumerContext for Watch {}
 
+/// Logs a client's error as rust-rdkafka's default context does, except the end of a
+/// partition: rust-rdkafka hands every consumer error to the context as well as to `poll`, and
+/// a consumer that asks for the end (`enable.partition.eof`) reads it from `poll`, where it is
+/// news, not an error.
+pub fn log_client_error(error: &KafkaError, reason: &str) {
+    if is_partition_end(error) {
+        tracing::debug!("librdkafka: {error}: {reason}");
+    } else {
+        tracing::error!("librdkafka: {error}: {reason}");
+    }
+}
+
+/// The error is the end of a partition (as `poll` gives it, or as the context gets it).
+fn is_partition_end(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::PartitionEOF(_))
+        || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+}
+
+/// The context of a consumer that reads its partitions to their end: rust-rdkafka's default,
+/// without an error logged each time a partition's end is reached ([`log_client_error`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReadToEnd;
+
+impl ClientContext for ReadToEnd {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
+
+impl ConsumerContext for ReadToEnd {}
+
 /// Remembers the first error that retrying cannot mend (authentication, TLS).
 #[derive(Default)]
 struct Watch {
@@ -144,6 +175,20 @@ impl KafkaSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_end_of_a_partition_is_not_an_error_but_the_rest_are() {
+        assert!(is_partition_end(&KafkaError::Global(
+            RDKafkaErrorCode::PartitionEOF
+        )));
+        assert!(is_partition_end(&KafkaError::PartitionEOF(3)));
+        assert!(!is_partition_end(&KafkaError::Global(
+            RDKafkaErrorCode::AllBrokersDown
+        )));
+        assert!(!is_partition_end(&KafkaError::MessageConsumption(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+        )));
+    }
 
     #[test]
     fn options_win_over_a_clients_own_settings_and_name_it() {

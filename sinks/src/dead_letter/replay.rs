@@ -30,6 +30,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use weir_topology::engine::{Job, Refusal, StartError, REPLAY_COUNT_HEADER};
+use weir_topology::kafka::ReadToEnd;
 use weir_topology::pipeline::OutRecord;
 
 use super::reader::DeadLetter;
@@ -280,11 +281,11 @@ pub fn ensure_ledger(kafka: &KafkaSettings, topic: &str) -> Result<(), KafkaErro
 
 /// Every key of the ledger topic, read committed up to its end.
 pub fn read_ledger(kafka: &KafkaSettings, topic: &str) -> Result<HashSet<String>, KafkaError> {
-    let consumer: BaseConsumer = kafka
+    let consumer: BaseConsumer<ReadToEnd> = kafka
         .reader("dlq-replay-ledger", "weir-dlq-replay-ledger", |c| {
             c.set("enable.partition.eof", "true");
         })
-        .create()?;
+        .create_with_context(ReadToEnd)?;
     let timeout = Duration::from_secs(30);
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let mut tpl = TopicPartitionList::new();

@@ -247,7 +247,11 @@ struct SinkContext {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        weir_topology::kafka::log_client_error(&error, reason);
+    }
+}
 
 impl ConsumerContext for SinkContext {
     fn rebalance(

@@ -11,6 +11,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
+use weir_topology::kafka::ReadToEnd;
 
 /// The processing application upstream of a sink: its consumer group, the topics it reads,
 /// and the dead-letter topics it writes (for the end-to-end audit).
@@ -101,9 +102,9 @@ impl UpstreamCheck {
     }
 
     fn nothing_from(&self, from: &[(String, i32, i64, i64)]) -> Result<bool, KafkaError> {
-        let probe: BaseConsumer = client(&self.kafka, "weir-upstream-probe")
+        let probe: BaseConsumer<ReadToEnd> = client(&self.kafka, "weir-upstream-probe")
             .set("enable.partition.eof", "true")
-            .create()?;
+            .create_with_context(ReadToEnd)?;
         let mut tpl = TopicPartitionList::new();
         for (topic, p, at, _) in from {
             tpl.add_partition_offset(topic, *p, Offset::Offset(*at))?;

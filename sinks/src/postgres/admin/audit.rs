@@ -13,6 +13,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use tokio_postgres::Client;
+use weir_topology::kafka::ReadToEnd;
 
 use super::super::window::{window_start, Millis};
 use super::super::writer::{json_field, Column, Table};
@@ -139,7 +140,7 @@ fn scan_topic(
     end: Millis,
     mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
 ) -> Result<(), ScanError> {
-    let consumer: BaseConsumer = source
+    let consumer: BaseConsumer<ReadToEnd> = source
         .kafka
         .reader(
             "audit",
@@ -148,7 +149,7 @@ fn scan_topic(
                 c.set("enable.partition.eof", "true");
             },
         )
-        .create()?;
+        .create_with_context(ReadToEnd)?;
     let timeout = Duration::from_secs(30);
     let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
     let partitions: Vec<i32> = metadata
