@@ -1,13 +1,19 @@
-//! The PostgreSQL sink's fast path encodes column values for binary `COPY` itself; a value
-//! in a form it does not read goes the staged way, through PostgreSQL's own casts. Either
-//! way the table must hold what PostgreSQL's cast of the text gives: this writes a batch of
-//! every typed column in canonical and odd forms with the users table's real mapping, and
-//! compares each stored value with `$1::type` of its text, in the real database.
+//! The PostgreSQL sink's batch writer against the real database.
+//!
+//! - Its fast path encodes column values for binary `COPY` itself; a value in a form it does
+//!   not read goes the staged way, through PostgreSQL's own casts. Either way the table must
+//!   hold what PostgreSQL's cast of the text gives: a batch of every typed column in
+//!   canonical and odd forms, with the users table's real mapping, is compared value by
+//!   value with `$1::type` of its text.
+//! - A batch moves every partition's stored offset at once (one statement, pipelined with
+//!   the windows' lock): one stale partition fences the whole batch and nothing of it stays.
 
 mod common;
 
 use weir_sinks::dead_letter::DeadLetterEncoder;
-use weir_sinks::postgres::writer::{write_batch, DeadLetters, Row, SinkIdent, Table, Tuples};
+use weir_sinks::postgres::writer::{
+    load_offsets, write_batch, DeadLetters, OffsetMove, Row, SinkIdent, Table, Tuples, WriteError,
+};
 use weir_sinks::postgres::LatePolicy;
 
 /// Texts for a column of `pg_type`: the forms encoded here and forms left to PostgreSQL.
@@ -102,7 +108,9 @@ async fn fast_path_stores_what_postgres_casts_would() {
         window_ms: 300_000,
         late_policy: LatePolicy::DeadLetter,
     };
-    let mut client = common::pg::connect(&url).await;
+    // the sink's own pool: its connections cache the prepared statements
+    let pool = weir_sinks::postgres::sink::pool(&url).expect("a pool");
+    let mut client = pool.get().await.expect("a connection");
     let outcome = write_batch(&mut client, &table, &ident, &rows, &tuples, &[], &dead)
         .await
         .expect("the batch is written");
@@ -145,4 +153,161 @@ async fn fast_path_stores_what_postgres_casts_would() {
         }
     }
     assert!(compared > rows.len() * 10, "compared {compared} values");
+}
+
+#[test]
+fn one_stale_partition_fences_the_whole_batch_and_a_right_one_moves_every_partition() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(stale_partition_fences_the_batch());
+}
+
+async fn stale_partition_fences_the_batch() {
+    let url = common::pg::fresh_database("weir_fence").await;
+    let db = common::pg::connect(&url).await;
+    let (cfg, _) = common::windows::users_sink("weir-fence", 300_000);
+    let table = Table::describe(&db, &cfg).await.expect("the users table");
+    let ident = SinkIdent {
+        id: "weir-fence/users".into(),
+        topic: "weir-fence-clean".into(),
+        window_ms: 300_000,
+        late_policy: LatePolicy::DeadLetter,
+    };
+    // three partitions stored at 0
+    let stored = load_offsets(&db, &ident, &[(0, 0), (1, 0), (2, 0)])
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![(0, 0), (1, 0), (2, 0)]);
+    // two records in two windows, from partitions 0 and 2
+    let now = chrono::Utc::now().timestamp_millis();
+    let start = now - now % 300_000;
+    let mut rows: Vec<Row> = [(0, start), (2, start - 300_000)]
+        .into_iter()
+        .map(|(partition, window_start)| Row {
+            partition,
+            offset: 0,
+            timestamp: window_start + 1_000,
+            window_start,
+            values: table
+                .columns
+                .iter()
+                .map(|c| match c.name.as_str() {
+                    "email" => Some(format!("p{partition}@example.com")),
+                    _ => samples(&c.pg_type, 0),
+                })
+                .collect(),
+            undecodable: None,
+            nul: false,
+            time_problem: None,
+            key: None,
+            raw: Vec::new(),
+            record_column: None,
+            tuple: None,
+        })
+        .collect();
+    let tuples = Tuples::encode(&table, &mut rows);
+    let encoder = DeadLetterEncoder::new("weir-fence-dlq", "weir-fence");
+    let dead = DeadLetters {
+        encoder: &encoder,
+        node: "users",
+    };
+    let moves = |p1_from: i64| {
+        [(0, 0, 1), (1, p1_from, 0), (2, 0, 1)].map(|(partition, expected, next)| OffsetMove {
+            partition,
+            expected,
+            next,
+            watermark: Some(start),
+        })
+    };
+    let pool = weir_sinks::postgres::sink::pool(&url).expect("a pool");
+    let mut client = pool.get().await.expect("a connection");
+    let count = |sql: &'static str| {
+        let db = &db;
+        async move { db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+
+    // partition 1 is stored at 0, the batch thinks 5: fenced on it, nothing written
+    match write_batch(
+        &mut client,
+        &table,
+        &ident,
+        &rows,
+        &tuples,
+        &moves(5),
+        &dead,
+    )
+    .await
+    {
+        Err(WriteError::Fenced {
+            partition: 1,
+            stored: Some(0),
+            expected: 5,
+        }) => {}
+        other => panic!("a stale partition must fence the batch, got {other:?}"),
+    }
+    assert_eq!(count("SELECT count(*) FROM users").await, 0);
+    assert_eq!(count("SELECT count(*) FROM window_ledger").await, 0);
+    assert_eq!(
+        count("SELECT coalesce(sum(next_offset), 0)::int8 FROM sink_offsets").await,
+        0,
+        "a fenced batch moves no partition"
+    );
+
+    // the same batch from the right offsets: every partition moves, both windows count
+    let outcome = write_batch(
+        &mut client,
+        &table,
+        &ident,
+        &rows,
+        &tuples,
+        &moves(0),
+        &dead,
+    )
+    .await
+    .expect("the batch is written");
+    assert_eq!(outcome.rows_written, 2, "{outcome:?}");
+    let offsets: Vec<(i32, i64, bool)> = db
+        .query(
+            "SELECT partition, next_offset, watermark IS NOT NULL FROM sink_offsets ORDER BY partition",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(offsets, vec![(0, 1, true), (1, 0, true), (2, 1, true)]);
+    let ledger: Vec<(i32, i64, i64, i64)> = db
+        .query(
+            "SELECT partition, first_offset, last_offset, records FROM window_ledger ORDER BY partition",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(ledger, vec![(0, 0, 0, 1), (2, 0, 0, 1)]);
+    assert_eq!(
+        count("SELECT count(*) FROM windows WHERE records = 1 AND rows_written = 1").await,
+        2
+    );
+    // written again (a retry after an unknown commit): the offsets have moved, so it fences
+    assert!(matches!(
+        write_batch(
+            &mut client,
+            &table,
+            &ident,
+            &rows,
+            &tuples,
+            &moves(0),
+            &dead
+        )
+        .await,
+        Err(WriteError::Fenced { .. })
+    ));
+    assert_eq!(count("SELECT count(*) FROM window_ledger").await, 2);
 }

@@ -23,7 +23,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{Client, NoTls};
 use weir_topology::pipeline::OutRecord;
 
 /// Where the forwarder works.
@@ -51,7 +51,7 @@ impl OutboxSettings {
 
 /// Writes a dead letter into the outbox, in the batch's transaction.
 pub async fn put(
-    tx: &Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     sink: &str,
     topic: &str,
     partition: i32,
@@ -63,11 +63,16 @@ pub async fn put(
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_deref()))
         .unzip();
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO dead_letter_outbox (sink, topic, partition, \"offset\", dead_letter_topic, \
+             key, value, header_names, header_values, record_timestamp) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (sink, topic, partition, \"offset\") DO NOTHING",
+        )
+        .await?;
     tx.execute(
-        "INSERT INTO dead_letter_outbox (sink, topic, partition, \"offset\", dead_letter_topic, \
-         key, value, header_names, header_values, record_timestamp) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-         ON CONFLICT (sink, topic, partition, \"offset\") DO NOTHING",
+        &statement,
         &[
             &sink,
             &topic,

@@ -313,7 +313,9 @@ impl ConsumerContext for SinkContext {
     }
 }
 
-fn pool(url: &str) -> Result<Pool, SinkError> {
+/// The sink's connections to `url` (two: the writer's and the loop's), each with its cache
+/// of prepared statements.
+pub fn pool(url: &str) -> Result<Pool, SinkError> {
     let config: tokio_postgres::Config = url
         .parse()
         .map_err(|e: tokio_postgres::Error| SinkError::Url(e.to_string()))?;

@@ -15,6 +15,11 @@
 //!    with their SQLSTATE — never lost, never blocking the partition.
 //! 4. Ledger slices per window and partition, window counts, commit.
 //!
+//! Round trips are what a batch waits for, beside `COPY` itself: the statements are prepared
+//! once per connection (deadpool's cache) and those that do not depend on each other's
+//! answers are sent together (steps 1 and 2 in one round trip, the ledger and the counts in
+//! another, the rejects and dead letters [`PIPELINE`] at a time).
+//!
 //! Every record the batch cannot apply — late for a sealed window (dead-letter policy), a
 //! time beyond the clock or outside years 1 to 9999, not a clean record, refused by
 //! PostgreSQL — gets its dead letter in the outbox, in the same transaction
@@ -29,9 +34,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use chrono::{DateTime, TimeZone, Utc};
-use futures::{pin_mut, SinkExt};
+use deadpool_postgres::{Client, Transaction};
+use futures::{pin_mut, SinkExt, StreamExt, TryStreamExt};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Transaction};
 
 use super::config::LatePolicy;
 use super::window::Millis;
@@ -159,21 +164,23 @@ pub async fn write_batch(
     dead: &DeadLetters<'_>,
 ) -> Result<Outcome, WriteError> {
     let tx = client.transaction().await?;
-    cas_offsets(&tx, sink, offsets).await?;
     let mut outcome = Outcome {
         records: rows.len() as u64,
         ..Outcome::default()
     };
+    // records whose time keeps them out of every window: refused, not counted anywhere
+    let mut refused: Vec<Refused> = Vec::new();
+    let windowed = in_time(rows, &mut refused);
+    // the offsets' compare-and-set, and the windows (the missing ones created, all of them
+    // locked, the sealed ones learnt): sent together, one round trip
+    let ((), sealed) = futures::try_join!(
+        cas_offsets(&tx, sink, offsets),
+        lock_windows(&tx, sink, &windowed)
+    )?;
     if rows.is_empty() {
         tx.commit().await?;
         return Ok(outcome);
     }
-
-    // records whose time keeps them out of every window: refused, not counted anywhere
-    let mut refused: Vec<Refused> = Vec::new();
-    let windowed = in_time(rows, &mut refused);
-    // windows: create the missing ones, lock them all, learn which are sealed
-    let sealed = lock_windows(&tx, sink, &windowed).await?;
     let (mut tally, apply) = sort_out(sink, &windowed, &sealed, &mut refused);
 
     // stage and merge
@@ -192,24 +199,74 @@ pub async fn write_batch(
             outcome.rejected += 1;
             tally.entry(r.row.window_start).or_default().rejected += 1;
         }
-        put_refused(&tx, sink, r, dead).await?;
         if r.code != "window.sealed" || sink.late_policy == LatePolicy::DeadLetter {
             outcome.dead_letters += 1;
         }
     }
+    pipelined(refused.iter().map(|r| put_refused(&tx, sink, r, dead))).await?;
 
-    // the ledger: a slice per window and partition of the records applied (rows or rejects)
-    for ((w, p), (first, last, n)) in &ledger_slices(&windowed, &sealed, sink.late_policy) {
-        tx.execute(
-            "INSERT INTO window_ledger (sink, topic, partition, first_offset, last_offset, window_start, records) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[&sink.id, &sink.topic, p, first, last, &ts(*w), n],
-        )
-        .await?;
-    }
-    count_windows(&tx, sink, &tally, &sealed, &mut outcome).await?;
+    // the ledger (a slice per window and partition of the records applied, rows or rejects)
+    // and the windows' counts: sent together
+    let slices = ledger_slices(&windowed, &sealed, sink.late_policy);
+    futures::try_join!(
+        put_ledger(&tx, sink, &slices),
+        count_windows(&tx, sink, &tally, &sealed, &mut outcome)
+    )?;
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// At most this many statements are sent ahead of their answers ([`pipelined`]).
+const PIPELINE: usize = 64;
+
+/// Runs `steps` (each a few statements on one connection) with their statements pipelined:
+/// up to [`PIPELINE`] are sent before the first answer is awaited, in order. Each step's own
+/// statements run in its order; different steps must not depend on each other.
+async fn pipelined<T, E, F>(steps: impl IntoIterator<Item = F>) -> Result<Vec<T>, E>
+where
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    futures::stream::iter(steps)
+        .buffered(PIPELINE)
+        .try_collect()
+        .await
+}
+
+/// Writes the ledger's slices, in one statement.
+async fn put_ledger(
+    tx: &Transaction<'_>,
+    sink: &SinkIdent,
+    slices: &BTreeMap<(Millis, i32), (i64, i64, i64)>,
+) -> Result<(), WriteError> {
+    if slices.is_empty() {
+        return Ok(());
+    }
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO window_ledger (sink, topic, partition, first_offset, last_offset, window_start, records) \
+             SELECT $1, $2, p, f, l, w, n \
+             FROM unnest($3::int4[], $4::int8[], $5::int8[], $6::timestamptz[], $7::int8[]) AS s(p, f, l, w, n)",
+        )
+        .await?;
+    let partitions: Vec<i32> = slices.keys().map(|(_, p)| *p).collect();
+    let firsts: Vec<i64> = slices.values().map(|s| s.0).collect();
+    let lasts: Vec<i64> = slices.values().map(|s| s.1).collect();
+    let windows: Vec<DateTime<Utc>> = slices.keys().map(|(w, _)| ts(*w)).collect();
+    let counts: Vec<i64> = slices.values().map(|s| s.2).collect();
+    tx.execute(
+        &statement,
+        &[
+            &sink.id,
+            &sink.topic,
+            &partitions,
+            &firsts,
+            &lasts,
+            &windows,
+            &counts,
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// The rows whose time puts them in a window; the others are refused (not counted anywhere).
@@ -243,27 +300,32 @@ async fn lock_windows(
     windows.dedup();
     let starts: Vec<DateTime<Utc>> = windows.iter().map(|w| ts(*w)).collect();
     let ends: Vec<DateTime<Utc>> = windows.iter().map(|w| ts(*w + sink.window_ms)).collect();
-    if !windows.is_empty() {
-        tx.execute(
+    if windows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (create, lock) = futures::try_join!(
+        tx.prepare_cached(
             "INSERT INTO windows (sink, window_start, window_end) \
              SELECT $1, s, e FROM unnest($2::timestamptz[], $3::timestamptz[]) AS w(s, e) \
              ON CONFLICT (sink, window_start) DO NOTHING",
-            &[&sink.id, &starts, &ends],
+        ),
+        tx.prepare_cached(
+            "SELECT (extract(epoch FROM window_start)*1000)::int8, status FROM windows \
+             WHERE sink = $1 AND window_start = ANY($2) ORDER BY window_start FOR UPDATE",
         )
-        .await?;
-        return Ok(tx
-            .query(
-                "SELECT (extract(epoch FROM window_start)*1000)::int8, status FROM windows \
-                 WHERE sink = $1 AND window_start = ANY($2) ORDER BY window_start FOR UPDATE",
-                &[&sink.id, &starts],
-            )
-            .await?
-            .iter()
-            .filter(|r| r.get::<_, String>(1) == "sealed")
-            .map(|r| r.get(0))
-            .collect());
-    }
-    Ok(Vec::new())
+    )?;
+    // sent together, in this order: the lock sees the windows just created
+    let (create_params, lock_params): (&[&(dyn ToSql + Sync)], &[&(dyn ToSql + Sync)]) =
+        (&[&sink.id, &starts, &ends], &[&sink.id, &starts]);
+    let (_, locked) = futures::try_join!(
+        tx.execute(&create, create_params),
+        tx.query(&lock, lock_params)
+    )?;
+    Ok(locked
+        .iter()
+        .filter(|r| r.get::<_, String>(1) == "sealed")
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// Each window's tally, and the rows to apply: a record for a sealed window follows the late
@@ -365,27 +427,59 @@ async fn count_windows(
     sealed: &[Millis],
     outcome: &mut Outcome,
 ) -> Result<(), WriteError> {
+    let (late, open) = futures::try_join!(
+        tx.prepare_cached(
+            "UPDATE windows SET late_dead_letter = late_dead_letter + $3, late_dropped = late_dropped + $4, \
+             late_accepted = late_accepted + $5 WHERE sink = $1 AND window_start = $2",
+        ),
+        tx.prepare_cached(
+            "UPDATE windows SET records = records + $3, rows_written = rows_written + $4, rejected = rejected + $5, \
+             first_record_at = LEAST(first_record_at, $6), last_record_at = GREATEST(last_record_at, $7) \
+             WHERE sink = $1 AND window_start = $2 AND status = 'open'",
+        )
+    )?;
     for (w, t) in tally {
         if sealed.contains(w) {
             outcome.late_dead_letter += t.late_dead_letter as u64;
             outcome.late_dropped += t.late_dropped as u64;
             outcome.late_accepted += t.late_accepted as u64;
-            tx.execute(
-                "UPDATE windows SET late_dead_letter = late_dead_letter + $3, late_dropped = late_dropped + $4, \
-                 late_accepted = late_accepted + $5 WHERE sink = $1 AND window_start = $2",
-                &[&sink.id, &ts(*w), &t.late_dead_letter, &t.late_dropped, &t.late_accepted],
-            )
-            .await?;
-        } else {
-            tx.execute(
-                "UPDATE windows SET records = records + $3, rows_written = rows_written + $4, rejected = rejected + $5, \
-                 first_record_at = LEAST(first_record_at, $6), last_record_at = GREATEST(last_record_at, $7) \
-                 WHERE sink = $1 AND window_start = $2 AND status = 'open'",
-                &[&sink.id, &ts(*w), &t.records, &t.rows_written, &t.rejected, &t.first.map(ts), &t.last.map(ts)],
-            )
-            .await?;
         }
     }
+    // one statement a window, sent together
+    pipelined(tally.iter().map(|(w, t)| {
+        let (late, open) = (&late, &open);
+        async move {
+            let start = ts(*w);
+            if sealed.contains(w) {
+                tx.execute(
+                    late,
+                    &[
+                        &sink.id,
+                        &start,
+                        &t.late_dead_letter,
+                        &t.late_dropped,
+                        &t.late_accepted,
+                    ],
+                )
+                .await
+            } else {
+                tx.execute(
+                    open,
+                    &[
+                        &sink.id,
+                        &start,
+                        &t.records,
+                        &t.rows_written,
+                        &t.rejected,
+                        &t.first.map(ts),
+                        &t.last.map(ts),
+                    ],
+                )
+                .await
+            }
+        }
+    }))
+    .await?;
     Ok(())
 }
 
@@ -481,8 +575,9 @@ async fn insert_new<'r>(
     let mut held = std::collections::HashSet::<String>::new();
     if check {
         let keys: Vec<&str> = newest.iter().filter_map(|r| r.values.get(key)).collect();
+        let exists = tx.prepare_cached(&table.exists_sql).await?;
         held = tx
-            .query(&table.exists_sql, &[&keys])
+            .query(&exists, &[&keys])
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -498,7 +593,8 @@ async fn insert_new<'r>(
                 fresh.into_iter().partition(|r| tuples.of(r).is_some());
             rest.extend(odd);
             if !fresh.is_empty() {
-                let copy = tx.copy_in::<_, Bytes>(&table.insert_binary_sql).await?;
+                let statement = tx.prepare_cached(&table.insert_binary_sql).await?;
+                let copy = tx.copy_in::<_, Bytes>(&statement).await?;
                 pin_mut!(copy);
                 for chunk in tuple_chunks(&fresh, tuples, COPY_CHUNK) {
                     copy.feed(chunk).await?;
@@ -509,7 +605,8 @@ async fn insert_new<'r>(
         }
         None => {
             if !fresh.is_empty() {
-                let copy = tx.copy_in::<_, Bytes>(&table.insert_copy_sql).await?;
+                let statement = tx.prepare_cached(&table.insert_copy_sql).await?;
+                let copy = tx.copy_in::<_, Bytes>(&statement).await?;
                 pin_mut!(copy);
                 for chunk in text_copy_chunks(&fresh, COPY_CHUNK) {
                     copy.feed(chunk).await?;
@@ -613,10 +710,24 @@ async fn put_refused(
 ) -> Result<(), WriteError> {
     let row = r.row;
     let window = r.row.time_problem.is_none().then(|| ts(row.window_start));
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO rejects (sink, topic, partition, \"offset\", window_start, sqlstate, reason, record) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (sink, topic, partition, \"offset\") DO NOTHING",
+        )
+        .await?;
     tx.execute(
-        "INSERT INTO rejects (sink, topic, partition, \"offset\", window_start, sqlstate, reason, record) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (sink, topic, partition, \"offset\") DO NOTHING",
-        &[&sink.id, &sink.topic, &row.partition, &row.offset, &window, &r.sqlstate, &format!("{}: {}", r.code, r.message), &storable(row.raw())],
+        &statement,
+        &[
+            &sink.id,
+            &sink.topic,
+            &row.partition,
+            &row.offset,
+            &window,
+            &r.sqlstate,
+            &format!("{}: {}", r.code, r.message),
+            &storable(row.raw()),
+        ],
     )
     .await?;
     let late_kept = r.code == "window.sealed" && sink.late_policy != LatePolicy::DeadLetter;
@@ -666,28 +777,53 @@ async fn cas_offsets(
     sink: &SinkIdent,
     offsets: &[OffsetMove],
 ) -> Result<(), WriteError> {
-    for m in offsets {
-        let n = tx
-            .execute(
-                "UPDATE sink_offsets SET next_offset = $5, watermark = $6, heartbeat_at = now(), updated_at = now() \
-                 WHERE sink = $1 AND topic = $2 AND partition = $3 AND next_offset = $4",
-                &[&sink.id, &sink.topic, &m.partition, &m.expected, &m.next, &m.watermark.map(ts)],
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    // every partition in one statement (a batch moves each partition once)
+    let statement = tx
+        .prepare_cached(
+            "UPDATE sink_offsets o SET next_offset = m.next, watermark = m.watermark, heartbeat_at = now(), updated_at = now() \
+             FROM unnest($3::int4[], $4::int8[], $5::int8[], $6::timestamptz[]) AS m(partition, expected, next, watermark) \
+             WHERE o.sink = $1 AND o.topic = $2 AND o.partition = m.partition AND o.next_offset = m.expected \
+             RETURNING o.partition",
+        )
+        .await?;
+    let partitions: Vec<i32> = offsets.iter().map(|m| m.partition).collect();
+    let expected: Vec<i64> = offsets.iter().map(|m| m.expected).collect();
+    let next: Vec<i64> = offsets.iter().map(|m| m.next).collect();
+    let watermarks: Vec<Option<DateTime<Utc>>> =
+        offsets.iter().map(|m| m.watermark.map(ts)).collect();
+    let moved: Vec<i32> = tx
+        .query(
+            &statement,
+            &[
+                &sink.id,
+                &sink.topic,
+                &partitions,
+                &expected,
+                &next,
+                &watermarks,
+            ],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // a partition that did not move: its stored offset is not where this batch starts
+    if let Some(m) = offsets.iter().find(|m| !moved.contains(&m.partition)) {
+        let stored = tx
+            .query_opt(
+                "SELECT next_offset FROM sink_offsets WHERE sink = $1 AND topic = $2 AND partition = $3",
+                &[&sink.id, &sink.topic, &m.partition],
             )
-            .await?;
-        if n != 1 {
-            let stored = tx
-                .query_opt(
-                    "SELECT next_offset FROM sink_offsets WHERE sink = $1 AND topic = $2 AND partition = $3",
-                    &[&sink.id, &sink.topic, &m.partition],
-                )
-                .await?
-                .map(|r| r.get(0));
-            return Err(WriteError::Fenced {
-                partition: m.partition,
-                stored,
-                expected: m.expected,
-            });
-        }
+            .await?
+            .map(|r| r.get(0));
+        return Err(WriteError::Fenced {
+            partition: m.partition,
+            stored,
+            expected: m.expected,
+        });
     }
     Ok(())
 }
@@ -695,7 +831,7 @@ async fn cas_offsets(
 /// The stored next offset of each partition; partitions never seen start at `low`
 /// (the partition's first offset in Kafka) and get a row.
 pub async fn load_offsets(
-    client: &Client,
+    client: &tokio_postgres::Client,
     sink: &SinkIdent,
     partitions: &[(i32, i64)],
 ) -> Result<Vec<(i32, i64)>, tokio_postgres::Error> {
