@@ -56,7 +56,9 @@ pub struct PostgresSinkConfig {
     /// How long after a window's end records may still arrive before it can be sealed.
     #[serde(default = "default_grace")]
     pub grace: Duration,
-    /// Flush after this many rows...
+    /// Flush after this many rows (2,500 by default: a batch being written and the next one
+    /// are both in memory, about 2.5 kB a row each; 5,000 measured the same speed against
+    /// `COPY` and 16 MB more peak memory in `weir run`)...
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// ...or after this long, whichever comes first.
@@ -90,7 +92,7 @@ fn default_grace() -> Duration {
     Duration::from_secs(30)
 }
 fn default_batch_size() -> usize {
-    5_000
+    2_500
 }
 fn default_flush_interval() -> Duration {
     Duration::from_millis(200)
