@@ -514,7 +514,11 @@ fn consume(
                 }
             }
             let mut state = shared.state.lock().unwrap();
-            let due = stopping || state.due(batch_size, flush_interval, heartbeat);
+            // read to the end of every partition with no batch being written: nothing is
+            // there to fill the batch, so its rows go now instead of after `flush_interval`
+            let caught_up =
+                !in_flight && !state.pending.is_empty() && state.watermarks.all_at_end();
+            let due = stopping || caught_up || state.due(batch_size, flush_interval, heartbeat);
             // the next batch's rows encoded for COPY while the one in flight is written
             let mut prepared: Option<Tuples> = None;
             if due && in_flight {

@@ -85,6 +85,12 @@ impl Watermarks {
         }
     }
 
+    /// True when every partition held has been read to its end since its last record (and
+    /// there is one): nothing more is there to read now.
+    pub fn all_at_end(&self) -> bool {
+        !self.partitions.is_empty() && self.partitions.values().all(|c| c.at_end)
+    }
+
     /// True when some partition waits only for the upstream to be quiet to follow the clock.
     pub fn wants_upstream(&self, now: Millis, idle_timeout_ms: i64) -> bool {
         self.partitions
@@ -176,6 +182,33 @@ mod tests {
         assert_eq!(window_start(5 * MIN - 1, 5 * MIN), 0);
         assert_eq!(window_start(5 * MIN, 5 * MIN), 5 * MIN);
         assert_eq!(window_start(-1, 5 * MIN), -5 * MIN);
+    }
+
+    #[test]
+    fn read_to_the_end_means_every_partition_after_its_last_record() {
+        let mut w = Watermarks::default();
+        assert!(!w.all_at_end(), "no partition: not read to any end");
+        w.assign(0, 0);
+        w.assign(1, 0);
+        w.at_end(0);
+        assert!(!w.all_at_end(), "partition 1 not at its end");
+        w.at_end(1);
+        assert!(w.all_at_end());
+        w.observe(1, MIN, 1_000);
+        assert!(!w.all_at_end(), "a record read after the end");
+        w.at_end(1);
+        w.touch(0, 2_000);
+        assert!(
+            !w.all_at_end(),
+            "a record with no window read after the end"
+        );
+        w.at_end(0);
+        w.revoke(1);
+        w.assign(2, 3_000);
+        assert!(
+            !w.all_at_end(),
+            "a partition just assigned is not at its end"
+        );
     }
 
     #[test]
