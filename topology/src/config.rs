@@ -27,7 +27,9 @@ pub struct AppSettings {
     /// How often a transaction commits (records, dead letters and input offsets together).
     #[serde(default = "default_commit_interval")]
     pub commit_interval: Duration,
-    /// A transaction also commits once it holds this many input records.
+    /// A transaction also commits once it holds this many input records (20,000 by default:
+    /// at 270,000 records/s, 5,000 made five transactions for each `commit_interval` and
+    /// measured 0.81 of a transactional pass-through against 0.94).
     #[serde(default = "default_commit_max_records")]
     pub commit_max_records: usize,
     /// Kafka client settings shared by every node.
@@ -40,7 +42,7 @@ fn default_commit_interval() -> Duration {
 }
 
 fn default_commit_max_records() -> usize {
-    5_000
+    20_000
 }
 
 /// Kafka client settings.

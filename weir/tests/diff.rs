@@ -88,7 +88,7 @@ fn sinks_topics_windows_and_the_application_id_restart_what_they_touch() {
     let d = diff(
         &old,
         &load(&edit(
-            "commit_max_records = 5000",
+            "commit_max_records = 20000",
             "commit_max_records = 900",
         )),
     );

@@ -250,7 +250,7 @@ fn edits_apply_while_records_flow_exactly_once() {
     // 4. a commit setting: the exactly-once loop commits, stops and starts again
     let committed_setting = edit(
         &file,
-        "commit_max_records = 5000",
+        "commit_max_records = 20000",
         "commit_max_records = 1000",
     );
     let v = wait_restarted(&api, "the loop's restart", &committed_setting, 0);
