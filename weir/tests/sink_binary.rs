@@ -57,57 +57,95 @@ fn samples(pg_type: &str, i: usize) -> Option<String> {
     })
 }
 
-#[test]
-fn the_fast_path_stores_what_postgres_casts_would() {
+/// Runs a test's body on a runtime of one worker.
+fn block_on<F: std::future::Future>(body: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap()
-        .block_on(fast_path_stores_what_postgres_casts_would());
+        .block_on(body)
+}
+
+/// A fresh database `weir_NAME…` with Weir's schema, a client of it, and its users table as
+/// the sink of application `weir-NAME` sees it.
+async fn users_table(name: &str) -> (String, tokio_postgres::Client, Table) {
+    let url = common::pg::fresh_database(&format!("weir_{name}")).await;
+    let db = common::pg::connect(&url).await;
+    let (cfg, _) = common::windows::users_sink(&format!("weir-{name}"), 300_000);
+    let table = Table::describe(&db, &cfg).await.expect("the users table");
+    (url, db, table)
+}
+
+/// The users sink of application `weir-NAME`, 5-minute windows.
+fn sink_ident(name: &str) -> SinkIdent {
+    SinkIdent {
+        id: format!("weir-{name}/users"),
+        topic: format!("weir-{name}-clean"),
+        window_ms: 300_000,
+        late_policy: LatePolicy::DeadLetter,
+    }
+}
+
+/// The users node's dead letters.
+fn dead_letters(encoder: &DeadLetterEncoder) -> DeadLetters<'_> {
+    DeadLetters {
+        encoder,
+        node: "users",
+    }
+}
+
+/// A clean row of `table` at (partition, offset): `email` as its key, the `i`th sample of
+/// every other column.
+fn sample_row(
+    table: &Table,
+    (partition, offset): (i32, i64),
+    timestamp: i64,
+    window_start: i64,
+    email: &str,
+    i: usize,
+) -> Row {
+    Row {
+        partition,
+        offset,
+        timestamp,
+        window_start,
+        values: table
+            .columns
+            .iter()
+            .map(|c| match c.name.as_str() {
+                "email" => Some(email.to_owned()),
+                _ => samples(&c.pg_type, i),
+            })
+            .collect(),
+        undecodable: None,
+        nul: false,
+        time_problem: None,
+        key: None,
+        raw: Vec::new(),
+        record_column: None,
+        tuple: None,
+    }
+}
+
+#[test]
+fn the_fast_path_stores_what_postgres_casts_would() {
+    block_on(fast_path_stores_what_postgres_casts_would());
 }
 
 async fn fast_path_stores_what_postgres_casts_would() {
-    let url = common::pg::fresh_database("weir_binary").await;
-    let db = common::pg::connect(&url).await;
-    let (cfg, _) = common::windows::users_sink("weir-binary", 300_000);
-    let table = Table::describe(&db, &cfg).await.expect("the users table");
+    let (url, db, table) = users_table("binary").await;
     let now = chrono::Utc::now().timestamp_millis();
     let mut rows: Vec<Row> = (0..60)
-        .map(|i| Row {
-            partition: 0,
-            offset: i as i64,
-            timestamp: now,
-            window_start: now - now % 300_000,
-            values: table
-                .columns
-                .iter()
-                .map(|c| match c.name.as_str() {
-                    "email" => Some(format!("user{i}@example.com")),
-                    _ => samples(&c.pg_type, i),
-                })
-                .collect(),
-            undecodable: None,
-            nul: false,
-            time_problem: None,
-            key: None,
-            raw: Vec::new(),
-            record_column: None,
-            tuple: None,
+        .map(|i| {
+            let email = format!("user{i}@example.com");
+            sample_row(&table, (0, i as i64), now, now - now % 300_000, &email, i)
         })
         .collect();
     let tuples = Tuples::encode(&table, &mut rows);
     let encoder = DeadLetterEncoder::new("weir-binary-dlq", "weir-binary");
-    let dead = DeadLetters {
-        encoder: &encoder,
-        node: "users",
-    };
-    let ident = SinkIdent {
-        id: "weir-binary/users".into(),
-        topic: "weir-binary-clean".into(),
-        window_ms: 300_000,
-        late_policy: LatePolicy::DeadLetter,
-    };
+    let dead = dead_letters(&encoder);
+    let ident = sink_ident("binary");
     // the sink's own pool: its connections cache the prepared statements
     let pool = weir_sinks::postgres::sink::pool(&url).expect("a pool");
     let mut client = pool.get().await.expect("a connection");
@@ -157,25 +195,12 @@ async fn fast_path_stores_what_postgres_casts_would() {
 
 #[test]
 fn one_stale_partition_fences_the_whole_batch_and_a_right_one_moves_every_partition() {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(stale_partition_fences_the_batch());
+    block_on(stale_partition_fences_the_batch());
 }
 
 async fn stale_partition_fences_the_batch() {
-    let url = common::pg::fresh_database("weir_fence").await;
-    let db = common::pg::connect(&url).await;
-    let (cfg, _) = common::windows::users_sink("weir-fence", 300_000);
-    let table = Table::describe(&db, &cfg).await.expect("the users table");
-    let ident = SinkIdent {
-        id: "weir-fence/users".into(),
-        topic: "weir-fence-clean".into(),
-        window_ms: 300_000,
-        late_policy: LatePolicy::DeadLetter,
-    };
+    let (url, db, table) = users_table("fence").await;
+    let ident = sink_ident("fence");
     // three partitions stored at 0
     let stored = load_offsets(&db, &ident, &[(0, 0), (1, 0), (2, 0)])
         .await
@@ -186,34 +211,21 @@ async fn stale_partition_fences_the_batch() {
     let start = now - now % 300_000;
     let mut rows: Vec<Row> = [(0, start), (2, start - 300_000)]
         .into_iter()
-        .map(|(partition, window_start)| Row {
-            partition,
-            offset: 0,
-            timestamp: window_start + 1_000,
-            window_start,
-            values: table
-                .columns
-                .iter()
-                .map(|c| match c.name.as_str() {
-                    "email" => Some(format!("p{partition}@example.com")),
-                    _ => samples(&c.pg_type, 0),
-                })
-                .collect(),
-            undecodable: None,
-            nul: false,
-            time_problem: None,
-            key: None,
-            raw: Vec::new(),
-            record_column: None,
-            tuple: None,
+        .map(|(partition, window_start)| {
+            let email = format!("p{partition}@example.com");
+            sample_row(
+                &table,
+                (partition, 0),
+                window_start + 1_000,
+                window_start,
+                &email,
+                0,
+            )
         })
         .collect();
     let tuples = Tuples::encode(&table, &mut rows);
     let encoder = DeadLetterEncoder::new("weir-fence-dlq", "weir-fence");
-    let dead = DeadLetters {
-        encoder: &encoder,
-        node: "users",
-    };
+    let dead = dead_letters(&encoder);
     let moves = |p1_from: i64| {
         [(0, 0, 1), (1, p1_from, 0), (2, 0, 1)].map(|(partition, expected, next)| OffsetMove {
             partition,
