@@ -105,27 +105,15 @@ fn sample_row(
     email: &str,
     i: usize,
 ) -> Row {
-    Row {
-        partition,
-        offset,
-        timestamp,
-        window_start,
-        values: table
-            .columns
-            .iter()
-            .map(|c| match c.name.as_str() {
-                "email" => Some(email.to_owned()),
-                _ => samples(&c.pg_type, i),
-            })
-            .collect(),
-        undecodable: None,
-        nul: false,
-        time_problem: None,
-        key: None,
-        raw: Vec::new(),
-        record_column: None,
-        tuple: None,
-    }
+    let values = table
+        .columns
+        .iter()
+        .map(|c| match c.name.as_str() {
+            "email" => Some(email.to_owned()),
+            _ => samples(&c.pg_type, i),
+        })
+        .collect();
+    Row::new((partition, offset), timestamp, window_start, values)
 }
 
 #[test]

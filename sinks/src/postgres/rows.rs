@@ -181,6 +181,30 @@ pub(super) fn encode_tuples(kinds: &[binary::Kind], rows: &mut [Row]) -> Bytes {
 }
 
 impl Row {
+    /// A row of a clean record at `partition`/`offset`: nothing wrong with its time or
+    /// values, no key or value kept for a dead letter, not encoded yet.
+    pub fn new(
+        (partition, offset): (i32, i64),
+        timestamp: Millis,
+        window_start: Millis,
+        values: Values,
+    ) -> Row {
+        Row {
+            partition,
+            offset,
+            timestamp,
+            window_start,
+            values,
+            undecodable: None,
+            nul: false,
+            time_problem: None,
+            key: None,
+            raw: Vec::new(),
+            record_column: None,
+            tuple: None,
+        }
+    }
+
     /// The Kafka value as read: kept once per row, in the `@record` column when there is one
     /// (a batch being written and the next one being read are both in memory).
     pub fn raw(&self) -> &[u8] {

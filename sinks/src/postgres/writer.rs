@@ -862,20 +862,7 @@ mod tests {
     use super::*;
 
     fn row(offset: i64, timestamp: Millis, values: &[Option<&str>]) -> Row {
-        Row {
-            partition: 2,
-            offset,
-            timestamp,
-            window_start: 0,
-            values: values.iter().map(|v| v.map(str::to_owned)).collect(),
-            undecodable: None,
-            nul: false,
-            time_problem: None,
-            key: None,
-            raw: Vec::new(),
-            record_column: None,
-            tuple: None,
-        }
+        Row::new((2, offset), timestamp, 0, values.iter().copied().collect())
     }
 
     #[test]
