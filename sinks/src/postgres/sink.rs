@@ -184,10 +184,19 @@ impl Shared {
 }
 
 impl State {
-    /// Whether a batch is due: enough records, the oldest waiting long enough, or a heartbeat
-    /// (offsets and watermarks move even with no record) a second after the last.
-    fn due(&self, batch_size: usize, flush_interval: Duration, heartbeat: Duration) -> bool {
+    /// Whether a batch is due: enough records, the oldest waiting long enough, every
+    /// partition read to its end while the writer is free (nothing is there to fill the batch:
+    /// its rows go now instead of after `flush_interval`), or a heartbeat (offsets and
+    /// watermarks move even with no record) a second after the last.
+    fn due(
+        &self,
+        batch_size: usize,
+        flush_interval: Duration,
+        heartbeat: Duration,
+        writer_free: bool,
+    ) -> bool {
         self.pending.len() >= batch_size
+            || (writer_free && !self.pending.is_empty() && self.watermarks.all_at_end())
             || self
                 .first_pending
                 .is_some_and(|t| t.elapsed() >= flush_interval)
@@ -514,11 +523,7 @@ fn consume(
                 }
             }
             let mut state = shared.state.lock().unwrap();
-            // read to the end of every partition with no batch being written: nothing is
-            // there to fill the batch, so its rows go now instead of after `flush_interval`
-            let caught_up =
-                !in_flight && !state.pending.is_empty() && state.watermarks.all_at_end();
-            let due = stopping || caught_up || state.due(batch_size, flush_interval, heartbeat);
+            let due = stopping || state.due(batch_size, flush_interval, heartbeat, !in_flight);
             // the next batch's rows encoded for COPY while the one in flight is written
             let mut prepared: Option<Tuples> = None;
             if due && in_flight {
@@ -1123,4 +1128,50 @@ fn add(total: &mut Outcome, o: &Outcome) {
     total.late_accepted += o.late_accepted;
     total.dead_letters += o.dead_letters;
     total.unwritable += o.unwritable;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rows::{Row, Values};
+    use super::*;
+
+    #[test]
+    fn a_batch_is_due_when_full_old_or_read_to_the_end_with_the_writer_free() {
+        let (size, interval, heartbeat) = (3, Duration::from_secs(60), Duration::from_secs(60));
+        let mut state = State {
+            last_heartbeat: Some(Instant::now()),
+            ..State::default()
+        };
+        state.watermarks.assign(0, 0);
+        state.watermarks.assign(1, 0);
+        let row = |offset| Row::new((0, offset), 0, 0, Values::default());
+        state.pending.push(row(0));
+        state.first_pending = Some(Instant::now());
+        assert!(
+            !state.due(size, interval, heartbeat, true),
+            "one row, young"
+        );
+        state.watermarks.at_end(0);
+        assert!(
+            !state.due(size, interval, heartbeat, true),
+            "partition 1 may still fill it"
+        );
+        state.watermarks.at_end(1);
+        assert!(
+            state.due(size, interval, heartbeat, true),
+            "nothing left to read"
+        );
+        assert!(
+            !state.due(size, interval, heartbeat, false),
+            "a batch is being written: the rows wait to fill the next"
+        );
+        state.pending.extend([row(1), row(2)]);
+        assert!(state.due(size, interval, heartbeat, false), "full");
+        state.pending.clear();
+        state.first_pending = None;
+        assert!(
+            !state.due(size, interval, heartbeat, true),
+            "read to the end with nothing pending: no batch"
+        );
+    }
 }
