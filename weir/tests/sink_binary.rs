@@ -7,6 +7,8 @@
 //!   value with `$1::type` of its text.
 //! - A batch moves every partition's stored offset at once (one statement, pipelined with
 //!   the windows' lock): one stale partition fences the whole batch and nothing of it stays.
+//! - Keys the table holds, after a batch of new ones: the unasked `COPY` of the batch fails,
+//!   is undone, and the batch is written the asking way; the newest record of each key wins.
 
 mod common;
 
@@ -310,4 +312,143 @@ async fn stale_partition_fences_the_batch() {
         Err(WriteError::Fenced { .. })
     ));
     assert_eq!(count("SELECT count(*) FROM window_ledger").await, 2);
+}
+
+#[test]
+fn held_keys_after_new_ones_undo_the_fast_insert_and_the_newest_record_of_each_key_wins() {
+    block_on(held_keys_after_new_ones());
+}
+
+async fn held_keys_after_new_ones() {
+    let (url, db, table) = users_table("held").await;
+    let ident = sink_ident("held");
+    let now = chrono::Utc::now().timestamp_millis();
+    let start = now - now % 300_000;
+    let batch = |keys: std::ops::Range<usize>, time: i64, sample: usize, from: i64| {
+        let mut rows: Vec<Row> = keys
+            .enumerate()
+            .map(|(n, k)| {
+                // the record's time and window in their columns, as the users mapping has
+                // them: the merge compares the time with what the table holds, and returns
+                // the window of each row it writes
+                let rfc3339 = |ms: i64| {
+                    chrono::DateTime::from_timestamp_millis(ms)
+                        .unwrap()
+                        .to_rfc3339()
+                };
+                let values = table
+                    .columns
+                    .iter()
+                    .map(|c| match c.name.as_str() {
+                        "email" => Some(format!("u{k}@example.com")),
+                        "record_timestamp" => Some(rfc3339(time)),
+                        "window_start" => Some(rfc3339(start)),
+                        _ => samples(&c.pg_type, sample),
+                    })
+                    .collect();
+                Row::new((0, from + n as i64), time, start, values)
+            })
+            .collect();
+        let tuples = Tuples::encode(&table, &mut rows);
+        (rows, tuples)
+    };
+    let encoder = DeadLetterEncoder::new("weir-held-dlq", "weir-held");
+    let dead = dead_letters(&encoder);
+    let pool = weir_sinks::postgres::sink::pool(&url).expect("a pool");
+    let mut client = pool.get().await.expect("a connection");
+    let offsets = load_offsets(&db, &ident, &[(0, 0)]).await.unwrap();
+    assert_eq!(offsets, vec![(0, 0)]);
+    let step = |expected: i64, next: i64| OffsetMove {
+        partition: 0,
+        expected,
+        next,
+        watermark: Some(start),
+    };
+
+    // ten new keys, sample 0 ("O'Brien…" names); all new, so the next batch's keys are
+    // guessed new too and copied unasked
+    let (rows, tuples) = batch(0..10, start + 1_000, 0, 0);
+    let first = write_batch(
+        &mut client,
+        &table,
+        &ident,
+        &rows,
+        &tuples,
+        &[step(0, 10)],
+        &dead,
+    )
+    .await
+    .expect("the first batch");
+    assert_eq!(first.rows_written, 10);
+    // keys 5..15, newer, sample 1 ("Зоряна"): five held, five new — the unasked COPY fails
+    // on the first held key, is undone, and the batch goes the asking way
+    let (rows, tuples) = batch(5..15, start + 2_000, 1, 10);
+    let second = write_batch(
+        &mut client,
+        &table,
+        &ident,
+        &rows,
+        &tuples,
+        &[step(10, 20)],
+        &dead,
+    )
+    .await
+    .expect("the second batch");
+    assert_eq!(second.rows_written, 10, "{second:?}");
+    // key 0 again, older than what the table holds: it loses
+    let (rows, tuples) = batch(0..1, start + 500, 1, 20);
+    let third = write_batch(
+        &mut client,
+        &table,
+        &ident,
+        &rows,
+        &tuples,
+        &[step(20, 21)],
+        &dead,
+    )
+    .await
+    .expect("the third batch");
+    assert_eq!(third.rows_written, 0, "{third:?}");
+
+    let names: Vec<(String, String)> = db
+        .query(
+            "SELECT email, first_name FROM users ORDER BY substr(email, 2, strpos(email, '@') - 2)::int",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected: Vec<(String, String)> = (0..15)
+        .map(|k| {
+            let sample = if k < 5 { 0 } else { 1 };
+            (
+                format!("u{k}@example.com"),
+                samples("character varying(100)", sample).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(names, expected);
+    let counted: (i64, i64) = db
+        .query_one(
+            "SELECT records, rows_written FROM windows WHERE sink = $1",
+            &[&ident.id],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(
+        counted,
+        (21, 20),
+        "every record counted, the losing one wrote no row"
+    );
+    // a batch's commit without waiting for the disk is its own: the connection's setting
+    // is untouched for what it runs next
+    let setting: String = client
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(setting, "on");
 }

@@ -17,8 +17,10 @@
 //!
 //! Round trips are what a batch waits for, beside `COPY` itself: the statements are prepared
 //! once per connection (deadpool's cache) and those that do not depend on each other's
-//! answers are sent together (steps 1 and 2 in one round trip, the ledger and the counts in
-//! another, the rejects and dead letters [`PIPELINE`] at a time).
+//! answers are sent together (steps 1 and 2 and the fast insert's savepoint in one round
+//! trip, the ledger and the counts in another, the rejects and dead letters [`PIPELINE`] at
+//! a time). A batch with no dead letters commits without waiting for the disk
+//! ([`relaxed_commit`] says why that keeps exactly-once).
 //!
 //! Every record the batch cannot apply — late for a sealed window (dead-letter policy), a
 //! time beyond the clock or outside years 1 to 9999, not a clean record, refused by
@@ -171,11 +173,19 @@ pub async fn write_batch(
     // records whose time keeps them out of every window: refused, not counted anywhere
     let mut refused: Vec<Refused> = Vec::new();
     let windowed = in_time(rows, &mut refused);
-    // the offsets' compare-and-set, and the windows (the missing ones created, all of them
-    // locked, the sealed ones learnt): sent together, one round trip
-    let ((), sealed) = futures::try_join!(
+    // the offsets' compare-and-set, the windows (the missing ones created, all of them
+    // locked, the sealed ones learnt) and, when there are rows, the savepoint of the fast
+    // insert ([`merge`]): sent together, one round trip
+    let savepoint = async {
+        if !rows.is_empty() {
+            tx.batch_execute("SAVEPOINT fresh").await?;
+        }
+        Ok::<_, WriteError>(())
+    };
+    let ((), sealed, ()) = futures::try_join!(
         cas_offsets(&tx, sink, offsets),
-        lock_windows(&tx, sink, &windowed)
+        lock_windows(&tx, sink, &windowed),
+        savepoint
     )?;
     if rows.is_empty() {
         tx.commit().await?;
@@ -208,12 +218,32 @@ pub async fn write_batch(
     // the ledger (a slice per window and partition of the records applied, rows or rejects)
     // and the windows' counts: sent together
     let slices = ledger_slices(&windowed, &sealed, sink.late_policy);
+    // a batch that puts nothing in the outbox commits without waiting for its WAL to reach
+    // the disk ([`relaxed_commit`])
     futures::try_join!(
+        relaxed_commit(&tx, outcome.dead_letters == 0),
         put_ledger(&tx, sink, &slices),
         count_windows(&tx, sink, &tally, &sealed, &mut outcome)
     )?;
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// Lets the transaction commit without waiting for its WAL to reach the disk, when `relax`
+/// (PostgreSQL's `synchronous_commit = off`, for this transaction alone).
+///
+/// Exactly-once still holds: a batch's rows, ledger, counts and offsets commit atomically,
+/// and the WAL is written in order, so a crash of PostgreSQL can only lose the last batches
+/// whole, offsets included, and the sink reads them from Kafka again. Whatever commits
+/// durably after them (Airflow sealing a window, a batch with dead letters) makes them
+/// durable too. A batch with dead letters keeps the wait: its outbox rows are forwarded to
+/// Kafka, which cannot be taken back.
+async fn relaxed_commit(tx: &Transaction<'_>, relax: bool) -> Result<(), WriteError> {
+    if relax {
+        tx.batch_execute("SET LOCAL synchronous_commit TO off")
+            .await?;
+    }
+    Ok(())
 }
 
 /// At most this many statements are sent ahead of their answers ([`pipelined`]).
@@ -507,11 +537,14 @@ async fn merge<'r>(
     } else {
         &[true]
     };
-    for &check in checks {
-        tx.batch_execute("SAVEPOINT fresh").await?;
+    for (i, &check) in checks.iter().enumerate() {
+        // the first savepoint was sent with the batch's first statements; it is not
+        // released (the commit does that): a round trip less
+        if i > 0 {
+            tx.batch_execute("SAVEPOINT fresh").await?;
+        }
         match insert_new(tx, table, key, apply, tuples, check).await {
             Ok((mut written, held)) => {
-                tx.batch_execute("RELEASE SAVEPOINT fresh").await?;
                 written.extend(merge_staged(tx, table, &held, refused).await?);
                 return Ok(written);
             }
