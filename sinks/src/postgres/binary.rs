@@ -177,7 +177,15 @@ fn ordered(text: &str, out: &mut BytesMut) -> bool {
 
 /// A JSON object's members in their written order: keys unescaped (borrowed when they hold
 /// no escape), values as raw JSON.
-struct Object<'a>(Vec<(std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue)>);
+pub struct Object<'a>(Vec<(std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue)>);
+
+impl<'a> Object<'a> {
+    /// The raw JSON of member `key`; the last one when the key is repeated (as a parse into
+    /// a map keeps it).
+    pub fn get(&self, key: &str) -> Option<&'a serde_json::value::RawValue> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
 
 impl<'de: 'a, 'a> serde::Deserialize<'de> for Object<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -359,6 +367,20 @@ mod tests {
         ] {
             assert_eq!(encode(Kind::Timestamptz, odd), None, "{odd}");
         }
+    }
+
+    #[test]
+    fn an_objects_members_are_found_by_their_unescaped_key_the_last_repeat_winning() {
+        let text =
+            r#"{"email": "a@b.c", "n\u0061me": {"first": "Zoë"}, "age": 3, "age": 4, "x": null}"#;
+        let object: Object<'_> = serde_json::from_str(text).unwrap();
+        let get = |k: &str| object.get(k).map(|v| v.get().to_owned());
+        assert_eq!(get("email").as_deref(), Some(r#""a@b.c""#));
+        assert_eq!(get("name").as_deref(), Some(r#"{"first": "Zoë"}"#));
+        assert_eq!(get("age").as_deref(), Some("4"));
+        assert_eq!(get("x").as_deref(), Some("null"));
+        assert_eq!(get("missing"), None);
+        assert!(serde_json::from_str::<Object<'_>>("[1]").is_err());
     }
 
     #[test]

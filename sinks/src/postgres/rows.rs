@@ -2,8 +2,6 @@
 //! the batch's rows encoded for binary `COPY` while the batch before is written
 //! ([`Tuples`]), and reading the fields of a record parsed one level deep ([`RawRecord`]).
 
-use std::collections::HashMap;
-
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::binary;
@@ -223,32 +221,10 @@ pub fn json_field(record: &serde_json::Value, field: &str) -> Option<String> {
     }
 }
 
-/// A clean record parsed one level deep: each field's value kept as raw JSON.
-pub type RawRecord<'a> =
-    HashMap<&'a str, &'a serde_json::value::RawValue, std::hash::BuildHasherDefault<Fnv>>;
-
-/// FNV-1a: the field names of one record are short and not chosen by an attacker who could
-/// gain from collisions (a record's fields are read, not stored); SipHash, the default, was a
-/// tenth of the sink's decoding time.
-pub struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
+/// A clean record parsed one level deep: each field's value kept as raw JSON, the fields in
+/// the record's order (looked up one by one: a record has a few dozen, and building a map of
+/// them cost more than finding them).
+pub type RawRecord<'a> = binary::Object<'a>;
 
 /// Reads a field of a record parsed one level deep (values kept as raw JSON).
 pub fn raw_field(record: &RawRecord<'_>, field: &str) -> Option<String> {
