@@ -9,6 +9,8 @@
 //!   the windows' lock): one stale partition fences the whole batch and nothing of it stays.
 //! - Keys the table holds, after a batch of new ones: the unasked `COPY` of the batch fails,
 //!   is undone, and the batch is written the asking way; the newest record of each key wins.
+//!   Undoing it undoes neither the offsets' move nor the windows', even on a new connection
+//!   (where the statements are prepared first).
 
 mod common;
 
@@ -451,4 +453,86 @@ async fn held_keys_after_new_ones() {
         .unwrap()
         .get(0);
     assert_eq!(setting, "on");
+
+    // a sink started again (a new connection, its statements not prepared yet; keys guessed
+    // new) whose first batch holds a key the table has: the COPY is undone, the offsets'
+    // move and the windows' lock are not
+    let (cfg, _) = common::windows::users_sink("weir-held", 300_000);
+    let table = Table::describe(&db, &cfg).await.expect("the users table");
+    let pool = weir_sinks::postgres::sink::pool(&url).expect("a pool");
+    let mut client = pool.get().await.expect("a connection");
+    let (rows, tuples) = {
+        let mut rows: Vec<Row> = [3usize, 15]
+            .iter()
+            .enumerate()
+            .map(|(n, k)| {
+                let mut values: Vec<Option<String>> = table
+                    .columns
+                    .iter()
+                    .map(|c| samples(&c.pg_type, 2))
+                    .collect();
+                for (c, v) in table.columns.iter().zip(values.iter_mut()) {
+                    match c.name.as_str() {
+                        "email" => *v = Some(format!("u{k}@example.com")),
+                        "record_timestamp" => {
+                            *v = chrono::DateTime::from_timestamp_millis(start + 3_000)
+                                .map(|t| t.to_rfc3339())
+                        }
+                        "window_start" => {
+                            *v = chrono::DateTime::from_timestamp_millis(start)
+                                .map(|t| t.to_rfc3339())
+                        }
+                        _ => {}
+                    }
+                }
+                Row::new(
+                    (0, 21 + n as i64),
+                    start + 3_000,
+                    start,
+                    values.into_iter().collect(),
+                )
+            })
+            .collect();
+        let tuples = Tuples::encode(&table, &mut rows);
+        (rows, tuples)
+    };
+    let fourth = write_batch(
+        &mut client,
+        &table,
+        &ident,
+        &rows,
+        &tuples,
+        &[step(21, 23)],
+        &dead,
+    )
+    .await
+    .expect("the first batch of the new connection");
+    assert_eq!(fourth.rows_written, 2, "{fourth:?}");
+    let stored = db
+        .query_one(
+            "SELECT next_offset FROM sink_offsets WHERE sink = $1",
+            &[&ident.id],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(stored, 23, "the offsets moved with the batch");
+    let counted: (i64, i64) = db
+        .query_one(
+            "SELECT records, rows_written FROM windows WHERE sink = $1",
+            &[&ident.id],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(counted, (23, 22));
+    let names: i64 = db
+        .query_one(
+            "SELECT count(*) FROM users WHERE email IN ('u3@example.com', 'u15@example.com') AND first_name = $1",
+            &[&samples("character varying(100)", 2).unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(names, 2);
 }

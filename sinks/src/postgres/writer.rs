@@ -39,6 +39,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use deadpool_postgres::{Client, Transaction};
 use futures::{pin_mut, SinkExt, StreamExt, TryStreamExt};
 use tokio_postgres::types::ToSql;
+use tokio_postgres::Statement;
 
 use super::config::LatePolicy;
 use super::window::Millis;
@@ -166,67 +167,239 @@ pub async fn write_batch(
     dead: &DeadLetters<'_>,
 ) -> Result<Outcome, WriteError> {
     let tx = client.transaction().await?;
-    let mut outcome = Outcome {
-        records: rows.len() as u64,
-        ..Outcome::default()
-    };
     // records whose time keeps them out of every window: refused, not counted anywhere
     let mut refused: Vec<Refused> = Vec::new();
     let windowed = in_time(rows, &mut refused);
-    // the offsets' compare-and-set, the windows (the missing ones created, all of them
-    // locked, the sealed ones learnt) and, when there are rows, the savepoint of the fast
-    // insert ([`merge`]): sent together, one round trip
+    // the rows go into the table with an unasked COPY when their keys are guessed new
+    // ([`merge`] says how): opened in the first round trip, ended in the last
+    let unasked = !rows.is_empty()
+        && table.key_index.is_some()
+        && table.binary.is_some()
+        && table.fresh.guess_all_new();
+    // the first round trip's statements, prepared first (once per connection: deadpool
+    // caches them) so that nothing but them goes out before it, in its order
+    let (cas, create, lock, insert) = futures::try_join!(
+        tx.prepare_cached(CAS_OFFSETS_SQL),
+        tx.prepare_cached(CREATE_WINDOWS_SQL),
+        tx.prepare_cached(LOCK_WINDOWS_SQL),
+        async {
+            match unasked {
+                true => tx.prepare_cached(&table.insert_binary_sql).await.map(Some),
+                false => Ok(None),
+            }
+        }
+    )?;
+    // sent together, in this order, one round trip: the offsets' compare-and-set; the
+    // windows (the missing ones created, all of them locked, the sealed ones learnt); when
+    // there are rows, the savepoint the fast insert is undone to (after the offsets and the
+    // windows: undoing the insert must not undo them); and the unasked COPY opened
     let savepoint = async {
         if !rows.is_empty() {
             tx.batch_execute("SAVEPOINT fresh").await?;
         }
         Ok::<_, WriteError>(())
     };
-    let ((), sealed, ()) = futures::try_join!(
-        cas_offsets(&tx, sink, offsets),
-        lock_windows(&tx, sink, &windowed),
-        savepoint
+    let open = async {
+        match &insert {
+            Some(statement) => {
+                Ok::<_, WriteError>(Some(Box::pin(tx.copy_in::<_, Bytes>(statement).await?)))
+            }
+            None => Ok(None),
+        }
+    };
+    let (stale, sealed, (), copy) = futures::try_join!(
+        cas_offsets(&tx, &cas, sink, offsets),
+        lock_windows(&tx, (&create, &lock), sink, &windowed),
+        savepoint,
+        open
     )?;
+    if let Some(m) = stale {
+        // the COPY aborted first (nothing else goes out while it is open), and undone
+        if copy.is_some() {
+            drop(copy);
+            tx.batch_execute("ROLLBACK TO SAVEPOINT fresh").await?;
+        }
+        return Err(fenced(&tx, sink, m).await);
+    }
     if rows.is_empty() {
         tx.commit().await?;
-        return Ok(outcome);
+        return Ok(Outcome::default());
     }
-    let (mut tally, apply) = sort_out(sink, &windowed, &sealed, &mut refused);
+    let (tally, apply) = sort_out(sink, &windowed, &sealed, &mut refused);
+    let rest = Rest {
+        sink,
+        dead,
+        records: rows.len(),
+        windowed: &windowed,
+        sealed: &sealed,
+        tally: &tally,
+    };
 
-    // stage and merge
-    let written = merge(&tx, table, &apply, tuples, &mut refused).await?;
-    outcome.rows_written = written.len() as u64;
-    for w in &written {
-        // rows are attributed to the window of the record that wrote them
-        if let Some(t) = tally.get_mut(w) {
-            t.rows_written += 1;
+    let mut outcome = None;
+    let refused_before = refused.len();
+    if let (Some(mut copy), Some(key)) = (copy, table.key_index) {
+        // the newest row of each key, unasked; a row with no key or no tuple goes the
+        // staged way
+        let (fresh, odd): (Vec<&Row>, Vec<&Row>) = newest_per_key(&apply, key)
+            .into_iter()
+            .partition(|r| r.values.get(key).is_some() && tuples.of(r).is_some());
+        let mut fed = Ok(());
+        for chunk in tuple_chunks(&fresh, tuples, COPY_CHUNK) {
+            fed = copy.feed(chunk).await;
+            if fed.is_err() {
+                break;
+            }
+        }
+        let windows: Vec<Millis> = fresh.iter().map(|r| window_of(table, r)).collect();
+        let copied = match fed {
+            // nothing else to write: the COPY's end and the batch's rest go together
+            Ok(()) if odd.is_empty() => {
+                match rest
+                    .write(&tx, &windows, &refused, copy.as_mut().finish())
+                    .await
+                {
+                    Ok(o) => {
+                        outcome = Some(o);
+                        Ok(())
+                    }
+                    Err(Unfinished::Copy(e)) => Err(e),
+                    Err(Unfinished::Rest(e)) => return Err(e),
+                }
+            }
+            Ok(()) => match copy.as_mut().finish().await {
+                Ok(_) => {
+                    let mut written = windows;
+                    written.extend(merge_staged(&tx, table, &odd, &mut refused).await?);
+                    let done = async { Ok(0) };
+                    match rest.write(&tx, &written, &refused, done).await {
+                        Ok(o) => {
+                            outcome = Some(o);
+                            Ok(())
+                        }
+                        Err(Unfinished::Copy(e)) => Err(e),
+                        Err(Unfinished::Rest(e)) => return Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        // ended (or aborted) before anything else is sent: nothing goes out while a COPY is
+        // open
+        drop(copy);
+        if let Err(e) = copied {
+            // a key the table holds, or a row PostgreSQL refuses: undone, and the batch
+            // goes the asking way
+            if e.as_db_error().is_none() {
+                return Err(e.into());
+            }
+            tracing::debug!(error = %describe(&e), "the batch's unasked COPY failed");
+            tx.batch_execute("ROLLBACK TO SAVEPOINT fresh").await?;
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                table.fresh.missed();
+            }
+            refused.truncate(refused_before);
         }
     }
-
-    // rejects and dead letters, in the same transaction
-    for r in &refused {
-        if r.counted {
-            outcome.rejected += 1;
-            tally.entry(r.row.window_start).or_default().rejected += 1;
+    let outcome = match outcome {
+        Some(o) => o,
+        None => {
+            let written = merge(&tx, table, &apply, tuples, &mut refused, unasked).await?;
+            let done = async { Ok(0) };
+            match rest.write(&tx, &written, &refused, done).await {
+                Ok(o) => o,
+                Err(Unfinished::Copy(e)) => return Err(e.into()),
+                Err(Unfinished::Rest(e)) => return Err(e),
+            }
         }
-        if r.code != "window.sealed" || sink.late_policy == LatePolicy::DeadLetter {
-            outcome.dead_letters += 1;
-        }
-    }
-    pipelined(refused.iter().map(|r| put_refused(&tx, sink, r, dead))).await?;
-
-    // the ledger (a slice per window and partition of the records applied, rows or rejects)
-    // and the windows' counts: sent together
-    let slices = ledger_slices(&windowed, &sealed, sink.late_policy);
-    // a batch that puts nothing in the outbox commits without waiting for its WAL to reach
-    // the disk ([`relaxed_commit`])
-    futures::try_join!(
-        relaxed_commit(&tx, outcome.dead_letters == 0),
-        put_ledger(&tx, sink, &slices),
-        count_windows(&tx, sink, &tally, &sealed, &mut outcome)
-    )?;
+    };
     tx.commit().await?;
     Ok(outcome)
+}
+
+/// The window a row written with `COPY` is counted in: its record's (the window column
+/// holds it; RETURNING would give the same), or none when the table has no window column.
+fn window_of(table: &Table, row: &Row) -> Millis {
+    table.window_column.as_ref().map_or(0, |_| row.window_start)
+}
+
+/// What a batch writes after its rows: rejects and dead letters, the ledger, the windows'
+/// counts.
+struct Rest<'a> {
+    sink: &'a SinkIdent,
+    dead: &'a DeadLetters<'a>,
+    records: usize,
+    windowed: &'a [&'a Row],
+    sealed: &'a [Millis],
+    tally: &'a BTreeMap<Millis, WindowTally>,
+}
+
+/// Why [`Rest::write`] did not finish.
+enum Unfinished {
+    /// The rows' COPY failed (what followed it failed with it).
+    Copy(tokio_postgres::Error),
+    Rest(WriteError),
+}
+
+impl Rest<'_> {
+    /// Writes the rest of the batch whose rows wrote `written` (the window of each row) and
+    /// which refused `refused`, sent together with `copy`, the end of the rows' COPY (or
+    /// nothing): one round trip.
+    async fn write(
+        &self,
+        tx: &Transaction<'_>,
+        written: &[Millis],
+        refused: &[Refused<'_>],
+        copy: impl std::future::Future<Output = Result<u64, tokio_postgres::Error>>,
+    ) -> Result<Outcome, Unfinished> {
+        let sink = self.sink;
+        let mut outcome = Outcome {
+            records: self.records as u64,
+            rows_written: written.len() as u64,
+            ..Outcome::default()
+        };
+        let mut tally = self.tally.clone();
+        for w in written {
+            // rows are attributed to the window of the record that wrote them
+            if let Some(t) = tally.get_mut(w) {
+                t.rows_written += 1;
+            }
+        }
+        for r in refused {
+            if r.counted {
+                outcome.rejected += 1;
+                tally.entry(r.row.window_start).or_default().rejected += 1;
+            }
+            if r.code != "window.sealed" || sink.late_policy == LatePolicy::DeadLetter {
+                outcome.dead_letters += 1;
+            }
+        }
+        for (w, t) in &tally {
+            if self.sealed.contains(w) {
+                outcome.late_dead_letter += t.late_dead_letter as u64;
+                outcome.late_dropped += t.late_dropped as u64;
+                outcome.late_accepted += t.late_accepted as u64;
+            }
+        }
+        // the ledger: a slice per window and partition of the records applied, rows or
+        // rejects
+        let slices = ledger_slices(self.windowed, self.sealed, sink.late_policy);
+        let rest = async {
+            futures::try_join!(
+                // rejects and dead letters, in the same transaction
+                pipelined(refused.iter().map(|r| put_refused(tx, sink, r, self.dead))),
+                // a batch that puts nothing in the outbox commits without waiting for its
+                // WAL to reach the disk ([`relaxed_commit`])
+                relaxed_commit(tx, outcome.dead_letters == 0),
+                put_ledger(tx, sink, &slices),
+                count_windows(tx, sink, &tally, self.sealed)
+            )
+        };
+        let (copied, rest) = futures::join!(copy, rest);
+        copied.map_err(Unfinished::Copy)?;
+        rest.map_err(Unfinished::Rest)?;
+        Ok(outcome)
+    }
 }
 
 /// Lets the transaction commit without waiting for its WAL to reach the disk, when `relax`
@@ -318,10 +491,21 @@ fn in_time<'r>(rows: &'r [Row], refused: &mut Vec<Refused<'r>>) -> Vec<&'r Row> 
         .collect()
 }
 
+/// Creates the missing windows of a batch.
+const CREATE_WINDOWS_SQL: &str = "INSERT INTO windows (sink, window_start, window_end) \
+     SELECT $1, s, e FROM unnest($2::timestamptz[], $3::timestamptz[]) AS w(s, e) \
+     ON CONFLICT (sink, window_start) DO NOTHING";
+
+/// Locks a batch's windows and tells which are sealed.
+const LOCK_WINDOWS_SQL: &str =
+    "SELECT (extract(epoch FROM window_start)*1000)::int8, status FROM windows \
+     WHERE sink = $1 AND window_start = ANY($2) ORDER BY window_start FOR UPDATE";
+
 /// Creates the windows of `windowed` that are missing and locks them all (`FOR UPDATE`: a
 /// window sealed meanwhile takes no more records); returns the sealed ones.
 async fn lock_windows(
     tx: &Transaction<'_>,
+    (create, lock): (&Statement, &Statement),
     sink: &SinkIdent,
     windowed: &[&Row],
 ) -> Result<Vec<Millis>, WriteError> {
@@ -333,23 +517,12 @@ async fn lock_windows(
     if windows.is_empty() {
         return Ok(Vec::new());
     }
-    let (create, lock) = futures::try_join!(
-        tx.prepare_cached(
-            "INSERT INTO windows (sink, window_start, window_end) \
-             SELECT $1, s, e FROM unnest($2::timestamptz[], $3::timestamptz[]) AS w(s, e) \
-             ON CONFLICT (sink, window_start) DO NOTHING",
-        ),
-        tx.prepare_cached(
-            "SELECT (extract(epoch FROM window_start)*1000)::int8, status FROM windows \
-             WHERE sink = $1 AND window_start = ANY($2) ORDER BY window_start FOR UPDATE",
-        )
-    )?;
     // sent together, in this order: the lock sees the windows just created
     let (create_params, lock_params): (&[&(dyn ToSql + Sync)], &[&(dyn ToSql + Sync)]) =
         (&[&sink.id, &starts, &ends], &[&sink.id, &starts]);
     let (_, locked) = futures::try_join!(
-        tx.execute(&create, create_params),
-        tx.query(&lock, lock_params)
+        tx.execute(create, create_params),
+        tx.query(lock, lock_params)
     )?;
     Ok(locked
         .iter()
@@ -455,7 +628,6 @@ async fn count_windows(
     sink: &SinkIdent,
     tally: &BTreeMap<Millis, WindowTally>,
     sealed: &[Millis],
-    outcome: &mut Outcome,
 ) -> Result<(), WriteError> {
     let (late, open) = futures::try_join!(
         tx.prepare_cached(
@@ -468,13 +640,6 @@ async fn count_windows(
              WHERE sink = $1 AND window_start = $2 AND status = 'open'",
         )
     )?;
-    for (w, t) in tally {
-        if sealed.contains(w) {
-            outcome.late_dead_letter += t.late_dead_letter as u64;
-            outcome.late_dropped += t.late_dropped as u64;
-            outcome.late_accepted += t.late_accepted as u64;
-        }
-    }
     // one statement a window, sent together
     pipelined(tally.iter().map(|(w, t)| {
         let (late, open) = (&late, &open);
@@ -514,35 +679,33 @@ async fn count_windows(
 }
 
 /// Writes `apply` into the table, the newest record of each key winning; returns the window
-/// of every row written (rows PostgreSQL refuses go to `refused`).
+/// of every row written (rows PostgreSQL refuses go to `refused`). The savepoint `fresh`
+/// stands when it is called (what failed after it was undone to it).
 ///
 /// The fast way first, as fast as `COPY` into the table: the newest row of each key goes in
-/// with `COPY` straight into the table — all of them at once when the last batches' keys were
-/// all new (a key the table holds fails it, and it is undone), else only those of keys the
-/// table does not hold, the rest through [`merge_staged`]. If that fails too (another writer
-/// added one of the keys meanwhile, or PostgreSQL refuses a row), it is undone and the whole
-/// batch goes through [`merge_staged`], which handles every case.
+/// with `COPY` straight into the table — all of them at once, unasked, when the last
+/// batches' keys were all new (a key the table holds fails it, and it is undone; `tried`:
+/// [`write_batch`] tried that already), else only those of keys the table does not hold, the
+/// rest through [`merge_staged`]. If that fails too (another writer added one of the keys
+/// meanwhile, or PostgreSQL refuses a row), it is undone and the whole batch goes through
+/// [`merge_staged`], which handles every case.
 async fn merge<'r>(
     tx: &Transaction<'_>,
     table: &Table,
     apply: &[&'r Row],
     tuples: &Tuples,
     refused: &mut Vec<Refused<'r>>,
+    tried: bool,
 ) -> Result<Vec<Millis>, WriteError> {
     let Some(key) = table.key_index.filter(|_| !apply.is_empty()) else {
         return merge_staged(tx, table, apply, refused).await;
     };
-    let checks: &[bool] = if table.fresh.guess_all_new() {
+    let checks: &[bool] = if table.fresh.guess_all_new() && !tried {
         &[false, true]
     } else {
         &[true]
     };
-    for (i, &check) in checks.iter().enumerate() {
-        // the first savepoint was sent with the batch's first statements; it is not
-        // released (the commit does that): a round trip less
-        if i > 0 {
-            tx.batch_execute("SAVEPOINT fresh").await?;
-        }
+    for &check in checks {
         match insert_new(tx, table, key, apply, tuples, check).await {
             Ok((mut written, held)) => {
                 written.extend(merge_staged(tx, table, &held, refused).await?);
@@ -550,6 +713,7 @@ async fn merge<'r>(
             }
             Err(e) if e.as_db_error().is_some() => {
                 tracing::debug!(error = %describe(&e), check, "the batch's fast insert failed");
+                // the savepoint stays, for the next way
                 tx.batch_execute("ROLLBACK TO SAVEPOINT fresh").await?;
                 // a key the table holds: ask first for the next batches
                 if !check && e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
@@ -649,11 +813,7 @@ async fn insert_new<'r>(
             fresh
         }
     };
-    // the window column holds each row's window start (RETURNING would give the same)
-    let windows = fresh
-        .iter()
-        .map(|r| table.window_column.as_ref().map_or(0, |_| r.window_start))
-        .collect();
+    let windows = fresh.iter().map(|r| window_of(table, r)).collect();
     Ok((windows, rest))
 }
 
@@ -787,7 +947,10 @@ pub async fn write_unwritable(
     dead: &DeadLetters<'_>,
 ) -> Result<(), WriteError> {
     let tx = client.transaction().await?;
-    cas_offsets(&tx, sink, std::slice::from_ref(offset)).await?;
+    let cas = tx.prepare_cached(CAS_OFFSETS_SQL).await?;
+    if let Some(m) = cas_offsets(&tx, &cas, sink, std::slice::from_ref(offset)).await? {
+        return Err(fenced(&tx, sink, m).await);
+    }
     let sqlstate = error.sqlstate();
     let refused = Refused {
         row,
@@ -804,24 +967,25 @@ pub async fn write_unwritable(
     Ok(())
 }
 
-/// Moves each partition's stored offset from `expected` to `next`, or fails fenced.
-async fn cas_offsets(
+/// Moves each partition's stored offset from `expected` to `next`, every partition in one
+/// statement (a batch moves each partition once).
+const CAS_OFFSETS_SQL: &str = "UPDATE sink_offsets o SET next_offset = m.next, watermark = m.watermark, heartbeat_at = now(), updated_at = now() \
+     FROM unnest($3::int4[], $4::int8[], $5::int8[], $6::timestamptz[]) AS m(partition, expected, next, watermark) \
+     WHERE o.sink = $1 AND o.topic = $2 AND o.partition = m.partition AND o.next_offset = m.expected \
+     RETURNING o.partition";
+
+/// Moves each partition's stored offset from `expected` to `next` ([`CAS_OFFSETS_SQL`]);
+/// returns the first partition that did not move (its stored offset is not where this batch
+/// starts: the batch is fenced, [`fenced`] says why).
+async fn cas_offsets<'m>(
     tx: &Transaction<'_>,
+    statement: &Statement,
     sink: &SinkIdent,
-    offsets: &[OffsetMove],
-) -> Result<(), WriteError> {
+    offsets: &'m [OffsetMove],
+) -> Result<Option<&'m OffsetMove>, WriteError> {
     if offsets.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    // every partition in one statement (a batch moves each partition once)
-    let statement = tx
-        .prepare_cached(
-            "UPDATE sink_offsets o SET next_offset = m.next, watermark = m.watermark, heartbeat_at = now(), updated_at = now() \
-             FROM unnest($3::int4[], $4::int8[], $5::int8[], $6::timestamptz[]) AS m(partition, expected, next, watermark) \
-             WHERE o.sink = $1 AND o.topic = $2 AND o.partition = m.partition AND o.next_offset = m.expected \
-             RETURNING o.partition",
-        )
-        .await?;
     let partitions: Vec<i32> = offsets.iter().map(|m| m.partition).collect();
     let expected: Vec<i64> = offsets.iter().map(|m| m.expected).collect();
     let next: Vec<i64> = offsets.iter().map(|m| m.next).collect();
@@ -829,7 +993,7 @@ async fn cas_offsets(
         offsets.iter().map(|m| m.watermark.map(ts)).collect();
     let moved: Vec<i32> = tx
         .query(
-            &statement,
+            statement,
             &[
                 &sink.id,
                 &sink.topic,
@@ -843,22 +1007,26 @@ async fn cas_offsets(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    // a partition that did not move: its stored offset is not where this batch starts
-    if let Some(m) = offsets.iter().find(|m| !moved.contains(&m.partition)) {
-        let stored = tx
-            .query_opt(
-                "SELECT next_offset FROM sink_offsets WHERE sink = $1 AND topic = $2 AND partition = $3",
-                &[&sink.id, &sink.topic, &m.partition],
-            )
-            .await?
-            .map(|r| r.get(0));
-        return Err(WriteError::Fenced {
+    Ok(offsets.iter().find(|m| !moved.contains(&m.partition)))
+}
+
+/// The error of a batch fenced on `m`, with the partition's stored offset (asked once nothing
+/// else is in flight on the connection).
+async fn fenced(tx: &Transaction<'_>, sink: &SinkIdent, m: &OffsetMove) -> WriteError {
+    let stored = tx
+        .query_opt(
+            "SELECT next_offset FROM sink_offsets WHERE sink = $1 AND topic = $2 AND partition = $3",
+            &[&sink.id, &sink.topic, &m.partition],
+        )
+        .await;
+    match stored {
+        Ok(stored) => WriteError::Fenced {
             partition: m.partition,
-            stored,
+            stored: stored.map(|r| r.get(0)),
             expected: m.expected,
-        });
+        },
+        Err(e) => e.into(),
     }
-    Ok(())
 }
 
 /// The stored next offset of each partition; partitions never seen start at `low`
