@@ -321,96 +321,117 @@ fn held_keys_after_new_ones_undo_the_fast_insert_and_the_newest_record_of_each_k
     block_on(held_keys_after_new_ones());
 }
 
+/// Rows of `keys` (`u{k}@example.com`) at offsets from `from` of partition 0, timed `time` in
+/// the window starting at `start`, the `sample`th sample in every other column; the record's
+/// time and window in their columns, as the users mapping has them (the merge compares the
+/// time with what the table holds, and returns the window of each row it writes).
+fn users_batch(
+    table: &Table,
+    keys: &[usize],
+    (time, start): (i64, i64),
+    sample: usize,
+    from: i64,
+) -> (Vec<Row>, Tuples) {
+    let rfc3339 = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339()
+    };
+    let mut rows: Vec<Row> = keys
+        .iter()
+        .enumerate()
+        .map(|(n, k)| {
+            let values = table
+                .columns
+                .iter()
+                .map(|c| match c.name.as_str() {
+                    "email" => Some(format!("u{k}@example.com")),
+                    "record_timestamp" => Some(rfc3339(time)),
+                    "window_start" => Some(rfc3339(start)),
+                    _ => samples(&c.pg_type, sample),
+                })
+                .collect();
+            Row::new((0, from + n as i64), time, start, values)
+        })
+        .collect();
+    let tuples = Tuples::encode(table, &mut rows);
+    (rows, tuples)
+}
+
+/// The window's records and rows written, and partition 0's stored offset.
+async fn stored(db: &tokio_postgres::Client, ident: &SinkIdent) -> (i64, i64, i64) {
+    let row = db
+        .query_one(
+            "SELECT w.records, w.rows_written, o.next_offset FROM windows w, sink_offsets o \
+             WHERE w.sink = $1 AND o.sink = $1",
+            &[&ident.id],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
 async fn held_keys_after_new_ones() {
     let (url, db, table) = users_table("held").await;
     let ident = sink_ident("held");
     let now = chrono::Utc::now().timestamp_millis();
     let start = now - now % 300_000;
-    let batch = |keys: std::ops::Range<usize>, time: i64, sample: usize, from: i64| {
-        let mut rows: Vec<Row> = keys
-            .enumerate()
-            .map(|(n, k)| {
-                // the record's time and window in their columns, as the users mapping has
-                // them: the merge compares the time with what the table holds, and returns
-                // the window of each row it writes
-                let rfc3339 = |ms: i64| {
-                    chrono::DateTime::from_timestamp_millis(ms)
-                        .unwrap()
-                        .to_rfc3339()
-                };
-                let values = table
-                    .columns
-                    .iter()
-                    .map(|c| match c.name.as_str() {
-                        "email" => Some(format!("u{k}@example.com")),
-                        "record_timestamp" => Some(rfc3339(time)),
-                        "window_start" => Some(rfc3339(start)),
-                        _ => samples(&c.pg_type, sample),
-                    })
-                    .collect();
-                Row::new((0, from + n as i64), time, start, values)
-            })
-            .collect();
-        let tuples = Tuples::encode(&table, &mut rows);
-        (rows, tuples)
-    };
     let encoder = DeadLetterEncoder::new("weir-held-dlq", "weir-held");
     let dead = dead_letters(&encoder);
-    let pool = weir_sinks::postgres::sink::pool(&url).expect("a pool");
-    let mut client = pool.get().await.expect("a connection");
     let offsets = load_offsets(&db, &ident, &[(0, 0)]).await.unwrap();
     assert_eq!(offsets, vec![(0, 0)]);
-    let step = |expected: i64, next: i64| OffsetMove {
-        partition: 0,
-        expected,
-        next,
-        watermark: Some(start),
-    };
-
-    // ten new keys, sample 0 ("O'Brien…" names); all new, so the next batch's keys are
-    // guessed new too and copied unasked
-    let (rows, tuples) = batch(0..10, start + 1_000, 0, 0);
-    let first = write_batch(
-        &mut client,
-        &table,
-        &ident,
-        &rows,
-        &tuples,
-        &[step(0, 10)],
-        &dead,
-    )
-    .await
-    .expect("the first batch");
-    assert_eq!(first.rows_written, 10);
-    // keys 5..15, newer, sample 1 ("Зоряна"): five held, five new — the unasked COPY fails
-    // on the first held key, is undone, and the batch goes the asking way
-    let (rows, tuples) = batch(5..15, start + 2_000, 1, 10);
-    let second = write_batch(
-        &mut client,
-        &table,
-        &ident,
-        &rows,
-        &tuples,
-        &[step(10, 20)],
-        &dead,
-    )
-    .await
-    .expect("the second batch");
-    assert_eq!(second.rows_written, 10, "{second:?}");
-    // key 0 again, older than what the table holds: it loses
-    let (rows, tuples) = batch(0..1, start + 500, 1, 20);
-    let third = write_batch(
-        &mut client,
-        &table,
-        &ident,
-        &rows,
-        &tuples,
-        &[step(20, 21)],
-        &dead,
-    )
-    .await
-    .expect("the third batch");
-    assert_eq!(third.rows_written, 0, "{third:?}");
+    // batches: (keys, time after the window's start, sample, first offset)
+    let batches: [(Vec<usize>, i64, usize, i64); 4] = [
+        // ten new keys, sample 0 ("O'Brien…" names); all new, so the next batch's keys
+        // are guessed new too and copied unasked
+        ((0..10).collect(), 1_000, 0, 0),
+        // keys 5..15, newer, sample 1 ("Зоряна"): five held, five new — the unasked COPY
+        // fails on the first held key, is undone, and the batch goes the asking way
+        ((5..15).collect(), 2_000, 1, 10),
+        // key 0 again, older than what the table holds: it loses
+        (vec![0], 500, 1, 20),
+        // on a new connection, its statements not prepared yet, keys guessed new again (a
+        // sink started again): a held key and a new one — undoing the COPY must undo
+        // neither the offsets' move nor the windows'
+        (vec![3, 15], 3_000, 2, 21),
+    ];
+    let written = [10, 10, 0, 2];
+    let mut pool = weir_sinks::postgres::sink::pool(&url).expect("a pool");
+    let mut table = table;
+    for (i, (keys, after, sample, from)) in batches.iter().enumerate() {
+        if i == 3 {
+            let (cfg, _) = common::windows::users_sink("weir-held", 300_000);
+            table = Table::describe(&db, &cfg).await.expect("the users table");
+            pool = weir_sinks::postgres::sink::pool(&url).expect("a pool");
+        }
+        let (rows, tuples) = users_batch(&table, keys, (start + after, start), *sample, *from);
+        let next = from + keys.len() as i64;
+        let step = OffsetMove {
+            partition: 0,
+            expected: *from,
+            next,
+            watermark: Some(start),
+        };
+        let mut client = pool.get().await.expect("a connection");
+        let outcome = write_batch(&mut client, &table, &ident, &rows, &tuples, &[step], &dead)
+            .await
+            .unwrap_or_else(|e| panic!("batch {i}: {e}"));
+        assert_eq!(outcome.rows_written, written[i], "batch {i}: {outcome:?}");
+        let total: u64 = written[..=i].iter().sum();
+        assert_eq!(
+            stored(&db, &ident).await,
+            (next, total as i64, next),
+            "batch {i}: every record counted once, the rows written, the offset moved"
+        );
+        // a batch's commit without waiting for the disk is its own: the connection's
+        // setting is untouched for what it runs next
+        let setting: String = client
+            .query_one("SHOW synchronous_commit", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(setting, "on");
+    }
 
     let names: Vec<(String, String)> = db
         .query(
@@ -422,9 +443,13 @@ async fn held_keys_after_new_ones() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    let expected: Vec<(String, String)> = (0..15)
+    let expected: Vec<(String, String)> = (0..16)
         .map(|k| {
-            let sample = if k < 5 { 0 } else { 1 };
+            let sample = match k {
+                3 | 15 => 2,
+                k if k < 5 => 0,
+                _ => 1,
+            };
             (
                 format!("u{k}@example.com"),
                 samples("character varying(100)", sample).unwrap(),
@@ -432,107 +457,4 @@ async fn held_keys_after_new_ones() {
         })
         .collect();
     assert_eq!(names, expected);
-    let counted: (i64, i64) = db
-        .query_one(
-            "SELECT records, rows_written FROM windows WHERE sink = $1",
-            &[&ident.id],
-        )
-        .await
-        .map(|r| (r.get(0), r.get(1)))
-        .unwrap();
-    assert_eq!(
-        counted,
-        (21, 20),
-        "every record counted, the losing one wrote no row"
-    );
-    // a batch's commit without waiting for the disk is its own: the connection's setting
-    // is untouched for what it runs next
-    let setting: String = client
-        .query_one("SHOW synchronous_commit", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(setting, "on");
-
-    // a sink started again (a new connection, its statements not prepared yet; keys guessed
-    // new) whose first batch holds a key the table has: the COPY is undone, the offsets'
-    // move and the windows' lock are not
-    let (cfg, _) = common::windows::users_sink("weir-held", 300_000);
-    let table = Table::describe(&db, &cfg).await.expect("the users table");
-    let pool = weir_sinks::postgres::sink::pool(&url).expect("a pool");
-    let mut client = pool.get().await.expect("a connection");
-    let (rows, tuples) = {
-        let mut rows: Vec<Row> = [3usize, 15]
-            .iter()
-            .enumerate()
-            .map(|(n, k)| {
-                let mut values: Vec<Option<String>> = table
-                    .columns
-                    .iter()
-                    .map(|c| samples(&c.pg_type, 2))
-                    .collect();
-                for (c, v) in table.columns.iter().zip(values.iter_mut()) {
-                    match c.name.as_str() {
-                        "email" => *v = Some(format!("u{k}@example.com")),
-                        "record_timestamp" => {
-                            *v = chrono::DateTime::from_timestamp_millis(start + 3_000)
-                                .map(|t| t.to_rfc3339())
-                        }
-                        "window_start" => {
-                            *v = chrono::DateTime::from_timestamp_millis(start)
-                                .map(|t| t.to_rfc3339())
-                        }
-                        _ => {}
-                    }
-                }
-                Row::new(
-                    (0, 21 + n as i64),
-                    start + 3_000,
-                    start,
-                    values.into_iter().collect(),
-                )
-            })
-            .collect();
-        let tuples = Tuples::encode(&table, &mut rows);
-        (rows, tuples)
-    };
-    let fourth = write_batch(
-        &mut client,
-        &table,
-        &ident,
-        &rows,
-        &tuples,
-        &[step(21, 23)],
-        &dead,
-    )
-    .await
-    .expect("the first batch of the new connection");
-    assert_eq!(fourth.rows_written, 2, "{fourth:?}");
-    let stored = db
-        .query_one(
-            "SELECT next_offset FROM sink_offsets WHERE sink = $1",
-            &[&ident.id],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0);
-    assert_eq!(stored, 23, "the offsets moved with the batch");
-    let counted: (i64, i64) = db
-        .query_one(
-            "SELECT records, rows_written FROM windows WHERE sink = $1",
-            &[&ident.id],
-        )
-        .await
-        .map(|r| (r.get(0), r.get(1)))
-        .unwrap();
-    assert_eq!(counted, (23, 22));
-    let names: i64 = db
-        .query_one(
-            "SELECT count(*) FROM users WHERE email IN ('u3@example.com', 'u15@example.com') AND first_name = $1",
-            &[&samples("character varying(100)", 2).unwrap()],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(names, 2);
 }
