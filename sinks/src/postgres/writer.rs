@@ -254,31 +254,14 @@ pub async fn write_batch(
         let copied = match fed {
             // nothing else to write: the COPY's end and the batch's rest go together
             Ok(()) if odd.is_empty() => {
-                match rest
-                    .write(&tx, &windows, &refused, copy.as_mut().finish())
-                    .await
-                {
-                    Ok(o) => {
-                        outcome = Some(o);
-                        Ok(())
-                    }
-                    Err(Unfinished::Copy(e)) => Err(e),
-                    Err(Unfinished::Rest(e)) => return Err(e),
-                }
+                rest.write(&tx, &windows, &refused, copy.as_mut().finish())
+                    .await?
             }
             Ok(()) => match copy.as_mut().finish().await {
                 Ok(_) => {
                     let mut written = windows;
                     written.extend(merge_staged(&tx, table, &odd, &mut refused).await?);
-                    let done = async { Ok(0) };
-                    match rest.write(&tx, &written, &refused, done).await {
-                        Ok(o) => {
-                            outcome = Some(o);
-                            Ok(())
-                        }
-                        Err(Unfinished::Copy(e)) => Err(e),
-                        Err(Unfinished::Rest(e)) => return Err(e),
-                    }
+                    rest.write(&tx, &written, &refused, async { Ok(0) }).await?
                 }
                 Err(e) => Err(e),
             },
@@ -287,30 +270,29 @@ pub async fn write_batch(
         // ended (or aborted) before anything else is sent: nothing goes out while a COPY is
         // open
         drop(copy);
-        if let Err(e) = copied {
-            // a key the table holds, or a row PostgreSQL refuses: undone, and the batch
-            // goes the asking way
-            if e.as_db_error().is_none() {
-                return Err(e.into());
+        match copied {
+            Ok(o) => outcome = Some(o),
+            Err(e) => {
+                // a key the table holds, or a row PostgreSQL refuses: undone, and the batch
+                // goes the asking way
+                if e.as_db_error().is_none() {
+                    return Err(e.into());
+                }
+                tracing::debug!(error = %describe(&e), "the batch's unasked COPY failed");
+                tx.batch_execute("ROLLBACK TO SAVEPOINT fresh").await?;
+                if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+                    table.fresh.missed();
+                }
+                refused.truncate(refused_before);
             }
-            tracing::debug!(error = %describe(&e), "the batch's unasked COPY failed");
-            tx.batch_execute("ROLLBACK TO SAVEPOINT fresh").await?;
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                table.fresh.missed();
-            }
-            refused.truncate(refused_before);
         }
     }
     let outcome = match outcome {
         Some(o) => o,
         None => {
             let written = merge(&tx, table, &apply, tuples, &mut refused, unasked).await?;
-            let done = async { Ok(0) };
-            match rest.write(&tx, &written, &refused, done).await {
-                Ok(o) => o,
-                Err(Unfinished::Copy(e)) => return Err(e.into()),
-                Err(Unfinished::Rest(e)) => return Err(e),
-            }
+            rest.write(&tx, &written, &refused, async { Ok(0) })
+                .await??
         }
     };
     tx.commit().await?;
@@ -334,24 +316,18 @@ struct Rest<'a> {
     tally: &'a BTreeMap<Millis, WindowTally>,
 }
 
-/// Why [`Rest::write`] did not finish.
-enum Unfinished {
-    /// The rows' COPY failed (what followed it failed with it).
-    Copy(tokio_postgres::Error),
-    Rest(WriteError),
-}
-
 impl Rest<'_> {
     /// Writes the rest of the batch whose rows wrote `written` (the window of each row) and
     /// which refused `refused`, sent together with `copy`, the end of the rows' COPY (or
-    /// nothing): one round trip.
+    /// nothing): one round trip. The inner error is the COPY's (what followed it failed with
+    /// it); the outer one the rest's.
     async fn write(
         &self,
         tx: &Transaction<'_>,
         written: &[Millis],
         refused: &[Refused<'_>],
         copy: impl std::future::Future<Output = Result<u64, tokio_postgres::Error>>,
-    ) -> Result<Outcome, Unfinished> {
+    ) -> Result<Result<Outcome, tokio_postgres::Error>, WriteError> {
         let sink = self.sink;
         let mut outcome = Outcome {
             records: self.records as u64,
@@ -396,9 +372,11 @@ impl Rest<'_> {
             )
         };
         let (copied, rest) = futures::join!(copy, rest);
-        copied.map_err(Unfinished::Copy)?;
-        rest.map_err(Unfinished::Rest)?;
-        Ok(outcome)
+        if let Err(e) = copied {
+            return Ok(Err(e));
+        }
+        rest?;
+        Ok(Ok(outcome))
     }
 }
 
