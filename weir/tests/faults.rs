@@ -39,6 +39,8 @@ const PARTITIONS: i32 = 4;
 const WINDOW_MS: i64 = 300_000;
 const WINDOWS: i64 = 4;
 const TOKEN: &str = "faults-admin-token";
+/// After how long without a committed offset moving the suite writes down what it waits for.
+const STALL_DUMP_AFTER: Duration = Duration::from_secs(60);
 /// How long only the sinks run at the start, raw records waiting upstream.
 const STALL_MS: u64 = 10_000;
 
@@ -180,6 +182,52 @@ impl Suite {
             c.wait().unwrap();
         }
         self.start(i);
+    }
+
+    /// Writes what a stalled run waits for into `stall.txt` in the scratch directory: each
+    /// instance's threads (with gdb, where it is installed), the group's offsets and members
+    /// and the broker's open transactions.
+    fn dump_stall(&self, kafka: &Kafka, committed: &[i64], end: &[i64]) {
+        let mut out = format!("committed {committed:?} of {end:?}\n");
+        for inst in &self.instances {
+            let Some(child) = &inst.child else { continue };
+            let stacks = std::process::Command::new("gdb")
+                .args(["-p", &child.id().to_string(), "-batch", "-ex"])
+                .arg("thread apply all bt")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|e| format!("gdb: {e}"));
+            out += &format!("\n== weir {} (pid {})\n{stacks}", inst.name, child.id());
+        }
+        let group = &self.topics.app;
+        for (class, args) in [
+            (
+                "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+                vec!["--describe", "--group", group, "--offsets"],
+            ),
+            (
+                "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+                vec!["--describe", "--group", group, "--members", "--verbose"],
+            ),
+        ] {
+            out += &format!("\n== {class} {args:?}\n{}", kafka.tool(class, &args));
+        }
+        let class = "org.apache.kafka.tools.TransactionsCommand";
+        let list = kafka.tool(class, &["list"]);
+        for id in list
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+        {
+            let args = ["describe", "--transactional-id", id];
+            out += &format!("\n== {class} {args:?}\n{}", kafka.tool(class, &args));
+        }
+        let path = self.dir.join("stall.txt");
+        std::fs::write(&path, out).unwrap();
+        eprintln!(
+            "the processing stalled: what it waits for is in {}",
+            path.display()
+        );
     }
 
     /// An instance's API, while it answers.
@@ -411,7 +459,19 @@ fn every_record_exactly_once_through_kills_pauses_and_crashes() {
     let end = ends(&suite.topics.raw, PARTITIONS);
     assert_eq!(end.iter().sum::<i64>(), size.records as i64, "raw records");
     let deadline = Instant::now() + Duration::from_secs(600);
-    while committed(&suite.topics.app, &suite.topics.raw, PARTITIONS) != end {
+    let (mut seen, mut moved, mut dumped) = (Vec::new(), Instant::now(), false);
+    loop {
+        let now = committed(&suite.topics.app, &suite.topics.raw, PARTITIONS);
+        if now == end {
+            break;
+        }
+        if now != seen {
+            (seen, moved) = (now, Instant::now());
+        } else if !dumped && moved.elapsed() > STALL_DUMP_AFTER {
+            // what the stalled processes wait for, and what the broker holds for them
+            dumped = true;
+            suite.dump_stall(&kafka, &seen, &end);
+        }
         suite.supervise();
         assert!(
             Instant::now() < deadline,

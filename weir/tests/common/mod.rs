@@ -1012,6 +1012,32 @@ pub mod stack {
             wait_port(self.port, "the broker", Duration::from_secs(90));
         }
 
+        /// Runs a Kafka command-line tool against this broker (its main class, then its
+        /// arguments; `--bootstrap-server` is added): what it printed, errors included.
+        pub fn tool(&self, class: &str, args: &[&str]) -> String {
+            let out = Command::new("java")
+                .args(["-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"])
+                .arg(format!(
+                    "-Dlog4j2.configurationFile={}",
+                    repo()
+                        .join("deploy/kafka/log4j2-tools.properties")
+                        .display()
+                ))
+                .args(["-cp", &format!("{}/*", super::env("WEIR_KAFKA_LIBS"))])
+                .arg(class)
+                .args(["--bootstrap-server", &self.bootstrap()])
+                .args(args)
+                .output();
+            match out {
+                Ok(o) => format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
+                Err(e) => format!("{class} did not start: {e}"),
+            }
+        }
+
         pub fn kill(&mut self) {
             if let Some(mut c) = self.child.take() {
                 c.kill().unwrap();
