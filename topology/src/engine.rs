@@ -42,6 +42,8 @@
 //! - A job's new version ([`Job::swap_ready`], a topology reload) goes in at a transaction
 //!   boundary: the loop commits everything it holds (the commit in flight, the held records,
 //!   the open transaction) and swaps before it reads the next record.
+//! - A consumer that hands over no record for a minute though records wait and its broker is
+//!   up ([`crate::stall`]) has the loop start again from the committed offsets.
 //! - Every call here blocks (librdkafka has no async transaction API): run [`run`] on a
 //!   thread of its own, never on an async executor's thread.
 
@@ -66,6 +68,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{OutRecord, Pipeline};
 pub use crate::pipeline::{Refusal, REFUSED_PREVIEW_BYTES};
 use crate::record::Origin;
+use crate::stall::{PartitionView, StallGuard, STALL_LIMIT};
 
 /// The header that counts how often a record was replayed from the dead-letter topic.
 pub const REPLAY_COUNT_HEADER: &str = "weir.replay.count";
@@ -246,6 +249,8 @@ pub enum EngineError {
     Rewind { limit: Duration, source: KafkaError },
     #[error("the job could not start: {0}")]
     Start(#[from] StartError),
+    #[error("the consumer handed over no record for {limit:?} though records wait and the broker is up: {partitions}")]
+    Stalled { limit: Duration, partitions: String },
     #[error("record {topic}/{partition}@{offset} has no possible fate: {why}")]
     NoFate {
         topic: String,
@@ -401,9 +406,10 @@ struct Shared {
 }
 
 /// The consumer's context: settles the open transaction before partitions are revoked and
-/// turns librdkafka statistics into the consumer lag gauge.
+/// turns librdkafka statistics into the consumer lag gauge and the stall guard's view.
 struct EngineContext {
     shared: Arc<Shared>,
+    stall: Mutex<StallGuard>,
 }
 
 impl ClientContext for EngineContext {
@@ -426,6 +432,20 @@ impl ClientContext for EngineContext {
                     .with_label_values(&[&sub, topic, &p.to_string()])
                     .set((part.ls_offset - part.app_offset).max(0));
             }
+        }
+        let parts = PartitionView::of(&statistics);
+        let stalled = self
+            .stall
+            .lock()
+            .unwrap()
+            .observe(&parts, Instant::now(), STALL_LIMIT);
+        if let Some(partitions) = stalled {
+            // the loop sees it after this poll, and starts again
+            let mut state = self.shared.state.lock().unwrap();
+            state.fatal.get_or_insert(EngineError::Stalled {
+                limit: STALL_LIMIT,
+                partitions,
+            });
         }
     }
 }
@@ -1912,6 +1932,9 @@ fn start_producer(
 /// And so does a producer that failed fatally while beginning, committing or aborting a
 /// transaction (INVALID_TXN_STATE after a broker was killed mid-commit, say): where Kafka
 /// Streams would end the stream thread, Weir starts its loop again with a new producer.
+/// And so does a consumer that hands over no record for a minute though records wait and
+/// its broker is up ([`crate::stall`]): the faults suite once saw both members wait ten
+/// minutes after a broker restart with nothing logged, until the broker fenced them.
 /// A consumer fenced by another member with the same instance id ends it.
 pub fn run<J: Job>(
     job: &mut J,
@@ -1949,6 +1972,9 @@ pub fn run<J: Job>(
             ),
             Err(EngineError::Fenced { source, .. }) if self_fenced(source, carried.assignment_lost) => Some(
                 "this member's group session timed out (the broker or this process paused?) and its own earlier membership fenced the new one: starting the loop again from the committed offsets",
+            ),
+            Err(EngineError::Stalled { .. }) => Some(
+                "the consumer was stalled: starting the loop again with a new consumer and producer from the committed offsets",
             ),
             Err(e) if producer_failed(e) => Some(
                 "the transactional producer failed fatally (the broker killed or restarted mid-transaction?): starting the loop again with a new producer from the committed offsets",
@@ -2029,6 +2055,7 @@ fn run_once<J: Job>(
     let consumer: BaseConsumer<EngineContext> = consumer_config(config)
         .create_with_context(EngineContext {
             shared: shared.clone(),
+            stall: Mutex::default(),
         })
         .map_err(|source| EngineError::Client {
             what: "consumer",

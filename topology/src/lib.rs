@@ -16,7 +16,8 @@
 //!   runs in `weir process`, `weir test` and the engine.
 //! - [`source`]: the Kafka source component (decodes raw bytes as JSON).
 //! - [`engine`]: the exactly-once Kafka → Kafka loop of a sub-topology; [`kafka`] makes every
-//!   librdkafka client from the `[kafka]` section.
+//!   librdkafka client from the `[kafka]` section; [`stall`] notices a consumer that hands
+//!   over nothing though records wait.
 //! - [`metrics`]: Prometheus metrics shared by every component; [`tap`]: live samples of the
 //!   records on an edge (`weir tap`).
 //!
@@ -43,6 +44,7 @@ pub mod record;
 pub mod schema;
 pub mod source;
 mod spare;
+pub mod stall;
 pub mod tap;
 
 pub use build::{BuildError, Built, OutRecord, Processor, SinkEncoder};
