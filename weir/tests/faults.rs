@@ -191,8 +191,9 @@ impl Suite {
         let mut out = format!("committed {committed:?} of {end:?}\n");
         for inst in &self.instances {
             let Some(child) = &inst.child else { continue };
+            let pid = child.id().to_string();
             let stacks = std::process::Command::new("gdb")
-                .args(["-p", &child.id().to_string(), "-batch", "-ex"])
+                .args([&format!("/proc/{pid}/exe"), "-p", &pid, "-batch", "-ex"])
                 .arg("thread apply all bt")
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
